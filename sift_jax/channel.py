@@ -1,0 +1,126 @@
+"""Channel draws and link rates (paper §1.3-§1.4, eqs. 4-5).
+
+Distances are drawn once per sample; small-scale power gains h (unit mean) per layer and helper
+(slow fading) or per layer, helper and slot (fast fading).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from sift_jax.scenario import Scenario
+
+
+@struct.dataclass
+class ChannelState:
+    """One channel realisation.
+
+    Attributes:
+        distance_m: float[N-1], user-helper distances (m).
+        gain: float[L, N-1] (slow) or float[L, N-1, Q] (fast), unit-mean linear power gains.
+    """
+
+    distance_m: jax.Array
+    gain: jax.Array
+
+
+def per_helper(sc: Scenario, value) -> jax.Array:
+    """Broadcast a scalar-or-[N-1] field to float[N-1]."""
+    return jnp.broadcast_to(jnp.asarray(value, dtype=jnp.result_type(float)), (sc.n_helpers,))
+
+
+def draw_distances(key: jax.Array, sc: Scenario) -> jax.Array:
+    """Helper distances uniform over the annulus area between min and max distance: float[N-1] (m).
+
+    CDF: P(d <= r) = (r^2 - dmin^2) / (dmax^2 - dmin^2).
+    """
+    u = jax.random.uniform(key, (sc.n_helpers,))
+    lo2, hi2 = jnp.square(sc.min_distance_m), jnp.square(sc.max_distance_m)
+    return jnp.sqrt(lo2 + u * (hi2 - lo2))
+
+
+def draw_fading(key: jax.Array, sc: Scenario, shape: tuple[int, ...]) -> jax.Array:
+    """Unit-mean small-scale power gains of the scenario's fading family, float[*shape].
+
+    gamma: Gamma(m, 1/m) with integer m drawn as a sum of m exponentials (fast path);
+    nakagami: Gamma(m, 1/m) for any m (general sampler); rayleigh: Exp(1);
+    rician: |LoS + scatter|^2 with K-factor `rician_k`; lognormal: exp(s Z - s^2/2), s = sigma_dB ln10/10.
+    """
+    fading = sc.fading
+    if fading == "gamma":
+        m = int(sc.fading_shape)
+        return jax.random.exponential(key, shape + (m,)).sum(-1) / m
+    if fading == "nakagami":
+        return jax.random.gamma(key, sc.fading_shape, shape) / sc.fading_shape
+    if fading == "rayleigh":
+        return jax.random.exponential(key, shape)
+    if fading == "rician":
+        k = jnp.asarray(sc.rician_k)
+        z = jax.random.normal(key, shape + (2,))
+        los = jnp.sqrt(k / (k + 1.0))
+        scatter = jnp.sqrt(0.5 / (k + 1.0))
+        return jnp.square(los + scatter * z[..., 0]) + jnp.square(scatter * z[..., 1])
+    if fading == "lognormal":
+        s = sc.shadowing_db * jnp.log(10.0) / 10.0
+        return jnp.exp(s * jax.random.normal(key, shape) - 0.5 * s * s)
+    raise ValueError(f"unknown fading family {fading!r}")  # validate() rejects this earlier
+
+
+def draw(key: jax.Array, sc: Scenario, fast: bool = False) -> ChannelState:
+    """Draw distances and gains for one sample.
+
+    Args:
+        key: a typed PRNG key.
+        sc: the scenario (static dims set the shapes).
+        fast: per-slot gains [L, N-1, Q] (fast fading) instead of per-layer gains [L, N-1].
+
+    >>> import jax
+    >>> from sift_jax.scenario import Scenario
+    >>> ch = draw(jax.random.key(0), Scenario(n_nodes=4, n_layers=2))
+    >>> ch.distance_m.shape, ch.gain.shape
+    ((3,), (2, 3))
+    """
+    k_dist, k_fade = jax.random.split(key)
+    shape = (sc.n_layers, sc.n_helpers) + ((sc.n_slots,) if fast else ())
+    return ChannelState(distance_m=draw_distances(k_dist, sc), gain=draw_fading(k_fade, sc, shape))
+
+
+def path_gain(sc: Scenario, distance_m: jax.Array) -> jax.Array:
+    """Large-scale path gain d^-alpha (linear), same shape as `distance_m`."""
+    return jnp.power(distance_m, -jnp.asarray(sc.pathloss_exponent, distance_m.dtype))
+
+
+def uplink_snr_per_watt(sc: Scenario, distance_m: jax.Array, gain: jax.Array) -> jax.Array:
+    """Uplink SNR per watt of user transmit power, d^-alpha G_UE,n h / (N0 B_n): float[..., N-1] (1/W)."""
+    bw = per_helper(sc, sc.bandwidth_hz)
+    return path_gain(sc, distance_m) * sc.gain_up * gain / (sc.noise_psd_w_per_hz * bw)
+
+
+def rates(sc: Scenario, distance_m: jax.Array, gain: jax.Array, uplink_power_w=None):
+    """Uplink and downlink rates, eqs. (4)-(5), in bit/s.
+
+    Args:
+        distance_m: float[N-1] (m).
+        gain: float[..., N-1] power gains (the same h in both directions, as in the paper).
+        uplink_power_w: user transmit power; default `sc.max_tx_power_w` (inf gives an infinite rate).
+
+    Returns:
+        (r_up, r_dn): float[..., N-1] each, bit/s.
+
+    >>> import jax.numpy as jnp
+    >>> from sift_jax.scenario import Scenario
+    >>> sc = Scenario(n_nodes=2, bandwidth_hz=1e6, noise_psd_w_per_hz=1e-12, helper_power_w=1.0,
+    ...               pathloss_exponent=0.0, max_tx_power_w=1.0)
+    >>> r_up, r_dn = rates(sc, jnp.array([100.0]), jnp.array([1.0]))
+    >>> float(r_dn[0]) / 1e6   # B log2(1 + 1 / (1e-12 * 1e6)) = 1e6 * log2(1e6 + 1)
+    19.93...
+    """
+    p_up = sc.max_tx_power_w if uplink_power_w is None else uplink_power_w
+    bw = per_helper(sc, sc.bandwidth_hz)
+    pg = path_gain(sc, distance_m)
+    snr_dn = sc.helper_power_w * pg * sc.gain_down * gain / (sc.noise_psd_w_per_hz * bw)
+    r_dn = bw * jnp.log2(1.0 + snr_dn)
+    r_up = bw * jnp.log2(1.0 + p_up * uplink_snr_per_watt(sc, distance_m, gain))
+    return r_up, r_dn

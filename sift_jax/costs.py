@@ -1,0 +1,137 @@
+"""Latency and energy model (paper eqs. 1-3, 6-10, 17-18, 21; Prop. 2).
+
+A helper serving D tokens in a layer spends D (phi/C_n + b/R_n,UE) on compute and downlink and gives
+the uplink all the time left, T_up(D) = T - D (phi/C_n + b/R_n,UE) (energy is non-increasing in the
+uplink time, eq. 10). Loading the expert (T_n,load) overlaps the uplink, so a load is feasible iff
+T_up(D) > 0, T_up(D) >= T_n,load and, with a power cap, the needed power is <= p_max.
+Infeasible loads cost `+inf`; no NaN is produced. Node 0 is the user, nodes 1..N-1 helpers.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from sift_jax.channel import per_helper, rates, uplink_snr_per_watt
+from sift_jax.scenario import Scenario
+
+_LN2 = 0.6931471805599453
+
+
+def _energy_from_exponent(x_ln2: jax.Array, prefactor: jax.Array) -> jax.Array:
+    """prefactor * (exp(x_ln2) - 1) without overflow of the intermediate: expm1 for small
+    exponents, exp(x_ln2 + log prefactor) in the log domain for large ones."""
+    small = x_ln2 < 20.0
+    via_expm1 = prefactor * jnp.expm1(jnp.where(small, x_ln2, 0.0))
+    via_log = jnp.exp(jnp.where(small, 0.0, x_ln2) + jnp.log(prefactor))
+    return jnp.where(small, via_expm1, via_log)
+
+
+def helper_token_time(sc: Scenario, distance_m: jax.Array, gain: jax.Array) -> jax.Array:
+    """Per-token helper time phi/C_n + b/R_n,UE (compute + downlink): float[..., N-1] (s)."""
+    _, r_dn = rates(sc, distance_m, gain, uplink_power_w=1.0)
+    return sc.expert_flops / per_helper(sc, sc.helper_flops_per_s) + sc.hidden_bits / r_dn
+
+
+def uplink_energy(sc: Scenario, distance_m, gain, bits, uplink_time_s) -> jax.Array:
+    """Minimum user energy to send `bits` in `uplink_time_s` on each helper link, eq. (10) / (22) (J).
+
+    E = (2^{bits / (B T_up)} - 1) N0 B T_up / (d^-alpha G h). Shapes broadcast with [..., N-1].
+    Returns `inf` where T_up <= 0 with bits > 0, and where the power cap `max_tx_power_w` is exceeded.
+    """
+    bw = per_helper(sc, sc.bandwidth_hz)
+    snr_w = uplink_snr_per_watt(sc, distance_m, gain)  # 1/W
+    ok_time = uplink_time_s > 0
+    t = jnp.where(ok_time, uplink_time_s, 1.0)
+    x_ln2 = bits / (bw * t) * _LN2
+    energy = _energy_from_exponent(x_ln2, t / snr_w)
+    power_ok = jnp.expm1(x_ln2) <= sc.max_tx_power_w * snr_w  # (2^x - 1)/snr <= p_max
+    energy = jnp.where(ok_time & power_ok, energy, jnp.inf)
+    return jnp.where(bits > 0, energy, 0.0)
+
+
+def helper_energy(sc: Scenario, distance_m, gain, loads) -> jax.Array:
+    """E_n^*(D_n), eq. (10) at the optimal uplink time: float[..., N-1] (J), inf if infeasible."""
+    gamma = helper_token_time(sc, distance_m, gain)
+    t_up = sc.deadline_s - loads * gamma
+    load_hidden = t_up >= per_helper(sc, sc.helper_load_time_s)
+    energy = uplink_energy(sc, distance_m, gain, loads * sc.hidden_bits, t_up)
+    return jnp.where((loads == 0) | load_hidden, energy, jnp.inf)
+
+
+def user_energy(sc: Scenario, loads) -> jax.Array:
+    """E_UE(D), eq. (3): one-off load energy if D > 0 plus D phi/C_UE of compute (J); inf if the
+    user misses the deadline, T_UE,load + D phi/C_UE > T."""
+    t_cp = loads * sc.expert_flops / sc.user_flops_per_s
+    used = loads > 0
+    energy = jnp.where(used, sc.user_load_power_w * sc.user_load_time_s, 0.0) + sc.user_compute_power_w * t_cp
+    latency = jnp.where(used, sc.user_load_time_s, 0.0) + t_cp
+    return jnp.where(latency <= sc.deadline_s, energy, jnp.inf)
+
+
+def load_energy(sc: Scenario, distance_m: jax.Array, gain: jax.Array, loads: jax.Array) -> jax.Array:
+    """Per-node energy for a load vector, eqs. (3) and (10).
+
+    Args:
+        distance_m: float[N-1] (m). gain: float[N-1] power gains of this layer.
+        loads: int or float[..., N] tokens per node (node 0 = user).
+
+    Returns:
+        float[..., N] energy (J); `inf` where the node cannot serve its load within the deadline.
+
+    >>> import jax.numpy as jnp
+    >>> from sift_jax.scenario import Scenario
+    >>> sc = Scenario(n_nodes=3)
+    >>> E = load_energy(sc, jnp.array([50.0, 100.0]), jnp.ones(2), jnp.array([0, 1, 2]))
+    >>> E.shape, float(E[0])
+    ((3,), 0.0)
+    """
+    loads = jnp.asarray(loads)
+    e_user = user_energy(sc, loads[..., 0])
+    e_help = helper_energy(sc, distance_m, gain, loads[..., 1:])
+    return jnp.concatenate([e_user[..., None], e_help], axis=-1)
+
+
+def node_costs(sc: Scenario, distance_m: jax.Array, gain: jax.Array) -> jax.Array:
+    """Decoding cost f_v of serving one token, eq. (21): float[N] (J), inf if infeasible.
+
+    f_UE = P_load T_load + P_cp phi/C_UE; f_n = E_n^*(1) with the residual uplink time of eq. (17).
+    """
+    return load_energy(sc, distance_m, gain, jnp.ones((sc.n_nodes,), jnp.int32))
+
+
+def marginal_costs(sc: Scenario, distance_m: jax.Array, gain: jax.Array, max_load: int) -> jax.Array:
+    """Marginal energies dE_v(d) = E_v(d) - E_v(d-1) for d = 1..max_load: float[N, max_load] (J).
+
+    `inf` from the first infeasible load on. Non-decreasing in d for helpers (Prop. 2); for the user the
+    first entry carries the one-off load energy (the paper's Prop. 2 omits it; see policies/prefill.py).
+    """
+    d = jnp.arange(max_load + 1)
+    table = load_energy(sc, distance_m, gain, jnp.broadcast_to(d[:, None], (max_load + 1, sc.n_nodes)))
+    steps = jnp.where(jnp.isfinite(table[1:]), table[1:] - table[:-1], jnp.inf)
+    return steps.T
+
+
+def capacities(sc: Scenario, distance_m: jax.Array, gain: jax.Array) -> jax.Array:
+    """Largest feasible load D_v,max per node (paper §3.4): int32[N].
+
+    Closed form from the deadline, the hidden load time and the power cap, then checked against the
+    feasibility of `load_energy` at D_max and D_max + 1 so both always agree.
+    """
+    t = sc.deadline_s
+    user = jnp.floor((t - sc.user_load_time_s) * sc.user_flops_per_s / sc.expert_flops)
+    gamma = helper_token_time(sc, distance_m, gain)
+    by_load = jnp.floor((t - per_helper(sc, sc.helper_load_time_s)) / gamma)
+    by_time = jnp.ceil(t / gamma) - 1.0  # T - D gamma > 0
+    s_max = jnp.log2(1.0 + sc.max_tx_power_w * uplink_snr_per_watt(sc, distance_m, gain))  # bit/s/Hz
+    bw = per_helper(sc, sc.bandwidth_hz)
+    by_power = jnp.where(jnp.isinf(s_max), jnp.inf,
+                         jnp.floor(s_max * bw * t / (sc.hidden_bits + jnp.where(jnp.isinf(s_max), 0.0, s_max) * bw * gamma)))
+    helper = jnp.minimum(jnp.minimum(by_load, by_time), by_power)
+    guess = jnp.clip(jnp.concatenate([user[None], helper]), 0, 2**30).astype(jnp.int32)
+
+    def feasible(loads):
+        return jnp.isfinite(jnp.diagonal(load_energy(sc, distance_m, gain, jnp.diag(loads))))
+
+    guess = jnp.where(feasible(guess + 1), guess + 1, guess)
+    return jnp.where(feasible(guess) | (guess == 0), guess, jnp.maximum(guess - 1, 0))
