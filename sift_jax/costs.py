@@ -135,3 +135,19 @@ def capacities(sc: Scenario, distance_m: jax.Array, gain: jax.Array) -> jax.Arra
 
     guess = jnp.where(feasible(guess + 1), guess + 1, guess)
     return jnp.where(feasible(guess) | (guess == 0), guess, jnp.maximum(guess - 1, 0))
+
+
+def node_latency(sc: Scenario, distance_m: jax.Array, gain: jax.Array, loads: jax.Array) -> jax.Array:
+    """Per-node completion time for a load vector, eqs. (2) and (9): float[..., N] (s); 0 if unused.
+
+    User: T_UE,load + D phi/C_UE. Helper: max(T_up, T_n,load) + D (phi/C_n + b/R_n,UE) with the uplink
+    stretched over all remaining time, T_up = T - D (phi/C_n + b/R_n,UE), which is T when feasible.
+    """
+    loads = jnp.asarray(loads)
+    user = jnp.where(loads[..., 0] > 0, sc.user_load_time_s + loads[..., 0] * sc.expert_flops / sc.user_flops_per_s,
+                     0.0)
+    gamma = helper_token_time(sc, distance_m, gain)
+    busy = loads[..., 1:] * gamma
+    t_up = jnp.maximum(sc.deadline_s - busy, 0.0)
+    helper = jnp.where(loads[..., 1:] > 0, jnp.maximum(t_up, per_helper(sc, sc.helper_load_time_s)) + busy, 0.0)
+    return jnp.concatenate([user[..., None], helper], axis=-1)

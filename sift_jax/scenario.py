@@ -206,7 +206,7 @@ def validate(sc: Scenario) -> Scenario:
         if arr.shape not in allowed_shapes:
             what = f"a scalar or an array of shape ({sc.n_helpers},)" if name in PER_HELPER_FIELDS else "a scalar"
             raise ConfigError(name, value, what)
-        bad = np.isnan(arr) | (arr < lo) | ((arr == lo) & (not lo_incl)) | (arr >= hi) | \
+        bad = np.isnan(arr) | (arr < lo) | ((arr == lo) & (not lo_incl)) | ((arr >= hi) & math.isfinite(hi)) | \
             (np.isinf(arr) & (not allow_inf))
         if np.any(bad):
             shown = value if arr.shape == () else arr.tolist()

@@ -1,0 +1,164 @@
+"""The `sift-jax` command line.
+
+Every `ConfigError` becomes one line on stderr and exit status 2 (no traceback).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+
+import click
+import numpy as np
+
+from sift_jax.errors import ConfigError
+from sift_jax.scenario import DYNAMIC_FIELDS, PER_HELPER_FIELDS, STATIC_FIELDS, UNITS, Scenario
+
+_INT_STATICS = ("n_nodes", "top_k", "n_tokens", "n_layers", "n_slots", "n_clusters", "table_seed")
+
+
+def _parse_field(name: str, text: str):
+    """CLI text -> field value: int for integer statics, str for `fading`, float (or a comma list for
+    per-helper fields) otherwise; bad text raises ConfigError naming the field."""
+    if name == "fading":
+        return text
+    try:
+        if name in _INT_STATICS:
+            return int(text)
+        if name in PER_HELPER_FIELDS and "," in text:
+            return tuple(float(t) for t in text.split(","))
+        return float(text)
+    except ValueError:
+        kind = "an integer" if name in _INT_STATICS else "a number"
+        raise ConfigError(name, text, kind) from None
+
+
+def scenario_options(func):
+    """Decorate a command with one `--field-name VALUE` option per Scenario field."""
+    for name in reversed(STATIC_FIELDS + DYNAMIC_FIELDS):
+        unit = UNITS.get(name, "")
+        help_text = f"Scenario.{name}" + (f" [{unit}]" if unit and unit != "-" else "")
+        if name in PER_HELPER_FIELDS:
+            help_text += " (scalar or comma list, one per helper)"
+        func = click.option("--" + name.replace("_", "-"), name, type=str, default=None, help=help_text)(func)
+    return func
+
+
+def build_scenario(preset: str, overrides: dict) -> Scenario:
+    """A preset with the given CLI overrides applied and validated."""
+    from sift_jax import presets
+
+    sc = presets.get(preset)
+    fields = {k: _parse_field(k, v) for k, v in overrides.items() if v is not None}
+    fields = {k: (np.asarray(v) if isinstance(v, tuple) else v) for k, v in fields.items()}
+    return sc.replace(**fields) if fields else sc
+
+
+def _fmt(x) -> str:
+    if x is None:
+        return "-"
+    if isinstance(x, float) and (math.isinf(x) or x == 0):
+        return f"{x:g}"
+    return f"{x:.4g}"
+
+
+def metrics_table(metrics: dict) -> str:
+    """Plain-text table of {name: Stat}."""
+    rows = [("metric", "mean", "95% CI", "p50", "p90", "p99", "n", "invalid", "reliable")]
+    for name, s in metrics.items():
+        ci = f"[{_fmt(s.ci95[0])}, {_fmt(s.ci95[1])}]" if s.ci95 else "-"
+        rows.append((name, _fmt(s.mean), ci, _fmt(s.p50), _fmt(s.p90), _fmt(s.p99), str(s.n), str(s.n_invalid),
+                     "yes" if s.reliable else "NO"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows)
+
+
+class _Progress:
+    """tqdm bar on a terminal, silent otherwise or with --quiet."""
+
+    def __init__(self, total: int, quiet: bool, desc: str):
+        self.bar = None
+        if not quiet and sys.stderr.isatty():
+            from tqdm import tqdm
+            self.bar = tqdm(total=total, desc=desc, unit="sample", leave=False)
+        self.done = 0
+
+    def __call__(self, done: int):
+        if self.bar is not None:
+            self.bar.update(done - self.done)
+        self.done = done
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def cli():
+    """SiftMoE engine: energy-efficient expert selection for wireless distributed MoE inference."""
+
+
+@cli.command()
+@click.option("--preset", default="mixtral-8x7b", show_default=True, help="switch-base-8 | mixtral-8x7b | gpt-oss-20b")
+@click.option("--policy", default="siftmoe", show_default=True, help="siftmoe | topk | topk-ideal | wdmoe | oracle")
+@click.option("--samples", default=10_000, show_default=True, type=int, help="Monte Carlo samples (tasks)")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--chunk-size", default=None, type=int, help="samples per compiled call (memory only)")
+@click.option("--fading", "regime", default="slow", show_default=True, help="slow | fast (per-slot gains)")
+@click.option("--bits", default=None, help="fast-fading bit loading: uniform | closed-form (dynamic) | dp")
+@click.option("--table", "table_path", default=None, help="mismatch table .npy [L,N,N+1] or MoE calibration dir")
+@click.option("--float64", is_flag=True, help="run in float64 (jax_enable_x64)")
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object")
+@click.option("--quiet", is_flag=True, help="no progress bar")
+@scenario_options
+def simulate(preset, policy, samples, seed, chunk_size, regime, bits, table_path, float64, as_json, quiet, **fields):
+    """Monte Carlo metrics of one policy on a preset (any Scenario field can be overridden)."""
+    import jax
+
+    if float64:
+        jax.config.update("jax_enable_x64", True)
+    from sift_jax.simulate import simulate as run_simulation
+
+    sc = build_scenario(preset, fields)
+    table = _load_table(table_path) if table_path else None
+    options = {"bits": bits} if bits is not None else {}
+    progress = _Progress(samples, quiet or as_json, f"{preset}/{policy}")
+    try:
+        res = run_simulation(sc, policy=policy, samples=samples, seed=seed, chunk_size=chunk_size, table=table,
+                             fading=regime, progress=progress, **options)
+    finally:
+        progress.close()
+    if as_json:
+        click.echo(json.dumps(res.to_dict(preset=preset)))
+    else:
+        click.echo(f"{preset} / {policy}: {samples} samples, seed {seed}, {regime} fading")
+        click.echo(metrics_table(res.metrics))
+
+
+def _load_table(path: str):
+    import os
+
+    if os.path.isdir(path):
+        from sift_jax.moe.calibrate import load_tables
+        return load_tables(path)
+    try:
+        return np.load(path)
+    except (OSError, ValueError) as err:
+        raise ConfigError("table", path, f"a readable .npy file or calibration directory ({err})") from None
+
+
+def main(argv=None):
+    """Entry point: run the CLI, turning ConfigError into one stderr line and exit status 2."""
+    try:
+        cli.main(args=argv, standalone_mode=False)
+    except ConfigError as err:
+        click.echo(f"error: {err}", err=True)
+        sys.exit(2)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as err:
+        click.echo(f"error: {err.format_message()}", err=True)
+        sys.exit(err.exit_code)
+

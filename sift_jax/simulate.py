@@ -1,0 +1,144 @@
+"""`sj.simulate`: Monte Carlo estimate of a policy's energy, accuracy proxies and latency.
+
+One sample = one inference task: helper distances, per-layer channels, gate weights and Top-K experts
+for M tokens in each of L layers; the policy selects experts layer by layer (decoding for M = 1,
+prefilling for M > 1) and the sample's metrics are summed over layers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sift_jax import channel, costs, gating, montecarlo, policies, similarity
+from sift_jax.errors import ConfigError
+from sift_jax.provenance import provenance
+from sift_jax.scenario import Scenario, validate
+from sift_jax.stats import Stat
+
+METRICS = ("energy_per_token_j", "deviation_bound", "replace_rate", "skip_rate", "infeasible_rate", "latency_s")
+REGIMES = ("slow", "fast")
+
+
+@dataclasses.dataclass(frozen=True)
+class SimResult:
+    """Result of `simulate`.
+
+    Attributes:
+        metrics: metric name -> Stat (mean, ci95, n, p50, p90, p99, ...). Energy, deviation and latency are
+            averaged over feasible samples; `infeasible_rate` over all samples.
+        scenario, policy, samples, seed, chunk_size: the inputs. info: policy details (e.g. prefill method).
+        provenance: versions, backend, devices, PRNG, x64, git revision.
+    """
+
+    metrics: dict[str, Stat]
+    scenario: Scenario
+    policy: str
+    samples: int
+    seed: int
+    chunk_size: int
+    info: dict
+    provenance: dict
+
+    def to_dict(self, preset: str | None = None) -> dict:
+        """The JSON form of DESIGN.md (`sift-jax simulate --json`)."""
+        return {"preset": preset, "policy": self.policy, "samples": self.samples, "seed": self.seed,
+                "metrics": {k: v.to_dict() for k, v in self.metrics.items()}, "info": self.info,
+                "provenance": self.provenance}
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskMetrics:
+    """Per-sample metric function (hashable, so it is a static jit argument).
+
+    Call with (key, (scenario, tables)) -> {metric: (value, valid)}.
+    """
+
+    policy: str
+    regime: str = "slow"
+    options: tuple[tuple[str, Any], ...] = ()
+
+    def layer(self, sc: Scenario, distance_m, gain, g, topk, table):
+        """Decision and latency (s) of one layer. gain: float[N-1]; g, topk: [M, K]; table: [N, N+1]."""
+        opts = dict(self.options)
+        if sc.n_tokens == 1:
+            f = costs.node_costs(sc, distance_m, gain)
+            dec = policies.get(self.policy)(sc, f, g[0], topk[0], table, **opts)
+            dec = dataclasses.replace(dec, assign=dec.assign[None], deviation_bound=jnp.reshape(dec.deviation_bound, (1,)))
+        else:
+            d_e = costs.marginal_costs(sc, distance_m, gain, sc.n_tokens)
+            cap = costs.capacities(sc, distance_m, gain)
+            dec = policies.get_prefill(self.policy)(sc, d_e, cap, g, topk, table, **opts)
+        latency = jnp.max(costs.node_latency(sc, distance_m, gain, dec.loads))
+        return dec, latency
+
+    def __call__(self, key, params):
+        sc, tables = params
+        k_channel, k_gate = jax.random.split(key)
+        ch = channel.draw(k_channel, sc, fast=self.regime == "fast")
+        g, topk = gating.draw(k_gate, sc)
+        dec, latency = jax.vmap(self.layer, in_axes=(None, None, 0, 0, 0, 0))(
+            sc, ch.distance_m, ch.gain, g, topk, tables)
+        feasible = jnp.all(dec.feasible)
+        slots = sc.n_layers * sc.n_tokens * sc.top_k
+        always = jnp.bool_(True)
+        return {
+            "energy_per_token_j": (jnp.sum(dec.energy_j) / sc.n_tokens, feasible),
+            "deviation_bound": (jnp.mean(dec.deviation_bound), feasible),
+            "replace_rate": (jnp.sum(dec.n_replaced) / slots, feasible),
+            "skip_rate": (jnp.sum(dec.n_skipped) / slots, feasible),
+            "infeasible_rate": (1.0 - feasible.astype(jnp.result_type(float)), always),
+            "latency_s": (jnp.sum(latency), feasible),
+        }
+
+
+def check_tables(sc: Scenario, tables) -> jax.Array:
+    """Validate a mismatch table stack float[L, N, N+1] (or one [N, N+1] table used for every layer)."""
+    arr = np.asarray(tables, dtype=np.float64)
+    if arr.shape == (sc.n_nodes, sc.n_nodes + 1):
+        arr = np.broadcast_to(arr, (sc.n_layers,) + arr.shape)
+    if arr.shape != (sc.n_layers, sc.n_nodes, sc.n_nodes + 1):
+        raise ConfigError("table", f"array of shape {arr.shape}",
+                          f"shape ({sc.n_layers}, {sc.n_nodes}, {sc.n_nodes + 1}) or ({sc.n_nodes}, {sc.n_nodes + 1})")
+    if not np.all(np.isfinite(arr)) or np.any(arr < 0):
+        raise ConfigError("table", "an array with negative or non-finite entries", "finite values >= 0")
+    return jnp.asarray(arr, dtype=jnp.result_type(float))
+
+
+def simulate(sc: Scenario, policy: str = "siftmoe", samples: int = 100_000, seed: int = 0,
+             chunk_size: int | None = None, table=None, fading: str = "slow",
+             progress: Callable[[int], None] | None = None, **options) -> SimResult:
+    """Monte Carlo estimate of a policy's metrics (see `METRICS`) with 95% CIs and quantiles.
+
+    Args:
+        sc: the scenario (validated here). policy: a name from `sj.policies.names()`.
+        samples: inference tasks to simulate. seed: sample i uses `fold_in(key(seed), i)`.
+        chunk_size: samples per compiled call (memory); results do not depend on it.
+        table: mismatch table(s) [L, N, N+1] or [N, N+1]; default `similarity.synthetic_tables(sc)`.
+        fading: "slow" (gain per layer) or "fast" (gain per slot; see policies/fastfading.py).
+        progress: callback with the number of samples finished.
+        **options: passed to the policy (e.g. share_substitutes=False, threshold=0.5 for wdmoe).
+
+    Example:
+        >>> import sift_jax as sj
+        >>> sc = sj.presets.get("mixtral-8x7b").replace(n_tokens=1, n_layers=2)
+        >>> res = sj.simulate(sc, policy="topk", samples=64, seed=0)
+        >>> res.metrics["energy_per_token_j"].n + res.metrics["energy_per_token_j"].n_invalid
+        64
+    """
+    validate(sc)
+    if fading not in REGIMES:
+        raise ConfigError("fading", fading, f"one of {', '.join(REGIMES)}")
+    policies.get(policy) if sc.n_tokens == 1 else policies.get_prefill(policy)  # name check
+    tables = similarity.synthetic_tables(sc) if table is None else check_tables(sc, table)
+    fn = TaskMetrics(policy=policy, regime=fading, options=tuple(sorted(options.items())))
+    params = jax.tree.map(lambda x: jnp.asarray(x)[None], (sc, tables))
+    size = montecarlo.check_run_args(samples, seed, chunk_size)
+    (metrics,) = montecarlo.run(fn, params, 1, samples, seed, size, progress)
+    info = {"regime": fading, "options": dict(options)}
+    return SimResult(metrics=metrics, scenario=sc, policy=policy, samples=samples, seed=seed, chunk_size=size,
+                     info=info, provenance=provenance())
