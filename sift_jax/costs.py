@@ -115,8 +115,8 @@ def marginal_costs(sc: Scenario, distance_m: jax.Array, gain: jax.Array, max_loa
 def capacities(sc: Scenario, distance_m: jax.Array, gain: jax.Array) -> jax.Array:
     """Largest feasible load D_v,max per node (paper §3.4): int32[N].
 
-    Closed form from the deadline, the hidden load time and the power cap, then checked against the
-    feasibility of `load_energy` at D_max and D_max + 1 so both always agree.
+    Closed form from the deadline, the hidden load time and the power cap, refined by bisection on the
+    feasibility of `load_energy`, so both always agree (energies beyond the float range count as infeasible).
     """
     t = sc.deadline_s
     user = jnp.floor((t - sc.user_load_time_s) * sc.user_flops_per_s / sc.expert_flops)
@@ -128,13 +128,21 @@ def capacities(sc: Scenario, distance_m: jax.Array, gain: jax.Array) -> jax.Arra
     by_power = jnp.where(jnp.isinf(s_max), jnp.inf,
                          jnp.floor(s_max * bw * t / (sc.hidden_bits + jnp.where(jnp.isinf(s_max), 0.0, s_max) * bw * gamma)))
     helper = jnp.minimum(jnp.minimum(by_load, by_time), by_power)
-    guess = jnp.clip(jnp.concatenate([user[None], helper]), 0, 2**30).astype(jnp.int32)
+    upper = jnp.clip(jnp.concatenate([user[None], helper]), 0, 2**30).astype(jnp.int32) + 1
 
     def feasible(loads):
         return jnp.isfinite(jnp.diagonal(load_energy(sc, distance_m, gain, jnp.diag(loads))))
 
-    guess = jnp.where(feasible(guess + 1), guess + 1, guess)
-    return jnp.where(feasible(guess) | (guess == 0), guess, jnp.maximum(guess - 1, 0))
+    # Bisection for the largest load with finite energy in [0, upper]: feasibility is monotone in D, and
+    # this also catches energies beyond the float range (counted as infeasible, like in load_energy).
+    def step(_, bounds):
+        lo, hi = bounds  # lo feasible, hi infeasible (or the top, when feasible)
+        mid = (lo + hi + 1) // 2
+        ok = feasible(mid)
+        return jnp.where(ok, mid, lo), jnp.where(ok, hi, mid - 1)
+
+    lo, _ = jax.lax.fori_loop(0, 32, step, (jnp.zeros_like(upper), upper))
+    return lo
 
 
 def node_latency(sc: Scenario, distance_m: jax.Array, gain: jax.Array, loads: jax.Array) -> jax.Array:

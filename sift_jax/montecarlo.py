@@ -27,13 +27,13 @@ MetricFn = Callable[[jax.Array, Any], dict]
 
 def sample_keys(seed: int, start, size: int) -> jax.Array:
     """Typed keys of samples start..start+size-1: `fold_in(key(seed), i)`."""
-    base = jax.random.key(seed)
-    idx = (jnp.asarray(start, jnp.uint32) + jnp.arange(size, dtype=jnp.uint32))
+    base = jax.random.key(jnp.asarray(seed, jnp.uint32))
+    idx = jnp.asarray(start, jnp.uint32) + jnp.arange(size, dtype=jnp.uint32)
     return jax.vmap(functools.partial(jax.random.fold_in, base))(idx)
 
 
-@functools.partial(jax.jit, static_argnames=("metric_fn", "size", "seed"))
-def _chunk(metric_fn: MetricFn, params, start, size: int, seed: int):
+@functools.partial(jax.jit, static_argnames=("metric_fn", "size"))
+def _chunk(metric_fn: MetricFn, params, start, size: int, seed):
     """Metrics of `size` samples for every sweep point: {name: (float[P, size], bool[P, size])}."""
     keys = sample_keys(seed, start, size)
     per_sample = jax.vmap(metric_fn, in_axes=(0, None))
