@@ -186,3 +186,131 @@ def router_cosine(router_weights: jax.Array) -> jax.Array:
     u = w / jnp.where(norms > 0, norms, 1.0)
     cos = jnp.clip(jnp.matmul(u.T, u, precision=jax.lax.Precision.HIGHEST), -1.0, 1.0)
     return jnp.where(jnp.eye(w.shape[1], dtype=bool), 1.0, cos)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Synthetic tables: a latent model of expert outputs (INFERRED; the paper calibrates on real models)
+# ---------------------------------------------------------------------------------------------------
+
+
+def _layer_key(sc, layer) -> jax.Array:
+    base = jax.random.fold_in(jax.random.key(sc.table_seed), _TAG_SIMILARITY)
+    return jax.random.fold_in(base, layer)
+
+
+def _clusters(sc, key) -> jax.Array:
+    # a uniformly random permutation (argsort of uniforms) dealt round-robin into the clusters
+    perm = jnp.argsort(jax.random.uniform(jax.random.fold_in(key, 0), (sc.n_nodes,)))
+    return (perm % sc.n_clusters).astype(jnp.int32)
+
+
+def _norms(sc, key) -> jax.Array:
+    w = jax.random.normal(jax.random.fold_in(key, 1), (sc.n_nodes,))
+    return jnp.asarray(sc.output_norm, w.dtype) * jnp.exp(jnp.asarray(sc.output_norm_sigma, w.dtype) * w)
+
+
+def synthetic_clusters(sc) -> jax.Array:
+    """Cluster of every expert in the synthetic latent model: int32[L, N], values in [0, n_clusters).
+
+    Per layer, a random permutation (fixed by `sc.table_seed` and the layer) deals the N experts into
+    `sc.n_clusters` clusters of equal size (+-1), so which node shares a cluster with the user's local
+    expert (node 0) varies across layers.
+
+    Example:
+        >>> from sift_jax.scenario import Scenario
+        >>> c = synthetic_clusters(Scenario(n_nodes=8, n_layers=2, n_clusters=4))
+        >>> c.shape, [int(x) for x in jax.numpy.bincount(c[0], length=4)]
+        ((2, 8), [2, 2, 2, 2])
+    """
+    return jax.vmap(lambda layer: _clusters(sc, _layer_key(sc, layer)))(jnp.arange(sc.n_layers))
+
+
+def synthetic_norms(sc) -> jax.Array:
+    """Per-expert output-norm scale n_i of the latent model: float[L, N] (log-normal, median output_norm).
+
+    n_i = sc.output_norm * exp(sc.output_norm_sigma * w_i), w_i ~ N(0, 1) fixed by `sc.table_seed`
+    and the layer. `output_norm` and `output_norm_sigma` may be traced.
+    """
+    return jax.vmap(lambda layer: _norms(sc, _layer_key(sc, layer)))(jnp.arange(sc.n_layers))
+
+
+def synthetic_outputs(sc, layer, n_samples: int = 256, latent_dim: int = 64) -> jax.Array:
+    """Sampled expert outputs of the latent model at one layer: float[S, N, D].
+
+    Latent model (INFERRED, documented in `synthetic_tables`): for calibration input s,
+    FFN_i(z_s) = n_i v_i(s), v_i(s) = sqrt(a) c_{k(i)}(s) + sqrt(1 - a) e_i(s), with
+    c_k(s), e_i(s) ~ N(0, I_D / D) independent, k(i) = `synthetic_clusters`, n_i = `synthetic_norms`,
+    a = clip(sc.intra_cluster_cosine, 0, 1). Deterministic in (sc.table_seed, layer).
+
+    Args:
+        sc: scenario (static n_nodes, n_clusters, table_seed; traced dynamic leaves are fine).
+        layer: layer index (int, may be traced).
+        n_samples: S, calibration inputs (static). latent_dim: D, output dimension (static).
+
+    Example:
+        >>> from sift_jax.scenario import Scenario
+        >>> synthetic_outputs(Scenario(n_nodes=4, n_clusters=2), 0, n_samples=5, latent_dim=3).shape
+        (5, 4, 3)
+    """
+    key = _layer_key(sc, layer)
+    cluster = _clusters(sc, key)
+    norms = _norms(sc, key)
+    scale = 1.0 / jnp.sqrt(jnp.asarray(latent_dim, norms.dtype))
+    z = jax.random.normal(jax.random.fold_in(key, 2), (n_samples, sc.n_clusters + sc.n_nodes, latent_dim)) * scale
+    c, e = z[:, :sc.n_clusters], z[:, sc.n_clusters:]
+    member = jax.nn.one_hot(cluster, sc.n_clusters, dtype=c.dtype)  # [N, C]
+    shared = jnp.einsum("nc,scd->snd", member, c, precision=jax.lax.Precision.HIGHEST)
+    a = jnp.clip(jnp.asarray(sc.intra_cluster_cosine, c.dtype), 0.0, 1.0)
+    v = jnp.sqrt(a) * shared + jnp.sqrt(1.0 - a) * e
+    return norms.astype(c.dtype)[None, :, None] * v
+
+
+@functools.partial(jax.jit, static_argnames=("n_samples", "latent_dim", "chunk_size"))
+def synthetic_tables(sc, n_samples: int = 256, latent_dim: int = 64, chunk_size: int | None = None) -> jax.Array:
+    """Mismatch tables Fbar float[L, N, N+1] from a latent model of expert outputs (for the presets).
+
+    The paper calibrates Fbar on real models (§2.8); without a model we sample outputs from a latent
+    model (INFERRED, ours) and compute the genuine mean-mismatch table with `mismatch_table`:
+
+    - Experts are dealt into `sc.n_clusters` equal clusters per layer (random, fixed by `table_seed`).
+    - On calibration input s, expert i outputs FFN_i(z_s) = n_i v_i(s) with
+      v_i(s) = sqrt(a) c_{k(i)}(s) + sqrt(1 - a) e_i(s); c_k(s) (one per cluster) and e_i(s) (one per
+      expert) are independent N(0, I_D / D). So E||v_i||^2 = 1 and the output cosine concentrates at
+      a = `intra_cluster_cosine` within a cluster and at 0 across clusters (fluctuation ~ 1/sqrt(D)).
+      Negative `intra_cluster_cosine` is clipped to 0 (no cluster of > 2 vectors has all cosines < 0).
+    - n_i = `output_norm` * exp(`output_norm_sigma` * w_i), w_i ~ N(0, 1): log-normal across experts with
+      median `output_norm`; the table scales linearly with `output_norm`.
+
+    Resulting table (large D): skip Fbar[i, N] ~ n_i; same cluster Fbar[i, j] ~ sqrt(n_i^2 + n_j^2 -
+    2 a n_i n_j) (~ 0.45 n for a = 0.9 and equal norms); other clusters ~ sqrt(n_i^2 + n_j^2) > skip, so
+    Remark 1 rules those substitutes out.
+
+    Recommended latent values per preset (measured with the Top-K gates of `gating.draw`, temperature 1,
+    popularity_skew 0.5, a = 0.9, sigma = 0.3; see the module's tests and the helper report):
+
+    - switch-base-8 (N=8, K=1, g = 1): output_norm = 250, n_clusters = 4. Replacement becomes feasible
+      for about half of the tokens at eta ~ 115 and for all at ~ 200; skipping for half at ~ 250 and
+      most by eta = 300, so eta in [0, 300] moves decisions from keep to replace to skip.
+    - Mixtral-8x7B (N=8, K=2): output_norm = 4, n_clusters = 4 (the 2nd expert is skippable for half of
+      the tokens at eta ~ 1.3, the first expert replaceable at ~ 1.3-2, skipping both needs ~ 4).
+    - GPT-OSS-20B (N=32, K=4): output_norm = 60, n_clusters = 8 (4 experts per cluster); eta = 30 sits
+      between the point where the weakest slots become skippable and where the top slot can be replaced.
+
+    Args:
+        sc: scenario; static n_layers, n_nodes, n_clusters, table_seed; dynamic output_norm,
+            output_norm_sigma, intra_cluster_cosine may be traced (vmap over them works).
+        n_samples: S latent calibration inputs per layer (static). latent_dim: D (static).
+        chunk_size: see `mismatch_table`.
+
+    Returns:
+        float[L, N, N+1], diagonal 0, column N = mean ||FFN_i||.
+
+    Example:
+        >>> from sift_jax.scenario import Scenario
+        >>> t = synthetic_tables(Scenario(n_nodes=8, n_layers=2, output_norm=10.0))
+        >>> t.shape, float(t[0, 3, 3])
+        ((2, 8, 9), 0.0)
+    """
+    def one(layer):
+        return mismatch_table(synthetic_outputs(sc, layer, n_samples, latent_dim), chunk_size=chunk_size)
+    return jax.lax.map(one, jnp.arange(sc.n_layers))
