@@ -45,6 +45,7 @@ def _check_outputs(outputs, ndim: int, what: str) -> jax.Array:
     return outputs
 
 
+@jax.jit
 def pairwise(outputs: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Norm ratio, output cosine and mismatch for every ordered expert pair and sample (§2.3).
 
@@ -209,6 +210,7 @@ def _norms(sc, key) -> jax.Array:
     return jnp.asarray(sc.output_norm, w.dtype) * jnp.exp(jnp.asarray(sc.output_norm_sigma, w.dtype) * w)
 
 
+@jax.jit
 def synthetic_clusters(sc) -> jax.Array:
     """Cluster of every expert in the synthetic latent model: int32[L, N], values in [0, n_clusters).
 
@@ -225,6 +227,7 @@ def synthetic_clusters(sc) -> jax.Array:
     return jax.vmap(lambda layer: _clusters(sc, _layer_key(sc, layer)))(jnp.arange(sc.n_layers))
 
 
+@jax.jit
 def synthetic_norms(sc) -> jax.Array:
     """Per-expert output-norm scale n_i of the latent model: float[L, N] (log-normal, median output_norm).
 
@@ -234,6 +237,7 @@ def synthetic_norms(sc) -> jax.Array:
     return jax.vmap(lambda layer: _norms(sc, _layer_key(sc, layer)))(jnp.arange(sc.n_layers))
 
 
+@functools.partial(jax.jit, static_argnames=("n_samples", "latent_dim"))
 def synthetic_outputs(sc, layer, n_samples: int = 256, latent_dim: int = 64) -> jax.Array:
     """Sampled expert outputs of the latent model at one layer: float[S, N, D].
 
