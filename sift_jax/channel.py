@@ -36,7 +36,7 @@ def draw_distances(key: jax.Array, sc: Scenario) -> jax.Array:
 
     CDF: P(d <= r) = (r^2 - dmin^2) / (dmax^2 - dmin^2).
     """
-    u = jax.random.uniform(key, (sc.n_helpers,))
+    u = jax.random.uniform(key, (sc.n_helpers,), dtype=jnp.float32).astype(_float())
     lo2, hi2 = jnp.square(sc.min_distance_m), jnp.square(sc.max_distance_m)
     return jnp.sqrt(lo2 + u * (hi2 - lo2))
 
@@ -44,27 +44,39 @@ def draw_distances(key: jax.Array, sc: Scenario) -> jax.Array:
 def draw_fading(key: jax.Array, sc: Scenario, shape: tuple[int, ...]) -> jax.Array:
     """Unit-mean small-scale power gains of the scenario's fading family, float[*shape].
 
-    gamma: Gamma(m, 1/m) with integer m drawn as a sum of m exponentials (fast path);
+    gamma: Gamma(m, 1/m) with integer m drawn as a sum of m exponentials, -log(u_1 ... u_m)/m: one log
+    per gain (a product of m <= 5 uniforms >= 2^-23 stays a normal float32; larger m sums the logs);
     nakagami: Gamma(m, 1/m) for any m (general sampler); rayleigh: Exp(1);
     rician: |LoS + scatter|^2 with K-factor `rician_k`; lognormal: exp(s Z - s^2/2), s = sigma_dB ln10/10.
     """
+    return _draw_fading(key, sc, shape).astype(_float())
+
+
+def _float():
+    return jnp.result_type(float)
+
+
+def _draw_fading(key, sc, shape):
+    """The draws, always from float32 random numbers: float32 and float64 runs see the same samples."""
     fading = sc.fading
     if fading == "gamma":
         m = int(sc.fading_shape)
-        return jax.random.exponential(key, shape + (m,)).sum(-1) / m
+        u = jax.random.uniform(key, shape + (m,), jnp.float32, minval=jnp.finfo(jnp.float32).tiny, maxval=1.0)
+        log_prod = jnp.log(u.prod(-1)) if m <= 5 else jnp.log(u).sum(-1)
+        return -log_prod / m
     if fading == "nakagami":
-        return jax.random.gamma(key, sc.fading_shape, shape) / sc.fading_shape
+        return jax.random.gamma(key, sc.fading_shape, shape, dtype=jnp.float32) / sc.fading_shape
     if fading == "rayleigh":
-        return jax.random.exponential(key, shape)
+        return jax.random.exponential(key, shape, dtype=jnp.float32)
     if fading == "rician":
-        k = jnp.asarray(sc.rician_k)
-        z = jax.random.normal(key, shape + (2,))
+        k = jnp.asarray(sc.rician_k, jnp.float32)
+        z = jax.random.normal(key, shape + (2,), dtype=jnp.float32)
         los = jnp.sqrt(k / (k + 1.0))
         scatter = jnp.sqrt(0.5 / (k + 1.0))
         return jnp.square(los + scatter * z[..., 0]) + jnp.square(scatter * z[..., 1])
     if fading == "lognormal":
-        s = sc.shadowing_db * jnp.log(10.0) / 10.0
-        return jnp.exp(s * jax.random.normal(key, shape) - 0.5 * s * s)
+        s = jnp.asarray(sc.shadowing_db, jnp.float32) * jnp.log(10.0) / 10.0
+        return jnp.exp(s * jax.random.normal(key, shape, dtype=jnp.float32) - 0.5 * s * s)
     raise ValueError(f"unknown fading family {fading!r}")  # validate() rejects this earlier
 
 
