@@ -13,6 +13,7 @@ the layer: the routing skew is a property of the model, the same for every sampl
 
 from __future__ import annotations
 
+import functools
 import os
 
 import jax
@@ -26,6 +27,7 @@ from sift_jax.scenario import Scenario
 _TAG_POPULARITY = 1
 
 
+@functools.partial(jax.jit, static_argnames=("k",))
 def from_logits(logits: jax.Array, k: int, temperature=1.0) -> tuple[jax.Array, jax.Array]:
     """Top-K experts and their renormalised gate weights from router logits.
 
@@ -62,6 +64,7 @@ def from_logits(logits: jax.Array, k: int, temperature=1.0) -> tuple[jax.Array, 
     return g, topk.astype(jnp.int32)
 
 
+@jax.jit
 def popularity(sc: Scenario) -> jax.Array:
     """Per-layer expert popularity offsets o = sc.popularity_skew * u: float[L, N] (logit units).
 
@@ -79,6 +82,7 @@ def popularity(sc: Scenario) -> jax.Array:
     return jnp.asarray(sc.popularity_skew, u.dtype) * u
 
 
+@jax.jit
 def draw_logits(key: jax.Array, sc: Scenario) -> jax.Array:
     """Synthetic router logits float[L, M, N]: standard normals plus the layer's popularity profile.
 
@@ -96,6 +100,7 @@ def draw_logits(key: jax.Array, sc: Scenario) -> jax.Array:
     return x + popularity(sc)[:, None, :].astype(x.dtype)
 
 
+@jax.jit
 def draw(key: jax.Array, sc: Scenario) -> tuple[jax.Array, jax.Array]:
     """Synthetic gate weights and Top-K experts for every layer and token of one sample.
 
