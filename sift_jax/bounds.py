@@ -36,6 +36,7 @@ def _columns(mapping: jax.Array, n: int) -> jax.Array:
     return jnp.where(mapping < 0, n, mapping)
 
 
+@jax.jit
 def layer_bound(g: jax.Array, topk: jax.Array, mapping: jax.Array, table: jax.Array) -> jax.Array:
     """Prop. 1 bound per token: sum_i g_i Fbar[topk_i, phi(i)], phi(i) = -1 -> skip column N.
 
@@ -61,6 +62,7 @@ def layer_bound(g: jax.Array, topk: jax.Array, mapping: jax.Array, table: jax.Ar
     return jnp.sum(jnp.asarray(g) * vals, axis=-1)
 
 
+@jax.jit
 def exact_deviation(g: jax.Array, topk: jax.Array, mapping: jax.Array, outputs: jax.Array) -> jax.Array:
     """The layer deviation delta = ||sum_i g_i (FFN_phi(i)(z) - FFN_i(z))|| of eq. (12) for one input.
 
@@ -90,6 +92,7 @@ def exact_deviation(g: jax.Array, topk: jax.Array, mapping: jax.Array, outputs: 
     return jnp.where(sq > 0, jnp.sqrt(jnp.where(sq > 0, sq, 1.0)), 0.0)
 
 
+@jax.jit
 def mismatch_factor(table: jax.Array) -> jax.Array:
     """Remark 1 factor Fbar[i, j] / Fbar[i, skip]: float[N, N] (diagonal 0; inf where Fbar[i, skip] = 0).
 
@@ -106,6 +109,7 @@ def mismatch_factor(table: jax.Array) -> jax.Array:
     return jnp.where(jnp.eye(n, dtype=bool), 0.0, f)
 
 
+@jax.jit
 def replace_beats_skip(table: jax.Array) -> jax.Array:
     """Remark 1 mask: bool[N, N], True where replacing expert i by j beats skipping i.
 
@@ -132,6 +136,7 @@ def _broadcast_layers(*xs):
     return [jnp.broadcast_to(a.astype(dtype), shape) for a in arrs]
 
 
+@jax.jit
 def final_bound(delta: jax.Array, b_max: jax.Array, beta_max: jax.Array) -> jax.Array:
     """Thm. 1 bound on the final-output deviation e^(l) for every layer l, by the recursion.
 
@@ -163,6 +168,7 @@ def final_bound(delta: jax.Array, b_max: jax.Array, beta_max: jax.Array) -> jax.
     return jnp.moveaxis(e, 0, -1)
 
 
+@jax.jit
 def final_bound_closed_form(delta: jax.Array, b_max: jax.Array, beta_max: jax.Array) -> jax.Array:
     """Thm. 1, eq. (14) as printed: e^(l) <= sum_{r<=l} (2 B^(r) + delta^(r)) prod_{t=r+1}^{l} beta^(t).
 
@@ -187,6 +193,7 @@ def final_bound_closed_form(delta: jax.Array, b_max: jax.Array, beta_max: jax.Ar
     return jnp.moveaxis(jax.lax.map(row, idx), 0, -1)
 
 
+@jax.jit
 def layer_budgets(theta, kappa, b_max, beta_max, split=None, delta_prev=None) -> jax.Array:
     """Cor. 1 per-layer deviation budgets eta^(l), float[L].
 
@@ -204,7 +211,9 @@ def layer_budgets(theta, kappa, b_max, beta_max, split=None, delta_prev=None) ->
       at every layer. Pass measured or expected deviations instead for online use.
     - A negative budget means the target cannot be guaranteed through Thm. 1 even with zero deviation
       (the selection-independent 2 B term is too large); values are returned unclipped. Where
-      prod_{t>l} beta^(t) = 0 the second term is +inf.
+      prod_{t>l} beta^(t) = 0 the second term is +inf (and with kappa^(l) = inf so is the budget; a
+      planned infinite deviation then makes finite kappa targets of the layers before the zero-Lipschitz
+      layer unattainable, -inf). No NaN is produced for nonnegative finite B, beta and theta.
 
     Args:
         theta: scalar target on the final-output deviation E[e^(L)].
@@ -250,8 +259,9 @@ def layer_budgets(theta, kappa, b_max, beta_max, split=None, delta_prev=None) ->
     def step(e_prev, xs):
         # e_prev = Thm. 1 bound of layer l-1 with the planned deviations; sum_{r<l} f(r, l) = beta_l e_prev
         kap, b, beta, t2, d = xs
-        upstream = beta * e_prev
-        eta = jnp.minimum(kap - 2.0 * b - upstream, t2)
+        upstream = jnp.where(beta == 0, 0.0, beta * e_prev)  # 0 * inf = 0: a zero-Lipschitz layer resets
+        term1 = jnp.where(kap == jnp.inf, jnp.inf, kap - 2.0 * b - upstream)  # kappa = inf: no constraint
+        eta = jnp.minimum(term1, t2)
         d_used = jnp.maximum(eta, 0.0) if delta is None else d
         return upstream + 2.0 * b + d_used, eta
 
@@ -289,9 +299,10 @@ def estimate_b_max(fn: Callable[[jax.Array], jax.Array], zs: jax.Array, batch_si
         >>> estimate_b_max(lambda z: W @ z, jnp.array([[3.0, 4.0], [1.0, 0.0]]))
         Array([ 5., 10.], dtype=float32)
     """
-    zs = jnp.asarray(zs)
-    out = jax.vmap(fn)(zs) if batch_size is None else jax.lax.map(fn, zs, batch_size=batch_size)
-    return jnp.max(_norm_last(out), axis=0)
+    def run(zs):
+        out = jax.vmap(fn)(zs) if batch_size is None else jax.lax.map(fn, zs, batch_size=batch_size)
+        return jnp.max(_norm_last(out), axis=0)
+    return jax.jit(run)(jnp.asarray(zs))
 
 
 def lipschitz_finite_difference(fn: Callable[[jax.Array], jax.Array], zs: jax.Array, key: jax.Array,
@@ -319,13 +330,14 @@ def lipschitz_finite_difference(fn: Callable[[jax.Array], jax.Array], zs: jax.Ar
         >>> bool(jnp.abs(est - 3.0) < 1e-2)
         True
     """
-    zs = jnp.asarray(zs)
-    u = jax.random.normal(key, (zs.shape[0], n_directions, zs.shape[-1]), zs.dtype)
-    u = u / _norm_last(u)[..., None]
-    base = jax.vmap(fn)(zs)  # [S, ..., d_out]
-    moved = jax.vmap(jax.vmap(fn))(zs[:, None, :] + eps * u)  # [S, D, ..., d_out]
-    ratio = _norm_last(moved - base[:, None]) / eps
-    return jnp.max(ratio, axis=(0, 1))
+    def run(zs, key, eps):
+        u = jax.random.normal(key, (zs.shape[0], n_directions, zs.shape[-1]), zs.dtype)
+        u = u / _norm_last(u)[..., None]
+        base = jax.vmap(fn)(zs)  # [S, ..., d_out]
+        moved = jax.vmap(jax.vmap(fn))(zs[:, None, :] + eps * u)  # [S, D, ..., d_out]
+        ratio = _norm_last(moved - base[:, None]) / eps
+        return jnp.max(ratio, axis=(0, 1))
+    return jax.jit(run)(jnp.asarray(zs), key, eps)
 
 
 def lipschitz_power_iteration(fn: Callable[[jax.Array], jax.Array], z: jax.Array, key: jax.Array,
@@ -354,11 +366,16 @@ def lipschitz_power_iteration(fn: Callable[[jax.Array], jax.Array], z: jax.Array
     """
     z = jnp.asarray(z)
     if z.ndim == 2:
-        keys = jax.random.split(key, z.shape[0])
-        per_point = jax.vmap(lambda zz, kk: lipschitz_power_iteration(fn, zz, kk, iters))(z, keys)
-        return jnp.max(per_point, axis=0)
+        def run(z, key):
+            keys = jax.random.split(key, z.shape[0])
+            return jnp.max(jax.vmap(lambda zz, kk: _power_iteration(fn, zz, kk, iters))(z, keys), axis=0)
+        return jax.jit(run)(z, key)
     if z.ndim != 1:
         raise ConfigError("z", f"array of shape {z.shape}", "float[d] or float[S, d]")
+    return jax.jit(lambda z, key: _power_iteration(fn, z, key, iters))(z, key)
+
+
+def _power_iteration(fn, z, key, iters):
     out_shape = jax.eval_shape(fn, z).shape
     lead, d_out = out_shape[:-1], out_shape[-1]
     n_exp = 1
