@@ -289,16 +289,24 @@ def synthetic_tables(sc, n_samples: int = 256, latent_dim: int = 64, chunk_size:
     2 a n_i n_j) (~ 0.45 n for a = 0.9 and equal norms); other clusters ~ sqrt(n_i^2 + n_j^2) > skip, so
     Remark 1 rules those substitutes out.
 
-    Recommended latent values per preset (measured with the Top-K gates of `gating.draw`, temperature 1,
-    popularity_skew 0.5, a = 0.9, sigma = 0.3; see the module's tests and the helper report):
+    Recommended latent values per preset (measured with the default gates of `gating.draw`: temperature
+    1, popularity_skew 0.5; a = 0.9, sigma = 0.3, S = 256, D = 64; 1024 tokens x all layers). "eta50"
+    is the eta at which half of the tokens can afford the change alone (its Prop. 1 cost <= eta), a
+    feasibility proxy; the decisions a policy takes also depend on the energies:
 
-    - switch-base-8 (N=8, K=1, g = 1): output_norm = 250, n_clusters = 4. Replacement becomes feasible
-      for about half of the tokens at eta ~ 115 and for all at ~ 200; skipping for half at ~ 250 and
-      most by eta = 300, so eta in [0, 300] moves decisions from keep to replace to skip.
-    - Mixtral-8x7B (N=8, K=2): output_norm = 4, n_clusters = 4 (the 2nd expert is skippable for half of
-      the tokens at eta ~ 1.3, the first expert replaceable at ~ 1.3-2, skipping both needs ~ 4).
-    - GPT-OSS-20B (N=32, K=4): output_norm = 60, n_clusters = 8 (4 experts per cluster); eta = 30 sits
-      between the point where the weakest slots become skippable and where the top slot can be replaced.
+    - switch-base-8 (N=8, K=1, g = 1): output_norm = 250, n_clusters = 4 (pairs). Replacing the expert
+      by its cluster partner: feasible for 3% of tokens at eta = 100, 51% at 150, 82% at 200, 97% at 250
+      (eta50 ~ 140). Skipping would need ~ 257 (eta50) but K = 1 cannot skip under (16d). So eta in
+      [0, 300] moves decisions from keep to replace.
+    - Mixtral-8x7B (N=8, K=2): output_norm = 4, n_clusters = 4. eta50: change the 2nd slot 0.8, skip
+      the 2nd slot 1.45, replace the top expert 1.4, change both slots 2.3, skip the top expert 2.6:
+      [0, 2.5] spans keep -> replace/skip the 2nd -> replace the 1st, with eta = 1.5 in the middle.
+    - GPT-OSS-20B (N=32, K=4): output_norm = 100, n_clusters = 8 (4 experts per cluster). At eta = 30
+      the top expert is replaceable for 89% of tokens and skippable for 24%, the three lower slots can
+      all be removed for 52% and changing every slot is not yet affordable (eta50 49); an axis of
+      [0, 50] spans the transition. (With output_norm = 60 eta = 30 is already the eta50 of changing
+      every slot, more permissive than the other presets' defaults.)
+    - Lower `intra_cluster_cosine` (0.8) raises replacement costs by ~ 30% and leaves skip costs alone.
 
     Args:
         sc: scenario; static n_layers, n_nodes, n_clusters, table_seed; dynamic output_norm,
