@@ -122,11 +122,10 @@ def simulate(preset, policy, samples, seed, chunk_size, regime, bits, table_path
 
     sc = build_scenario(preset, fields)
     table = _load_table(table_path) if table_path else None
-    options = {"bits": bits} if bits is not None else {}
     progress = _Progress(samples, quiet or as_json, f"{preset}/{policy}")
     try:
         res = run_simulation(sc, policy=policy, samples=samples, seed=seed, chunk_size=chunk_size, table=table,
-                             fading=regime, progress=progress, **options)
+                             fading=regime, bits=bits, progress=progress)
     finally:
         progress.close()
     if as_json:
@@ -134,6 +133,80 @@ def simulate(preset, policy, samples, seed, chunk_size, regime, bits, table_path
     else:
         click.echo(f"{preset} / {policy}: {samples} samples, seed {seed}, {regime} fading")
         click.echo(metrics_table(res.metrics))
+
+
+@cli.command()
+@click.argument("spec_path")
+@click.option("--out", default="results", show_default=True, help="output directory")
+@click.option("--resume", is_flag=True, help="reuse finished points after a crash")
+@click.option("--samples", default=None, type=int, help="override the spec's sample count")
+@click.option("--quick", is_flag=True, help="quick sizes: the spec's quick_samples and [quick_fixed]")
+@click.option("--quiet", is_flag=True, help="no progress bar")
+def sweep(spec_path, out, resume, samples, quick, quiet):
+    """Run a TOML sweep spec; writes OUT/NAME.nc (xarray) and OUT/NAME.png."""
+    from sift_jax import plots
+    from sift_jax import sweep as sweeps
+
+    ds = _run_sweep(sweeps.load_spec(spec_path), out, resume, samples, quick, quiet)
+    png = plots.plot_dataset(ds, f"{out}/{ds.attrs['spec_name']}.png")
+    click.echo(f"wrote {out}/{ds.attrs['spec_name']}.nc and {png}")
+
+
+def _run_sweep(spec, out, resume, samples, quick, quiet):
+    from sift_jax import sweep as sweeps
+
+    bar = None
+    if not quiet and sys.stderr.isatty():
+        from tqdm import tqdm
+        bar = tqdm(desc=spec.name, unit="sample", leave=False)
+
+    def progress(done, total):
+        if bar is not None:
+            bar.total = total
+            bar.n = done
+            bar.refresh()
+
+    try:
+        return sweeps.run(spec, out=out, resume=resume, samples=samples, quick=quick, progress=progress)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+@cli.command()
+@click.argument("nc_path")
+@click.option("--metric", default="energy_per_token_j", show_default=True)
+@click.option("--out", "png", default=None, help="PNG path (default: next to the .nc)")
+def plot(nc_path, metric, png):
+    """Draw a PNG of a sweep result (.nc) in the paper's style."""
+    import xarray as xr
+
+    from sift_jax import plots
+
+    try:
+        ds = xr.load_dataset(nc_path)
+    except (OSError, ValueError) as err:
+        raise ConfigError("file", nc_path, f"a sweep result .nc file ({err})") from None
+    if f"{metric}_mean" not in ds:
+        raise ConfigError("metric", metric, "one of energy_per_token_j, deviation_bound, replace_rate, skip_rate, "
+                                            "infeasible_rate, latency_s")
+    path = plots.plot_dataset(ds, png or nc_path.removesuffix(".nc") + f"_{metric}.png", metric)
+    click.echo(f"wrote {path}")
+
+
+@cli.command()
+@click.option("--quick", is_flag=True, help="tiny sample counts and sizes: checks the pipeline in minutes")
+@click.option("--out", default="results", show_default=True)
+@click.option("--specs", "spec_dir", default=None, help="directory of specs (default: the repo's sweeps/)")
+@click.option("--only", default=None, help="comma list of spec names to run")
+@click.option("--quiet", is_flag=True)
+def reproduce(quick, out, spec_dir, only, quiet):
+    """Run every paper spec: netCDF files, PNGs and REPORT.md with the paper's claims checked."""
+    from sift_jax import reproduce as repro
+
+    path = repro.reproduce(out=out, quick=quick, spec_dir=spec_dir, only=only.split(",") if only else None,
+                           echo=None if quiet else click.echo)
+    click.echo(f"wrote {path}")
 
 
 def _load_table(path: str):
@@ -146,6 +219,13 @@ def _load_table(path: str):
         return np.load(path)
     except (OSError, ValueError) as err:
         raise ConfigError("table", path, f"a readable .npy file or calibration directory ({err})") from None
+
+
+try:  # the Flax MoE lab's commands (sift-jax moe train | calibrate | tightness)
+    from sift_jax.moe.cli import moe as _moe_group
+    cli.add_command(_moe_group)
+except ImportError:  # pragma: no cover - the lab is part of the package; this guards partial installs
+    pass
 
 
 def main(argv=None):

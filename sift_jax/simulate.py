@@ -22,6 +22,7 @@ from sift_jax.stats import Stat
 
 METRICS = ("energy_per_token_j", "deviation_bound", "replace_rate", "skip_rate", "infeasible_rate", "latency_s")
 REGIMES = ("slow", "fast")
+BASELINES = ("topk", "topk-ideal", "wdmoe")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,8 +30,11 @@ class SimResult:
     """Result of `simulate`.
 
     Attributes:
-        metrics: metric name -> Stat (mean, ci95, n, p50, p90, p99, ...). Energy, deviation and latency are
-            averaged over feasible samples; `infeasible_rate` over all samples.
+        metrics: metric name -> Stat (mean, ci95, n, p50, p90, p99, ...). For siftmoe and oracle, energy,
+            deviation, rates and latency average over feasible samples (no selection exists otherwise) and
+            `infeasible_rate` counts the rest. Baselines always execute their selection: their metrics
+            average over all samples and `infeasible_rate` is the rate of tasks where a Top-K expert was
+            lost or eta was violated.
         scenario, policy, samples, seed, chunk_size: the inputs. info: policy details (e.g. prefill method).
         provenance: versions, backend, devices, PRNG, x64, git revision.
     """
@@ -60,6 +64,7 @@ class TaskMetrics:
 
     policy: str
     regime: str = "slow"
+    bits: str | None = None
     options: tuple[tuple[str, Any], ...] = ()
 
     def layer(self, sc: Scenario, distance_m, gain, g, topk, table):
@@ -84,16 +89,30 @@ class TaskMetrics:
         dec, latency = jax.vmap(self.layer, in_axes=(None, None, 0, 0, 0, 0))(
             sc, ch.distance_m, ch.gain, g, topk, tables)
         feasible = jnp.all(dec.feasible)
+        # Baselines always execute their selection (lost experts count as skips), so their metrics
+        # average over every sample; siftmoe/oracle have no selection where infeasible.
+        executed = jnp.bool_(True) if self.policy in BASELINES else feasible
         slots = sc.n_layers * sc.n_tokens * sc.top_k
-        always = jnp.bool_(True)
         return {
-            "energy_per_token_j": (jnp.sum(dec.energy_j) / sc.n_tokens, feasible),
-            "deviation_bound": (jnp.mean(dec.deviation_bound), feasible),
-            "replace_rate": (jnp.sum(dec.n_replaced) / slots, feasible),
-            "skip_rate": (jnp.sum(dec.n_skipped) / slots, feasible),
-            "infeasible_rate": (1.0 - feasible.astype(jnp.result_type(float)), always),
-            "latency_s": (jnp.sum(latency), feasible),
+            "energy_per_token_j": (jnp.sum(dec.energy_j) / sc.n_tokens, executed),
+            "deviation_bound": (jnp.mean(dec.deviation_bound), executed),
+            "replace_rate": (jnp.sum(dec.n_replaced) / slots, executed),
+            "skip_rate": (jnp.sum(dec.n_skipped) / slots, executed),
+            "infeasible_rate": (1.0 - feasible.astype(jnp.result_type(float)), jnp.bool_(True)),
+            "latency_s": (jnp.sum(latency), executed),
         }
+
+
+def check_policy(policy: str, regime: str = "slow", bits: str | None = None) -> None:
+    """Raise ConfigError unless policy, fading regime and bit loading name a runnable combination."""
+    if regime not in REGIMES:
+        raise ConfigError("fading", regime, f"one of {', '.join(REGIMES)}")
+    policies.get(policy)
+    if regime == "slow" and bits is not None:
+        raise ConfigError("bits", bits, "only with fading='fast' (slow fading sends bits uniformly, Remark 5)")
+    if regime == "fast":
+        from sift_jax.policies import fastfading
+        fastfading.check_bits(policy, bits)
 
 
 def check_tables(sc: Scenario, tables) -> jax.Array:
@@ -110,7 +129,7 @@ def check_tables(sc: Scenario, tables) -> jax.Array:
 
 
 def simulate(sc: Scenario, policy: str = "siftmoe", samples: int = 100_000, seed: int = 0,
-             chunk_size: int | None = None, table=None, fading: str = "slow",
+             chunk_size: int | None = None, table=None, fading: str = "slow", bits: str | None = None,
              progress: Callable[[int], None] | None = None, **options) -> SimResult:
     """Monte Carlo estimate of a policy's metrics (see `METRICS`) with 95% CIs and quantiles.
 
@@ -120,6 +139,7 @@ def simulate(sc: Scenario, policy: str = "siftmoe", samples: int = 100_000, seed
         chunk_size: samples per compiled call (memory); results do not depend on it.
         table: mismatch table(s) [L, N, N+1] or [N, N+1]; default `similarity.synthetic_tables(sc)`.
         fading: "slow" (gain per layer) or "fast" (gain per slot; see policies/fastfading.py).
+        bits: fast-fading bit loading ("uniform", "closed-form"/"dynamic", "dp"); None under slow fading.
         progress: callback with the number of samples finished.
         **options: passed to the policy (e.g. share_substitutes=False, threshold=0.5 for wdmoe).
 
@@ -131,14 +151,14 @@ def simulate(sc: Scenario, policy: str = "siftmoe", samples: int = 100_000, seed
         64
     """
     validate(sc)
-    if fading not in REGIMES:
-        raise ConfigError("fading", fading, f"one of {', '.join(REGIMES)}")
-    policies.get(policy) if sc.n_tokens == 1 else policies.get_prefill(policy)  # name check
+    check_policy(policy, fading, bits)
+    if sc.n_tokens > 1:
+        policies.get_prefill(policy)  # name check for prefilling
     tables = similarity.synthetic_tables(sc) if table is None else check_tables(sc, table)
-    fn = TaskMetrics(policy=policy, regime=fading, options=tuple(sorted(options.items())))
+    fn = TaskMetrics(policy=policy, regime=fading, bits=bits, options=tuple(sorted(options.items())))
     params = jax.tree.map(lambda x: jnp.asarray(x)[None], (sc, tables))
     size = montecarlo.check_run_args(samples, seed, chunk_size)
     (metrics,) = montecarlo.run(fn, params, 1, samples, seed, size, progress)
-    info = {"regime": fading, "options": dict(options)}
+    info = {"regime": fading, "bits": bits, "options": dict(options)}
     return SimResult(metrics=metrics, scenario=sc, policy=policy, samples=samples, seed=seed, chunk_size=size,
                      info=info, provenance=provenance())

@@ -1,0 +1,112 @@
+"""The paper's qualitative claims, checked on sweep data with confidence intervals (for REPORT.md)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from sift_jax.plots import x_axis
+
+
+@dataclasses.dataclass(frozen=True)
+class Claim:
+    """One claim on one figure: verdict is 'holds', 'holds (within CI)', 'fails' or 'n/a'."""
+
+    figure: str
+    claim: str
+    verdict: str
+    evidence: str
+
+
+def _series(ds, curve: str, metric: str = "energy_per_token_j"):
+    sub = ds.sel(curve=curve)
+    sel = {d: 0 for d in sub.dims if d not in (x_axis(ds)[0], "point")}
+    sub = sub.isel(sel)
+    return tuple(np.asarray(sub[f"{metric}_{k}"].values, float) for k in ("mean", "ci_lo", "ci_hi"))
+
+
+def _fmt(values) -> str:
+    return "[" + ", ".join(f"{v:.3g}" for v in values) + "]"
+
+
+def monotone_decreasing(ds, curve: str, figure: str) -> Claim:
+    """Energy non-increasing along the swept field: 'holds' if every step's mean does not rise; 'holds
+    (within CI)' if every rise stays inside the overlap of the two points' 95% CIs."""
+    field, _ = x_axis(ds)
+    mean, lo, hi = _series(ds, curve)
+    text = f"{curve} energy decreases as {field} grows"
+    if not np.all(np.isfinite(mean)):
+        return Claim(figure, text, "n/a", "some points have no feasible sample")
+    rises = np.diff(mean) > 0
+    if not rises.any():
+        verdict = "holds"
+    elif np.all(lo[1:][rises] <= hi[:-1][rises]):
+        verdict = "holds (within CI)"
+    else:
+        verdict = "fails"
+    return Claim(figure, text, verdict, f"means {_fmt(mean)}")
+
+
+def below(ds, low: str, high: str, figure: str) -> Claim:
+    """`low` energy below `high` at every point: 'holds' when CIs separate everywhere, 'holds (within CI)'
+    when means are lower everywhere but some CIs overlap."""
+    m1, lo1, hi1 = _series(ds, low)
+    m2, lo2, hi2 = _series(ds, high)
+    text = f"{low} below {high} everywhere"
+    ok = np.isfinite(m1) & np.isfinite(m2)
+    if not ok.any():
+        return Claim(figure, text, "n/a", "no feasible samples")
+    if np.all(hi1[ok] < lo2[ok]):
+        verdict = "holds"
+    elif np.all(m1[ok] < m2[ok]):
+        verdict = "holds (within CI)"
+    else:
+        verdict = "fails"
+    ratio = m1[ok] / np.where(m2[ok] > 0, m2[ok], np.nan)
+    return Claim(figure, text, verdict, f"{low}/{high} mean ratio {_fmt(ratio)}")
+
+
+def gap_largest_at_tightest(ds, low: str, high: str, figure: str) -> Claim:
+    """The saving (high - low) is largest at the smallest value of the swept field."""
+    field, xs = x_axis(ds)
+    m1, _, _ = _series(ds, low)
+    m2, _, _ = _series(ds, high)
+    gap = m2 - m1
+    text = f"saving of {low} over {high} largest at the smallest {field}"
+    if not np.all(np.isfinite(gap)):
+        return Claim(figure, text, "n/a", "some points have no feasible sample")
+    verdict = "holds" if int(np.argmax(gap)) == int(np.argmin(xs)) else "fails"
+    return Claim(figure, text, verdict, f"gaps {_fmt(gap)}")
+
+
+def claims_for(ds) -> list[Claim]:
+    """The claims the paper makes about a figure like `ds`, derived from its curves and axis."""
+    figure = ds.attrs.get("spec_name", "?")
+    field, _ = x_axis(ds)
+    curves = [str(c) for c in ds["curve"].values]
+    out = []
+    sift = [c for c in curves if c.split(":")[0] == "siftmoe"]
+    if field in ("eta", "bandwidth_hz", "deadline_s"):
+        out += [monotone_decreasing(ds, c, figure) for c in sift]
+    for c in sift:
+        bits = c.partition(":")[2]
+        partner = "topk" + (f":{bits}" if bits else "")
+        if partner in curves:
+            out.append(below(ds, c, partner, figure))
+            if field == "bandwidth_hz":
+                out.append(gap_largest_at_tightest(ds, c, partner, figure))
+    for policy in ("siftmoe", "topk"):
+        dyn = next((f"{policy}:{b}" for b in ("dynamic", "closed-form") if f"{policy}:{b}" in curves), None)
+        if dyn and f"{policy}:uniform" in curves:
+            out.append(below(ds, dyn, f"{policy}:uniform", figure))
+        if policy == "siftmoe" and dyn and "siftmoe:dp" in curves:
+            out.append(below(ds, "siftmoe:dp", dyn, figure))
+    return out
+
+
+def markdown(claims: list[Claim]) -> str:
+    """A markdown table of claims."""
+    rows = ["| figure | claim | verdict | evidence |", "|---|---|---|---|"]
+    rows += [f"| {c.figure} | {c.claim} | {c.verdict} | {c.evidence} |" for c in claims]
+    return "\n".join(rows)

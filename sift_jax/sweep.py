@@ -1,0 +1,334 @@
+"""Parameter sweeps: TOML specs, grid expansion, grouped vmapped evaluation, resume, xarray storage.
+
+A spec (see README, "Sweep specs") names a preset, the curves (policy, or policy:bits under fast
+fading), fixed overrides and one or more axes over Scenario fields. Points are grouped by their static
+signature (fields that set shapes); each group's dynamic parameters are stacked and evaluated in
+batches of `points_per_call` points as one compiled, vmapped, chunked call (the last batch is padded),
+so a group compiles once however many points it has. Finished batches are written atomically to
+`<out>/<name>.parts/`; `resume=True` reuses them after a crash, and refuses parts written by another
+spec, sample count, seed or code version.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+import os
+import pathlib
+import tomllib
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sift_jax import montecarlo, presets, similarity
+from sift_jax.errors import ConfigError
+from sift_jax.provenance import provenance
+from sift_jax.scenario import DYNAMIC_FIELDS, PER_HELPER_FIELDS, STATIC_FIELDS, Scenario
+from sift_jax.simulate import METRICS, REGIMES, TaskMetrics, check_policy
+from sift_jax.stats import Stat
+
+SPEC_KEYS = ("name", "title", "preset", "curves", "samples", "quick_samples", "seed", "chunk_size", "fading",
+             "fixed", "quick_fixed", "axes", "mode", "points_per_call", "options")
+STAT_FIELDS = ("mean", "ci_lo", "ci_hi", "n", "n_invalid", "p50", "p90", "p99", "tail_share", "reliable")
+
+
+@dataclasses.dataclass(frozen=True)
+class Curve:
+    """One line of a figure: a policy, with a bit-loading rule under fast fading."""
+
+    policy: str
+    bits: str | None = None
+
+    @property
+    def label(self) -> str:
+        return self.policy if self.bits is None else f"{self.policy}:{self.bits}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+    """A validated sweep spec (see `load_spec`)."""
+
+    name: str
+    title: str
+    preset: str
+    curves: tuple[Curve, ...]
+    samples: int
+    quick_samples: int
+    seed: int
+    chunk_size: int | None
+    fading: str
+    fixed: dict
+    quick_fixed: dict
+    axes: tuple[tuple[str, tuple], ...]
+    mode: str
+    points_per_call: int
+    options: dict
+    text: str
+
+    def points(self) -> list[dict]:
+        """Field -> value of every point, in storage order (product: last axis fastest)."""
+        names = [a for a, _ in self.axes]
+        if self.mode == "zip":
+            return [dict(zip(names, vals)) for vals in zip(*(v for _, v in self.axes))]
+        return [dict(zip(names, vals)) for vals in itertools.product(*(v for _, v in self.axes))]
+
+
+def _need(cond: bool, key: str, value, allowed: str):
+    if not cond:
+        raise ConfigError(f"spec.{key}", value, allowed)
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def load_spec(source: str | os.PathLike) -> Spec:
+    """Parse and validate a TOML sweep spec (a path, or TOML text containing a newline).
+
+    >>> spec = load_spec('name = "demo"\\npreset = "mixtral-8x7b"\\ncurves = ["siftmoe", "topk"]\\n'
+    ...                  'samples = 100\\n[[axes]]\\nfield = "eta"\\nvalues = [0.5, 1.5]\\n')
+    >>> [c.label for c in spec.curves], spec.points()
+    (['siftmoe', 'topk'], [{'eta': 0.5}, {'eta': 1.5}])
+    """
+    text = str(source)
+    if "\n" not in text:
+        try:
+            text = pathlib.Path(source).read_text()
+        except OSError as err:
+            raise ConfigError("spec", str(source), f"a readable TOML file ({err.strerror})") from None
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError("spec", "TOML text", f"valid TOML ({err})") from None
+    for key in raw:
+        _need(key in SPEC_KEYS, key, raw[key], "a spec key (one of " + ", ".join(SPEC_KEYS) + ")")
+    name = raw.get("name")
+    _need(isinstance(name, str) and name.replace("-", "").replace("_", "").isalnum(), "name", name,
+          "a string of letters, digits, '-' and '_'")
+    preset = raw.get("preset")
+    _need(preset in presets.names(), "preset", preset, "one of " + ", ".join(presets.names()))
+    fading = raw.get("fading", "slow")
+    _need(fading in REGIMES, "fading", fading, "one of " + ", ".join(REGIMES))
+    curves_raw = raw.get("curves")
+    _need(isinstance(curves_raw, list) and curves_raw and all(isinstance(c, str) for c in curves_raw), "curves",
+          curves_raw, "a non-empty list of 'policy' or 'policy:bits' strings")
+    curves = []
+    for c in curves_raw:
+        policy, _, bits = c.partition(":")
+        check_policy(policy, fading, bits or None)
+        curves.append(Curve(policy, bits or None))
+    samples = raw.get("samples", 10_000)
+    quick_samples = raw.get("quick_samples", min(samples, 256) if _is_int(samples) else 256)
+    for key, val in (("samples", samples), ("quick_samples", quick_samples)):
+        _need(_is_int(val) and 1 <= val <= 2**32 - 1, key, val, "an integer in [1, 2^32 - 1]")
+    seed = raw.get("seed", 0)
+    _need(_is_int(seed) and 0 <= seed <= 2**31 - 1, "seed", seed, "an integer in [0, 2^31 - 1]")
+    chunk = raw.get("chunk_size")
+    _need(chunk is None or (_is_int(chunk) and 1 <= chunk <= 2**24), "chunk_size", chunk, "an integer in [1, 2^24]")
+    ppc = raw.get("points_per_call", 8)
+    _need(_is_int(ppc) and 1 <= ppc <= 4096, "points_per_call", ppc, "an integer in [1, 4096]")
+    known = STATIC_FIELDS + DYNAMIC_FIELDS
+    fixed, quick_fixed = raw.get("fixed", {}), raw.get("quick_fixed", {})
+    for key, table in (("fixed", fixed), ("quick_fixed", quick_fixed)):
+        _need(isinstance(table, dict), key, table, "a table of Scenario field = value")
+        for field in table:
+            _need(field in known, f"{key}.{field}", table[field], "a Scenario field")
+    axes_raw = raw.get("axes")
+    _need(isinstance(axes_raw, list) and axes_raw, "axes", axes_raw, "a non-empty array of [[axes]] tables")
+    axes = []
+    for i, ax in enumerate(axes_raw):
+        _need(isinstance(ax, dict) and set(ax) <= {"field", "values"}, f"axes[{i}]", ax,
+              "a table with keys field and values")
+        field, values = ax.get("field"), ax.get("values")
+        _need(field in known and field != "fading", f"axes[{i}].field", field, "a Scenario field")
+        _need(isinstance(values, list) and len(values) > 0, f"axes[{i}].values", values, "a non-empty list")
+        _need(all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values), f"axes[{i}].values",
+              values, "numbers")
+        _need(field not in fixed, f"axes[{i}].field", field, "a field not also in [fixed]")
+        axes.append((field, tuple(values)))
+    _need(len({a for a, _ in axes}) == len(axes), "axes", [a for a, _ in axes], "distinct fields")
+    mode = raw.get("mode", "product")
+    _need(mode in ("product", "zip"), "mode", mode, "product or zip")
+    if mode == "zip":
+        _need(len({len(v) for _, v in axes}) == 1, "axes", [len(v) for _, v in axes], "equal lengths for mode='zip'")
+    options = raw.get("options", {})
+    _need(isinstance(options, dict), "options", options, "a table of policy options")
+    spec = Spec(name, raw.get("title", name), preset, tuple(curves), samples, quick_samples, seed, chunk, fading,
+                dict(fixed), dict(quick_fixed), tuple(axes), mode, ppc, dict(options), text)
+    for point in spec.points()[:1] + spec.points()[-1:]:
+        scenario_of(spec, point, quick=False)  # validates field values early, naming the field
+    return spec
+
+
+def scenario_of(spec: Spec, point: dict, quick: bool) -> Scenario:
+    """The validated Scenario of one point."""
+    fields = dict(spec.fixed)
+    if quick:
+        fields.update(spec.quick_fixed)
+    fields.update(point)
+    ints = ("n_nodes", "top_k", "n_tokens", "n_layers", "n_slots", "n_clusters", "table_seed")
+    fields = {k: (int(v) if k in ints and float(v).is_integer() else v) for k, v in fields.items()}
+    fields = {k: (np.asarray(v, float) if isinstance(v, list) else v) for k, v in fields.items()}
+    return presets.get(spec.preset).replace(**fields)
+
+
+def _static_signature(sc: Scenario) -> tuple:
+    return tuple(getattr(sc, f) for f in STATIC_FIELDS)
+
+
+def stack_scenarios(scs: list[Scenario]) -> Scenario:
+    """Stack scenarios with equal static fields into one with a leading point axis on every leaf."""
+    first = scs[0]
+    leaves = {}
+    for name in DYNAMIC_FIELDS:
+        vals = [np.asarray(getattr(sc, name), np.float64) for sc in scs]
+        shape = (first.n_helpers,) if name in PER_HELPER_FIELDS and any(v.ndim for v in vals) else ()
+        leaves[name] = jnp.asarray(np.stack([np.broadcast_to(v, shape) for v in vals]), jnp.result_type(float))
+    return dataclasses.replace(first, **leaves)
+
+
+def _code_hash() -> str:
+    root = pathlib.Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(path.relative_to(root).as_posix().encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _atomic_write(path: pathlib.Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _stat_to_json(stat: Stat) -> dict:
+    return stat.to_dict()
+
+
+def _stat_from_json(d: dict) -> Stat:
+    d = dict(d)
+    d["ci95"] = tuple(d["ci95"]) if d["ci95"] is not None else None
+    return Stat(**d)
+
+
+def run(spec: Spec | str | os.PathLike, out: str | os.PathLike | None = "results", resume: bool = False,
+        samples: int | None = None, quick: bool = False, progress: Callable[[int, int], None] | None = None):
+    """Run a sweep; returns an `xarray.Dataset` (also written to `<out>/<name>.nc` when `out` is set).
+
+    Args:
+        spec: a Spec or a path to a TOML spec. out: output directory (None: keep in memory, no resume).
+        resume: reuse finished batches from `<out>/<name>.parts/` (refused if they belong to another
+            spec, sample count, seed or code version). samples: override the spec's sample count.
+        quick: use `quick_samples` and the spec's `[quick_fixed]` overrides.
+        progress: callback(done, total) in samples x points.
+    """
+    spec = spec if isinstance(spec, Spec) else load_spec(spec)
+    n_samples = samples if samples is not None else (spec.quick_samples if quick else spec.samples)
+    size = montecarlo.check_run_args(n_samples, spec.seed, spec.chunk_size)
+    points = spec.points()
+    scs = [scenario_of(spec, p, quick) for p in points]
+    manifest = {"spec_sha256": hashlib.sha256(spec.text.encode()).hexdigest(), "code": _code_hash(),
+                "samples": n_samples, "seed": spec.seed, "quick": quick}
+    parts = _parts_dir(out, spec, manifest, resume)
+    groups: dict[tuple, list[int]] = {}
+    for i, sc in enumerate(scs):
+        groups.setdefault(_static_signature(sc), []).append(i)
+    batches = [(curve, idx[b:b + spec.points_per_call]) for curve in spec.curves for idx in groups.values()
+               for b in range(0, len(idx), spec.points_per_call)]
+    total = len(batches) * n_samples * spec.points_per_call
+    results: dict[tuple[str, int], dict[str, Stat]] = {}
+    for k, (curve, members) in enumerate(batches):
+        part = parts / f"{curve.label.replace(':', '_')}__{members[0]}.json" if parts else None
+        if part is not None and part.exists():
+            stats = [{m: _stat_from_json(s) for m, s in pt.items()} for pt in json.loads(part.read_text())]
+        else:
+            stats = _evaluate(spec, curve, [scs[i] for i in members], n_samples, size, progress, k, total)
+            if part is not None:
+                _atomic_write(part, json.dumps([{m: _stat_to_json(s) for m, s in pt.items()} for pt in stats]))
+        for i, st in zip(members, stats):
+            results[(curve.label, i)] = st
+        if progress is not None:
+            progress((k + 1) * n_samples * spec.points_per_call, total)
+    ds = to_dataset(spec, points, results, n_samples, size, quick)
+    if out is not None:
+        path = pathlib.Path(out) / f"{spec.name}.nc"
+        tmp = path.with_suffix(f".nc.tmp{os.getpid()}")
+        ds.to_netcdf(tmp)
+        os.replace(tmp, path)
+    return ds
+
+
+def _parts_dir(out, spec: Spec, manifest: dict, resume: bool) -> pathlib.Path | None:
+    if out is None:
+        return None
+    parts = pathlib.Path(out) / f"{spec.name}.parts"
+    mpath = parts / "manifest.json"
+    if parts.exists() and resume and mpath.exists():
+        old = json.loads(mpath.read_text())
+        diff = [k for k in manifest if old.get(k) != manifest[k]]
+        if diff:
+            raise ConfigError("resume", str(parts), f"parts written with the same {', '.join(diff)}; they differ "
+                              f"(spec, samples, seed, quick mode or code changed): rerun without --resume")
+        return parts
+    if parts.exists():
+        for f in parts.glob("*.json"):
+            f.unlink()
+    parts.mkdir(parents=True, exist_ok=True)
+    _atomic_write(mpath, json.dumps(manifest))
+    return parts
+
+
+def _evaluate(spec: Spec, curve: Curve, scs: list[Scenario], n_samples: int, size: int, progress, k: int,
+              total: int) -> list[dict[str, Stat]]:
+    """One batch: pad to points_per_call, stack, one compiled call per chunk."""
+    n_real = len(scs)
+    padded = scs + [scs[-1]] * (spec.points_per_call - n_real)
+    stacked = stack_scenarios(padded)
+    tables = jax.vmap(similarity.synthetic_tables)(stacked)
+    fn = TaskMetrics(policy=curve.policy, regime=spec.fading, bits=curve.bits,
+                     options=tuple(sorted(spec.options.items())))
+    base = k * n_samples * spec.points_per_call
+    cb = None if progress is None else (lambda done: progress(base + done * spec.points_per_call, total))
+    stats = montecarlo.run(fn, (stacked, tables), spec.points_per_call, n_samples, spec.seed, size, cb)
+    return stats[:n_real]
+
+
+def to_dataset(spec: Spec, points: list[dict], results: dict, n_samples: int, chunk_size: int, quick: bool):
+    """Labelled results: dims (curve, *axes) for product specs or (curve, point) for zipped ones."""
+    import xarray as xr
+
+    curves = [c.label for c in spec.curves]
+    if spec.mode == "product":
+        dims = ("curve",) + tuple(a for a, _ in spec.axes)
+        shape = (len(curves),) + tuple(len(v) for _, v in spec.axes)
+        coords = {"curve": curves} | {a: list(v) for a, v in spec.axes}
+    else:
+        dims, shape = ("curve", "point"), (len(curves), len(points))
+        coords = {"curve": curves, "point": np.arange(len(points))} | {a: ("point", list(v)) for a, v in spec.axes}
+    data = {}
+    for metric in METRICS:
+        arrays = {f: np.full(shape, np.nan) for f in STAT_FIELDS}
+        for c, label in enumerate(curves):
+            for i in range(len(points)):
+                s = results[(label, i)][metric]
+                where = (c,) + np.unravel_index(i, shape[1:])
+                vals = {"mean": s.mean, "ci_lo": s.ci95[0] if s.ci95 else None, "ci_hi": s.ci95[1] if s.ci95 else None,
+                        "n": s.n, "n_invalid": s.n_invalid, "p50": s.p50, "p90": s.p90, "p99": s.p99,
+                        "tail_share": s.tail_share, "reliable": float(s.reliable)}
+                for f, v in vals.items():
+                    arrays[f][where] = np.nan if v is None else v
+        for f, arr in arrays.items():
+            data[f"{metric}_{f}"] = (dims, arr)
+    attrs = {"spec_name": spec.name, "title": spec.title, "preset": spec.preset, "fading": spec.fading,
+             "spec": spec.text, "seed": spec.seed, "samples": n_samples, "chunk_size": chunk_size,
+             "quick": int(quick), "code_sha256": _code_hash()}
+    attrs |= {k: (int(v) if isinstance(v, bool) else v) for k, v in provenance().items()}
+    attrs["note"] = ("mean/ci/quantiles are NaN only where n == 0 (no valid sample, e.g. all infeasible); "
+                     "see the _n and _n_invalid variables")
+    return xr.Dataset(data, coords=coords, attrs=attrs)
+

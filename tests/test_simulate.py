@@ -1,0 +1,66 @@
+"""simulate(): chunk invariance, jit equivalence, float32 vs float64, error handling."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import sift_jax as sj
+from sift_jax import montecarlo
+from sift_jax.simulate import TaskMetrics, simulate
+
+
+def _decode(name="mixtral-8x7b", **kw):
+    return sj.presets.get(name).replace(n_tokens=1, **kw)
+
+
+def test_bit_identical_for_chunk_sizes():
+    sc = _decode(n_layers=4)
+    runs = [simulate(sc, policy="siftmoe", samples=9000, seed=3, chunk_size=c).metrics for c in (1000, 4096, 9000)]
+    assert runs[0] == runs[1] == runs[2]
+
+
+def test_jit_equals_no_jit():
+    sc = _decode(n_layers=3)
+    tables = sj.similarity.synthetic_tables(sc)
+    fn = TaskMetrics(policy="siftmoe")
+    params = jax.tree.map(lambda x: jnp.asarray(x)[None], (sc, tables))
+    jitted = jax.device_get(montecarlo._chunk(fn, params, 0, 16, 0))
+    keys = montecarlo.sample_keys(0, jnp.arange(16))
+    with jax.disable_jit():
+        for i in range(0, 16, 5):
+            eager = fn(keys[i], (sc, tables))
+            for name, (value, valid) in eager.items():
+                assert bool(valid) == bool(jitted[name][1][0, i])
+                np.testing.assert_allclose(float(value), jitted[name][0][0, i], rtol=2e-6)
+
+
+@pytest.mark.parametrize("name", ["switch-base-8", "mixtral-8x7b", "gpt-oss-20b"])
+def test_float32_vs_float64_mean_energy(name, x64):
+    sc = _decode(name, n_layers=2)
+    jax.config.update("jax_enable_x64", False)
+    e32 = simulate(sc, policy="topk", samples=2000, seed=1).metrics["energy_per_token_j"]
+    jax.config.update("jax_enable_x64", True)
+    e64 = simulate(sc, policy="topk", samples=2000, seed=1).metrics["energy_per_token_j"]
+    assert e32.n == e64.n
+    assert e32.mean == pytest.approx(e64.mean, rel=1e-4)
+
+
+def test_bad_arguments_raise_config_error():
+    sc = _decode(n_layers=1)
+    with pytest.raises(sj.ConfigError, match="policy"):
+        simulate(sc, policy="greedy", samples=10)
+    with pytest.raises(sj.ConfigError, match="samples"):
+        simulate(sc, policy="topk", samples=-5)
+    with pytest.raises(sj.ConfigError, match="table"):
+        simulate(sc, policy="topk", samples=10, table=np.ones((3, 3)))
+    with pytest.raises(sj.ConfigError, match="fading"):
+        simulate(sc, policy="topk", samples=10, fading="medium")
+
+
+def test_infeasible_counted_not_dropped():
+    sc = _decode(n_layers=2, deadline_s=0.028)  # 27.35 ms expert loads: almost nothing fits
+    res = simulate(sc, policy="siftmoe", samples=500, seed=0).metrics
+    assert res["infeasible_rate"].n == 500
+    assert res["energy_per_token_j"].n + res["energy_per_token_j"].n_invalid == 500
+    assert res["infeasible_rate"].mean == pytest.approx(res["energy_per_token_j"].n_invalid / 500)
