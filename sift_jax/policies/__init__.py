@@ -1,0 +1,67 @@
+"""Expert-selection policies and their registry (paper §4, §6).
+
+Decoding policies (one token of one layer) share the signature
+
+    policy(sc, f, g, topk, table, **options) -> Decision
+
+with f float[N] node costs (J, inf = misses the deadline; `sift_jax.costs.node_costs`), g float[K] gate
+weights, topk int[K] expert indices and table float[N, N+1] (column N = skip). `names()` lists them and
+`get(name)` returns one:
+
+    "siftmoe"     `decode`: Theorem 2, exact (options: share_substitutes, strategy, per_slot_candidates)
+    "topk-ideal"  `topk_ideal`: every Top-K expert delivered (accuracy upper bound)
+    "topk"        `topk`: practical Top-K, experts on nodes that miss the deadline are lost (= skipped)
+    "wdmoe"       `wdmoe`: WDMoE-style cosine threshold rule (options: threshold, latency_s)
+    "oracle"      `oracle`: brute force over all (N+1)^K slot mappings (small N, K; option share_substitutes)
+
+SiftMoE and the oracle return an all-zero Decision (assign -1) where no selection is feasible; the
+baselines always report their real outcome and use `feasible` as a flag (see `baselines`).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from sift_jax.errors import ConfigError
+from sift_jax.policies.baselines import topk, topk_ideal, wdmoe
+from sift_jax.policies.decision import Decision
+from sift_jax.policies.decode import decode
+from sift_jax.policies.oracle import oracle
+
+# Prefilling (M > 1 tokens): sift_jax/policies/prefill.py provides
+# prefill(sc, dE, cap, g, topk, table, method=...); the lead wires it here (e.g. a `get_prefill`).
+
+_DECODE = {
+    "siftmoe": decode,
+    "topk-ideal": topk_ideal,
+    "topk": topk,
+    "wdmoe": wdmoe,
+    "oracle": oracle,
+}
+
+
+def names() -> tuple[str, ...]:
+    """Names of the decoding policies.
+
+    >>> names()
+    ('siftmoe', 'topk-ideal', 'topk', 'wdmoe', 'oracle')
+    """
+    return tuple(_DECODE)
+
+
+def get(name: str) -> Callable[..., Decision]:
+    """The decoding policy called `name`: a function (sc, f, g, topk, table, **options) -> Decision.
+
+    >>> get("siftmoe") is decode
+    True
+    >>> get("greedy")
+    Traceback (most recent call last):
+    ...
+    sift_jax.errors.ConfigError: policy = 'greedy' is invalid: allowed is one of siftmoe, topk-ideal, topk, wdmoe, oracle
+    """
+    if not isinstance(name, str) or name not in _DECODE:
+        raise ConfigError("policy", name, "one of " + ", ".join(_DECODE))
+    return _DECODE[name]
+
+
+__all__ = ["Decision", "decode", "get", "names", "oracle", "topk", "topk_ideal", "wdmoe"]
