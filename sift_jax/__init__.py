@@ -1,6 +1,17 @@
-"""sift_jax: a JAX Monte Carlo engine for SiftMoE (arXiv 2603.23888)."""
-from sift_jax import channel, costs, presets, stats
+"""sift_jax: a JAX Monte Carlo engine for SiftMoE (arXiv 2603.23888).
+
+>>> import sift_jax as sj
+>>> sj.presets.get("switch-base-8").top_k
+1
+"""
+
+from sift_jax import bounds, channel, costs, gating, montecarlo, policies, presets, similarity, stats, sweep
 from sift_jax.errors import ConfigError
 from sift_jax.scenario import Scenario, validate
+from sift_jax.simulate import METRICS, SimResult, simulate
+from sift_jax.stats import Stat
 
-__all__ = ["ConfigError", "Scenario", "channel", "costs", "presets", "stats", "validate"]
+__all__ = [
+    "METRICS", "ConfigError", "Scenario", "SimResult", "Stat", "bounds", "channel", "costs", "gating",
+    "montecarlo", "policies", "presets", "similarity", "simulate", "stats", "sweep", "validate",
+]

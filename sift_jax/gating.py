@@ -77,8 +77,8 @@ def popularity(sc: Scenario) -> jax.Array:
         (3, 4)
     """
     base = jax.random.fold_in(jax.random.key(sc.table_seed), _TAG_POPULARITY)
-    u = jax.vmap(lambda l: jax.random.normal(jax.random.fold_in(base, l), (sc.n_nodes,)))(
-        jnp.arange(sc.n_layers))
+    u = jax.vmap(lambda l: jax.random.normal(jax.random.fold_in(base, l), (sc.n_nodes,), jnp.float32))(
+        jnp.arange(sc.n_layers)).astype(jnp.result_type(float))  # float32 draws: same samples under x64
     return jnp.asarray(sc.popularity_skew, u.dtype) * u
 
 
@@ -96,7 +96,7 @@ def draw_logits(key: jax.Array, sc: Scenario) -> jax.Array:
         >>> draw_logits(jax.random.key(0), Scenario(n_nodes=4, n_tokens=5, n_layers=2)).shape
         (2, 5, 4)
     """
-    x = jax.random.normal(key, (sc.n_layers, sc.n_tokens, sc.n_nodes))
+    x = jax.random.normal(key, (sc.n_layers, sc.n_tokens, sc.n_nodes), jnp.float32).astype(jnp.result_type(float))
     return x + popularity(sc)[:, None, :].astype(x.dtype)
 
 

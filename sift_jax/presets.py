@@ -93,7 +93,7 @@ def _gpt_oss_20b() -> Scenario:
         hidden_bits=2880 * 16.0, expert_flops=2 * 3 * 2880 * 2880.0,
         user_flops_per_s=0.4 * 165e12, helper_flops_per_s=0.4 * 165e12,
         user_load_time_s=load_s, helper_load_time_s=load_s, slot_s=5e-3,
-        output_norm=60.0, output_norm_sigma=0.3, intra_cluster_cosine=0.9, n_clusters=8,
+        output_norm=100.0, output_norm_sigma=0.3, intra_cluster_cosine=0.9, n_clusters=8,
     )
 
 

@@ -201,12 +201,12 @@ def _layer_key(sc, layer) -> jax.Array:
 
 def _clusters(sc, key) -> jax.Array:
     # a uniformly random permutation (argsort of uniforms) dealt round-robin into the clusters
-    perm = jnp.argsort(jax.random.uniform(jax.random.fold_in(key, 0), (sc.n_nodes,)))
+    perm = jnp.argsort(jax.random.uniform(jax.random.fold_in(key, 0), (sc.n_nodes,), jnp.float32))
     return (perm % sc.n_clusters).astype(jnp.int32)
 
 
 def _norms(sc, key) -> jax.Array:
-    w = jax.random.normal(jax.random.fold_in(key, 1), (sc.n_nodes,))
+    w = jax.random.normal(jax.random.fold_in(key, 1), (sc.n_nodes,), jnp.float32).astype(jnp.result_type(float))
     return jnp.asarray(sc.output_norm, w.dtype) * jnp.exp(jnp.asarray(sc.output_norm_sigma, w.dtype) * w)
 
 
@@ -260,7 +260,8 @@ def synthetic_outputs(sc, layer, n_samples: int = 256, latent_dim: int = 64) -> 
     cluster = _clusters(sc, key)
     norms = _norms(sc, key)
     scale = 1.0 / jnp.sqrt(jnp.asarray(latent_dim, norms.dtype))
-    z = jax.random.normal(jax.random.fold_in(key, 2), (n_samples, sc.n_clusters + sc.n_nodes, latent_dim)) * scale
+    z = jax.random.normal(jax.random.fold_in(key, 2), (n_samples, sc.n_clusters + sc.n_nodes, latent_dim),
+                          jnp.float32).astype(jnp.result_type(float)) * scale  # float32 draws: same under x64
     c, e = z[:, :sc.n_clusters], z[:, sc.n_clusters:]
     member = jax.nn.one_hot(cluster, sc.n_clusters, dtype=c.dtype)  # [N, C]
     shared = jnp.einsum("nc,scd->snd", member, c, precision=jax.lax.Precision.HIGHEST)

@@ -25,7 +25,7 @@ def test_jit_equals_no_jit():
     tables = sj.similarity.synthetic_tables(sc)
     fn = TaskMetrics(policy="siftmoe")
     params = jax.tree.map(lambda x: jnp.asarray(x)[None], (sc, tables))
-    jitted = jax.device_get(montecarlo._chunk(fn, params, 0, 16, 0))
+    jitted = jax.device_get(montecarlo._chunk(fn, params, 0, 256, 0))
     keys = montecarlo.sample_keys(0, jnp.arange(16))
     with jax.disable_jit():
         for i in range(0, 16, 5):

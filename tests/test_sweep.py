@@ -1,0 +1,153 @@
+"""Sweeps: spec validation, one compile per static group, sharding, resume after SIGKILL, reproduce."""
+
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import jax
+import numpy as np
+import pytest
+import xarray as xr
+
+import sift_jax as sj
+from sift_jax import montecarlo
+from sift_jax import sweep as sweeps
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+BASE = """
+name = "t"
+preset = "mixtral-8x7b"
+curves = ["topk"]
+samples = 300
+seed = 2
+chunk_size = 128
+points_per_call = 2
+[fixed]
+n_tokens = 1
+n_layers = 2
+"""
+
+
+def _spec(extra):
+    return sweeps.load_spec(BASE + textwrap.dedent(extra))
+
+
+@pytest.mark.parametrize("extra,key", [
+    ('colour = 1\n[[axes]]\nfield = "eta"\nvalues = [1.0]', "colour"),
+    ('[[axes]]\nfield = "eta"\nvalues = []', "axes[0].values"),
+    ('[[axes]]\nfield = "wavelength"\nvalues = [1.0]', "axes[0].field"),
+    ('[[axes]]\nfield = "eta"\nvalues = ["a"]', "axes[0].values"),
+    ('[[axes]]\nfield = "eta"\nvalues = [-1.0]', "eta"),
+    ('mode = "spiral"\n[[axes]]\nfield = "eta"\nvalues = [1.0]', "mode"),
+])
+def test_spec_validation_names_the_key(extra, key):
+    with pytest.raises(sj.ConfigError) as err:
+        _spec(extra)
+    assert key in str(err.value)
+
+
+def test_unknown_policy_and_missing_axes():
+    with pytest.raises(sj.ConfigError, match="policy"):
+        sweeps.load_spec(BASE.replace('["topk"]', '["greedy"]') + '[[axes]]\nfield = "eta"\nvalues = [1.0]')
+    with pytest.raises(sj.ConfigError, match="axes"):
+        sweeps.load_spec(BASE)
+    with pytest.raises(sj.ConfigError, match="preset"):
+        sweeps.load_spec(BASE.replace("mixtral-8x7b", "llama") + '[[axes]]\nfield = "eta"\nvalues = [1.0]')
+
+
+def test_two_static_groups_compile_exactly_twice_and_match_simulate():
+    spec = _spec('[[axes]]\nfield = "top_k"\nvalues = [1, 2]\n[[axes]]\nfield = "bandwidth_hz"\nvalues = [1e6, 2e6, 3e6]')
+    jax.clear_caches()
+    before = montecarlo.TRACES["count"]
+    ds = sweeps.run(spec, out=None)
+    assert montecarlo.TRACES["count"] - before == 2  # (top_k=1) and (top_k=2), 3 points each
+    assert ds["energy_per_token_j_mean"].dims == ("curve", "top_k", "bandwidth_hz")
+    # each point equals the same scenario run alone through simulate (same seed => same samples)
+    sc = sj.presets.get("mixtral-8x7b").replace(n_tokens=1, n_layers=2, top_k=2, bandwidth_hz=2e6)
+    alone = sj.simulate(sc, policy="topk", samples=300, seed=2, chunk_size=128).metrics["energy_per_token_j"]
+    got = ds.sel(curve="topk", top_k=2, bandwidth_hz=2e6)
+    assert float(got["energy_per_token_j_mean"]) == pytest.approx(alone.mean, rel=1e-6)
+    assert int(got["energy_per_token_j_n"]) == alone.n
+
+
+def test_dataset_attrs_and_netcdf_roundtrip(tmp_path):
+    spec = _spec('[[axes]]\nfield = "eta"\nvalues = [0.5, 2.0]')
+    ds = sweeps.run(spec, out=tmp_path)
+    back = xr.load_dataset(tmp_path / "t.nc")
+    for key in ("spec", "seed", "samples", "chunk_size", "jax", "jaxlib", "flax", "backend", "device_count",
+                "prng_impl", "x64", "sift_jax_git"):
+        assert key in back.attrs
+    np.testing.assert_array_equal(back["energy_per_token_j_mean"].values, ds["energy_per_token_j_mean"].values)
+
+
+def _run_sweep_process(spec_path, out, resume, env=None):
+    code = ("import sys; from sift_jax import sweep; "
+            f"sweep.run({str(spec_path)!r}, out={str(out)!r}, resume={resume})")
+    return subprocess.Popen([sys.executable, "-c", code], env=env or os.environ.copy())
+
+
+def test_resume_after_sigkill_equals_uninterrupted(tmp_path):
+    text = BASE.replace('samples = 300', 'samples = 2000').replace("points_per_call = 2", "points_per_call = 1")
+    text += '[[axes]]\nfield = "bandwidth_hz"\nvalues = [1e6, 1.5e6, 2e6, 2.5e6, 3e6, 3.5e6]\n'
+    spec_path = tmp_path / "t.toml"
+    spec_path.write_text(text)
+    out = tmp_path / "killed"
+    proc = _run_sweep_process(spec_path, out, False)
+    parts = out / "t.parts"
+    deadline = time.time() + 300
+    while time.time() < deadline and len(list(parts.glob("topk__*.json"))) < 2:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_before = len(list(parts.glob("topk__*.json")))
+    assert 2 <= done_before < 6 and not (out / "t.nc").exists()
+    assert _run_sweep_process(spec_path, out, True).wait() == 0
+    full = sweeps.run(sweeps.load_spec(spec_path), out=tmp_path / "clean")
+    resumed = xr.load_dataset(out / "t.nc")
+    assert sorted(p.name for p in parts.glob("topk__*.json")) == [f"topk__{i}.json" for i in range(6)]
+    for var in full.data_vars:
+        np.testing.assert_array_equal(resumed[var].values, full[var].values)
+
+
+def test_resume_refuses_changed_spec(tmp_path):
+    spec = _spec('[[axes]]\nfield = "eta"\nvalues = [0.5]')
+    sweeps.run(spec, out=tmp_path)
+    changed = _spec('[[axes]]\nfield = "eta"\nvalues = [0.5]').text.replace("seed = 2", "seed = 3")
+    with pytest.raises(sj.ConfigError, match="resume"):
+        sweeps.run(sweeps.load_spec(changed), out=tmp_path, resume=True)
+
+
+def test_sharded_over_four_cpu_devices_equals_one_device(tmp_path):
+    """Default 'dispatch' sharding is bit-identical; 'shard_map' (the multi-host path) equal to rounding."""
+    code = textwrap.dedent("""
+        import json, sys, jax
+        import sift_jax as sj
+        from sift_jax import sweep
+        spec = sweep.load_spec(sys.argv[1])
+        ds = sweep.run(spec, out=None)
+        sc = sj.presets.get("mixtral-8x7b").replace(n_tokens=1, n_layers=2, eta=0.5)
+        tables = sj.similarity.synthetic_tables(sc)
+        params = jax.tree.map(lambda x: jax.numpy.asarray(x)[None], (sc, tables))
+        from sift_jax.simulate import TaskMetrics
+        (sm,) = sj.montecarlo.run(TaskMetrics("topk"), params, 1, 300, 2, 128, sharding="shard_map")
+        print(json.dumps({"devices": jax.device_count(), "mean": ds["energy_per_token_j_mean"].values.tolist(),
+                          "p99": ds["energy_per_token_j_p99"].values.tolist(),
+                          "shard_map": sm["energy_per_token_j"].mean}))
+    """)
+    spec_path = tmp_path / "s.toml"
+    spec_path.write_text(BASE + '[[axes]]\nfield = "eta"\nvalues = [0.5, 2.0]\n')
+    outs = []
+    for n in (1, 4):
+        env = os.environ | {"XLA_FLAGS": f"--xla_force_host_platform_device_count={n}", "JAX_PLATFORMS": "cpu"}
+        res = subprocess.run([sys.executable, "-c", code, str(spec_path)], env=env, capture_output=True, text=True,
+                             timeout=600)
+        assert res.returncode == 0, res.stderr[-2000:]
+        outs.append(__import__("json").loads(res.stdout.strip().splitlines()[-1]))
+    assert outs[0]["devices"] == 1 and outs[1]["devices"] == 4
+    assert outs[0]["mean"] == outs[1]["mean"] and outs[0]["p99"] == outs[1]["p99"]
+    assert outs[1]["shard_map"] == pytest.approx(outs[0]["mean"][0][0], rel=1e-6)
