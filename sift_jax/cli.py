@@ -41,7 +41,8 @@ def scenario_options(func):
         help_text = f"Scenario.{name}" + (f" [{unit}]" if unit and unit != "-" else "")
         if name in PER_HELPER_FIELDS:
             help_text += " (scalar or comma list, one per helper)"
-        func = click.option("--" + name.replace("_", "-"), name, type=str, default=None, help=help_text)(func)
+        flag = "--fading-family" if name == "fading" else "--" + name.replace("_", "-")  # --fading = slow|fast
+        func = click.option(flag, name, type=str, default=None, help=help_text)(func)
     return func
 
 

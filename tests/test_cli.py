@@ -35,6 +35,7 @@ def test_simulate_json_schema(capsys):
     (["--policy", "greedy"], "policy"),
     (["--samples", "0"], "samples"),
     (["--fading", "slowish"], "fading"),
+    (["--fading-family", "weibull"], "fading"),
 ])
 def test_bad_input_one_line_exit_2(args, field):
     res = _run(["simulate", "--samples", "8", "--n-tokens", "1", "--n-layers", "1", *args])
