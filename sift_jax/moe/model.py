@@ -58,7 +58,7 @@ class MoEConfig:
     n_layers: int = 4
     n_experts: int = 8
     top_k: int = 2
-    d_ff: int = 256
+    d_ff: int = 128
     gate_norm: str = "auto"
     lb_coef: float = 0.01
     z_coef: float = 1e-3

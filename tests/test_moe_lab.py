@@ -1,0 +1,167 @@
+"""MoE lab on a tiny trained model: calibration tables, Prop. 1 for every token and layer, tightness runs."""
+
+import math
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from sift_jax import similarity
+from sift_jax.errors import ConfigError
+from sift_jax.moe import calibrate as cal_lib
+from sift_jax.moe import data as data_lib
+from sift_jax.moe import tightness as tight_lib
+from sift_jax.moe.model import tiny_config
+from sift_jax.moe.train import tiny_train_config, train
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    return data_lib.load_corpus(max_bytes_per_split=100_000)
+
+
+@pytest.fixture(scope="module")
+def model(corpus):
+    return train(tiny_config(), tiny_train_config(steps=100, eval_windows=4), corpus=corpus).model
+
+
+@pytest.fixture(scope="module")
+def cal(model, corpus):
+    return cal_lib.calibrate(model, corpus.train, n_windows=8, n_lipschitz_points=32, n_power_points=4,
+                             power_iters=20)
+
+
+def test_calibration_tables(model, corpus, cal):
+    table = cal["table"]
+    cfg = model.cfg
+    assert table.shape == (cfg.n_layers, cfg.n_experts, cfg.n_experts + 1)
+    x, _ = data_lib.eval_windows(corpus.train, cfg.context, 8)
+    outs = cal_lib.collect(model, x)["expert_outputs"].astype(np.float64)  # [L, S, N, d]
+    norms = np.linalg.norm(outs, axis=-1)  # [L, S, N]
+    # zero diagonal, skip column = mean output norm, off-diagonal = mean ||FFN_i - FFN_j|| (brute force)
+    np.testing.assert_array_equal(np.diagonal(table[:, :, :-1], axis1=1, axis2=2), 0.0)
+    np.testing.assert_allclose(table[:, :, -1], norms.mean(1), rtol=1e-4)
+    np.testing.assert_allclose(cal["mean_output_norm"], norms.mean(1), rtol=1e-4)
+    diff = np.linalg.norm(outs[:, :, :, None, :] - outs[:, :, None, :, :], axis=-1).mean(1)
+    np.testing.assert_allclose(table[:, :, :-1], diff, rtol=1e-4, atol=1e-6)
+    # B_max is the max norm (>= the mean); betas are positive; gate shares sum to 1
+    np.testing.assert_allclose(cal["b_max"], norms.max(1), rtol=1e-4)
+    assert np.all(cal["beta_pi"] > 0) and np.all(cal["beta_fd"] > 0)
+    np.testing.assert_allclose(cal["beta_max"], np.maximum(cal["beta_fd"], cal["beta_pi"]).max(-1))
+    np.testing.assert_allclose(cal["load_slots"].sum(-1), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(cal["gate_mean_by_slot"].sum(-1), 1.0, rtol=1e-5)
+
+
+def test_save_and_load_tables(cal, tmp_path):
+    path = cal_lib.save_calibration(tmp_path, cal)
+    for p in (tmp_path, path):
+        t = cal_lib.load_tables(p)
+        assert t.dtype == np.float32
+        np.testing.assert_array_equal(t, cal["table"])
+    back = cal_lib.load_calibration(tmp_path)
+    np.testing.assert_array_equal(back["beta_max"], cal["beta_max"])
+    assert back["config"] == cal["config"]
+    with pytest.raises(ConfigError):
+        cal_lib.load_tables(tmp_path / "nowhere")
+
+
+def test_prop1_holds_for_every_token_and_layer(model, corpus):
+    """Random skip/replace selections on every token and layer: delta <= sum_i g_i F_i,phi(i)(z), with F
+    from `similarity.pairwise` (independent of the model's code path)."""
+    cfg = model.cfg
+    x, _ = data_lib.eval_windows(corpus.test, cfg.context, 4)
+    x = jnp.asarray(x)
+    _, aux0 = model(x, return_internals=True)
+    rng = np.random.default_rng(1)
+    sel = rng.integers(-1, cfg.n_experts, aux0["topk"].shape).astype(np.int32)
+    _, aux = model(x, selection=jnp.asarray(sel), return_internals=True)
+    outs = np.asarray(aux["expert_outputs"], np.float64)  # perturbed run: z~ at each layer
+    g, tk = np.asarray(aux["gates"], np.float64), np.asarray(aux["topk"])
+    n_l, b, t, n, d = outs.shape
+    flat = outs.reshape(-1, n, d)
+    _, _, F = similarity.pairwise(jnp.asarray(flat, jnp.float32))
+    F = np.concatenate([np.asarray(F, np.float64), np.linalg.norm(flat, axis=-1)[:, :, None]], -1)  # [S, N, N+1]
+    F = F.reshape(n_l, b, t, n, n + 1)
+    col = np.where(sel < 0, n, sel)
+    rows = np.take_along_axis(F, tk[..., None], -2)  # [L, B, T, K, N+1]: row of each slot's expert
+    bound = np.sum(g * np.take_along_axis(rows, col[..., None], -1)[..., 0], -1)
+    y_top = np.einsum("lbtk,lbtkd->lbtd", g, np.take_along_axis(outs, tk[..., None], -2))
+    delta = np.linalg.norm(np.asarray(aux["moe_outputs"], np.float64) - y_top, axis=-1)
+    assert delta.shape == (n_l, b, t)
+    assert np.all(delta <= bound * (1 + 1e-5) + 1e-6)
+    assert np.mean(bound > 0) > 0.5
+    # the lab's exact-F bound is the same quantity
+    np.testing.assert_allclose(np.asarray(tight_lib.exact_f_bound(aux["expert_outputs"], aux["gates"], aux["topk"],
+                                                                  jnp.asarray(sel))), bound, rtol=2e-4, atol=1e-5)
+
+
+# one settings object for both runs: the second reuses the first one's compilation
+TC = tight_lib.TightnessConfig(n_windows=2, n_draws=2, eta_fractions=(0.0, 0.3, 1.0), grid_batch=2)
+
+
+def test_tightness_run(model, cal, corpus):
+    res = tight_lib.run(model, cal["table"], cal["b_max"], cal["beta_max"], corpus.test, tc=TC)
+    # (a) Prop. 1 with exact F never exceeds 1; the table version is a distribution
+    assert res["prop1_exact"]["n_violations"] == 0 and res["prop1_exact"]["topk_n_violations"] == 0
+    assert res["prop1_exact"]["max_ratio"] <= 1 + tight_lib.PROP1_RTOL
+    assert res["prop1_exact"]["n"] > 0 and res["prop1_table"]["all"]["median"] > 0
+    # (b) Thm. 1 holds (e <= 2 B_max with the calibrated B_max, see the module docstring)
+    assert res["thm1"]["n_violations"] == 0 and res["thm1"]["measured_delta"]["max"] <= 1
+    # (c) shapes and sanity: eta = 0 cannot lose more than practical Top-K (fallback), energy falls with eta
+    assert len(res["accuracy"]["siftmoe"]) == 3 and len(res["accuracy"]["siftmoe_per_draw"][0]) == 2
+    assert res["accuracy"]["siftmoe"][0] == pytest.approx(res["accuracy"]["topk"])
+    e = res["energy_per_token_j"]["siftmoe"]
+    assert e[2] <= e[0] and all(math.isfinite(v) for v in e)
+    assert res["n_tokens"] == 2 * model.cfg.context
+
+
+def test_eta_zero_without_losses_is_ideal_topk(model, cal, corpus):
+    """With a generous channel (preset numbers, no power cap) every node meets the deadline, so at
+    eta = 0 SiftMoE must keep every Top-K expert: identical loss and accuracy to ideal Top-K."""
+    sc = tight_lib.lab_scenario(model.cfg, max_tx_power_w=math.inf, bandwidth_hz=2e6)
+    res = tight_lib.run(model, cal["table"], cal["b_max"], cal["beta_max"], corpus.test, sc=sc, tc=TC)
+    assert res["etas"][0] == 0.0
+    assert res["infeasible_rate"]["siftmoe"][0] == 0.0 and res["infeasible_rate"]["topk"] == 0.0
+    assert res["accuracy"]["siftmoe"][0] == res["accuracy"]["topk-ideal"] == res["accuracy"]["topk"]
+    assert res["loss"]["siftmoe"][0] == pytest.approx(res["loss"]["topk-ideal"], rel=1e-6)  # vmapped: rounding only
+    assert res["replace_rate"]["siftmoe"][0] == 0.0 and res["skip_rate"]["siftmoe"][0] == 0.0
+    assert res["prop1_table"]["per_eta"][0]["n"] == 0  # nothing changed at eta = 0, nothing to bound
+
+
+def test_bad_inputs(model, cal, corpus):
+    with pytest.raises(ConfigError):
+        tight_lib.TightnessConfig(infeasible_fallback="drop")
+    with pytest.raises(ConfigError):
+        tight_lib.run(model, cal["table"][:1], cal["b_max"], cal["beta_max"], corpus.test)
+    with pytest.raises(ConfigError):
+        tight_lib.run(model, cal["table"], cal["b_max"], cal["beta_max"], corpus.test,
+                      sc=tight_lib.lab_scenario(model.cfg, n_layers=3))
+
+
+def test_cli_calibrate_and_tightness(model, tmp_path):
+    """`moe calibrate` and `moe tightness` on a saved checkpoint write tables, JSON and PNG figures."""
+    import json
+
+    from click.testing import CliRunner
+
+    from sift_jax.moe.cli import moe
+    from sift_jax.moe.train import save_checkpoint
+
+    ckpt = save_checkpoint(tmp_path / "ckpt", model, {"train": {"max_bytes_per_split": 100_000}})
+    runner = CliRunner()
+    r = runner.invoke(moe, ["calibrate", str(ckpt), "--windows", "4", "--quiet"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    table = cal_lib.load_tables(ckpt)
+    assert table.shape == (2, 4, 5) and (ckpt / "calibration_tables.png").stat().st_size > 0
+    # the same settings as TC: reuses the compiled tightness function
+    r = runner.invoke(moe, ["tightness", str(ckpt), "--windows", "2", "--draws", "2", "--eta-fractions", "0,0.3,1",
+                            "--grid-batch", "2", "--quiet"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    doc = json.loads((ckpt / "tightness" / "tightness.json").read_text())
+    assert doc["prop1_exact"]["n_violations"] == 0 and len(doc["etas"]) == 3
+    for name in doc["figures"]:
+        assert (ckpt / "tightness" / name).stat().st_size > 1000
+    r = runner.invoke(moe, ["tightness", str(ckpt), "--fallback", "drop"])
+    assert isinstance(r.exception, ConfigError)
+    r = runner.invoke(moe, ["tightness", str(ckpt), "--set", "bandwidth_hz"])
+    assert isinstance(r.exception, ConfigError)
