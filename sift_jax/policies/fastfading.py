@@ -1,0 +1,392 @@
+"""Fast fading (paper §1.4, §3.5-§3.6, §4.5-§4.6): surrogate expert selection and slot-level bit loading.
+
+One layer under fast fading, as `layer_decision` runs it:
+
+1. Selection on the surrogate (§4.5). Helper n's exact expected energy E*_n(D) has no closed form; the
+   selection uses Etilde_n(D) = E[1/h] x (uniform-allocation energy of D b bits over the uplink time at
+   unit gain), which is the expected energy of uniform bit loading and so an upper bound on the optimum
+   for every load. Node costs f [N] (decoding) or marginal costs dE [N, M] and capacities (prefilling)
+   built from it go to the slow-fading solvers unchanged: `sift_jax.policies.get(policy)` for M = 1 and
+   `get_prefill(policy)` for M > 1. The user (node 0) has no radio: its cost is the slow-fading one.
+2. Slot model (§1.4). Helper n with load D_n has the uplink time T_up,n = T - D_n (phi/C_n + b/R_n,UE)
+   (eq. 17 / Prop. 2) split into Q_n = min(floor(T_up,n / tau), Q) slots, at least 1, where tau is
+   `sc.slot_s` and Q the static `sc.n_slots`; slot t of helper n has gain slot_gain[n, t] (the first Q_n
+   of the Q drawn). INFERRED reading (the paper's Q_n = T_UE,n / tau loses its bracket): the Q_n slots
+   share the whole uplink time equally, tau_n = T_up,n / Q_n, so tau <= tau_n < 2 tau when the cap does
+   not bind and no time is left unused; then Etilde is exactly the uniform rule's expected energy
+   (Remark 5 and §4.5 agree), and Etilde is the paper's eq. with T_UE,n, convex in D (Prop. 2), so the
+   exact slow-fading solvers stay exact on it. The cap Q is static (array shapes): where
+   floor(T_up / tau) > Q the slots are longer than 2 tau (fewer independent gains than the model has);
+   `FastInfo.cap_bound` flags it per helper (the presets' Q = 80 never binds: T_up <= T = 70 tau
+   for switch-base-8, 74 tau for Mixtral). With T_up < tau there is one slot of length T_up.
+3. Bit loading (§4.6) per helper by name, see `fastfading_bits`: "uniform", "closed-form" (alias
+   "dynamic", Thm. 3 eq. (26) clipped to [0, remaining], the last slot sends the rest) or "dp" (the
+   exact Bellman recursion solved numerically; beyond the paper). Energy of slot t is eq. (22),
+   `costs.uplink_energy` with the slot's bits, its gain and its length tau_n. The layer energy reported
+   is the realised one: user energy plus the sum over helpers and slots.
+4. Power cap. With `sc.max_tx_power_w` finite, a slot that needs more power than the cap fails; the
+   decision is then infeasible (`FastInfo.power_infeasible`) and its energy counts the user and the
+   helpers that did deliver. The bit-loading rules ignore the cap (a cap-aware DP has an infinite
+   expected cost under Gamma fading: any remaining bits meet a too-deep last-slot fade with positive
+   probability). Selection uses the cap at unit gain (a helper whose uniform loading needs more than
+   p_max at h = 1 is infeasible).
+
+INFERRED choices, as options of `layer_decision`:
+    downlink_gain=1.0: the gain used for the downlink rate R_n,UE (hence T_up and the latency) under fast
+        fading; the paper does not say which gain; default the mean gain h = 1.
+    inv_gain_mean=None: E[1/h] for the surrogate and eq. (26); default the family's value
+        (`Scenario.inv_gain_mean`: Gamma/Nakagami shape m > 1: m/(m-1)). Where it is infinite (Rayleigh,
+        m <= 1, Rician: its power density is positive at 0) or not known here (log-normal) a
+        `ConfigError("fading", ...)` asks for a finite value. The DP always integrates over the family's
+        own distribution and needs fading "gamma" or "nakagami" with m > 1.
+    dp_grid=256, dp_quad=24, dp_bisect=30: DP table grid, quadrature nodes, bisection steps per slot.
+Every other option goes to the selection policy (e.g. share_substitutes, method).
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from sift_jax import costs
+from sift_jax.channel import per_helper, uplink_snr_per_watt
+from sift_jax.errors import ConfigError
+from sift_jax.policies import fastfading_bits as fb
+from sift_jax.policies.decision import Decision
+from sift_jax.scenario import Scenario
+
+BITS = ("uniform", "closed-form", "dp")
+ALIASES = {"dynamic": "closed-form"}
+OPTIONS = ("inv_gain_mean", "downlink_gain", "dp_grid", "dp_quad", "dp_bisect")
+DP_FAMILIES = ("gamma", "nakagami")
+
+
+def check_bits(policy: str, bits) -> str:
+    """Check a fast-fading (policy, bit loading) pair; return the canonical bit-loading name.
+
+    Raises ConfigError("policy", ...) for an unknown policy and ConfigError("bits", ...) for an unknown
+    bit loading or None (fast fading needs one).
+
+    >>> check_bits("siftmoe", "dynamic")
+    'closed-form'
+    >>> check_bits("topk", None)
+    Traceback (most recent call last):
+    ...
+    sift_jax.errors.ConfigError: bits = None is invalid: allowed is one of uniform, closed-form, dynamic, dp (fast fading needs a bit loading)
+    """
+    from sift_jax import policies
+
+    policies.get(policy)
+    if not isinstance(bits, str) or (bits not in BITS and bits not in ALIASES):
+        raise ConfigError("bits", bits, "one of uniform, closed-form, dynamic, dp (fast fading needs a bit loading)")
+    return ALIASES.get(bits, bits)
+
+
+def inverse_gain_mean(sc: Scenario, inv_gain_mean=None) -> float:
+    """E[1/h] used by the surrogate and eq. (26): the option if given, else the fading family's.
+
+    >>> inverse_gain_mean(Scenario(fading="gamma", fading_shape=2.0))
+    2.0
+    >>> inverse_gain_mean(Scenario(fading="rayleigh"))
+    Traceback (most recent call last):
+    ...
+    sift_jax.errors.ConfigError: fading = 'rayleigh' is invalid: allowed is ... E[1/h] is infinite for fading='rayleigh' ...
+    """
+    if inv_gain_mean is not None:
+        try:
+            value = float(inv_gain_mean)
+        except (TypeError, ValueError):
+            value = math.nan
+        if not (math.isfinite(value) and value > 0):
+            raise ConfigError("inv_gain_mean", inv_gain_mean, "a finite number > 0 (E[1/h] >= 1 for unit-mean gains)")
+        return value
+    value = sc.inv_gain_mean
+    if not math.isfinite(value):
+        why = "infinite" if math.isinf(value) or sc.fading == "rician" else "not known in closed form"
+        raise ConfigError(
+            "fading", sc.fading,
+            f"a family with finite E[1/h] for the fast-fading surrogate and eq. (26): E[1/h] is {why} for "
+            f"fading={sc.fading!r} (shape {sc.fading_shape}); use gamma/nakagami with shape > 1, or pass a "
+            f"finite inv_gain_mean=... option")
+    return float(value)
+
+
+@struct.dataclass
+class SlotPlan:
+    """Uplink slots per helper for a load vector.
+
+    Attributes:
+        uplink_s: float[N-1] T_up,n = T - D_n (phi/C_n + b/R_n,UE) (s); <= 0 where the load cannot fit.
+        slots: int32[N-1] Q_n = clip(floor(T_up / tau), 1, Q).
+        slot_s: float[N-1] slot length tau_n = T_up / Q_n (s).
+        capped: bool[N-1] the static cap Q binds (floor(T_up / tau) > Q) for a loaded helper.
+    """
+
+    uplink_s: jax.Array
+    slots: jax.Array
+    slot_s: jax.Array
+    capped: jax.Array
+
+
+def slot_plan(sc: Scenario, distance_m, loads, downlink_gain=1.0) -> SlotPlan:
+    """Slot plan of the helpers for helper loads int[N-1] (see the module docstring, item 2).
+
+    >>> sc = Scenario(n_nodes=3, deadline_s=0.05, slot_s=0.01, n_slots=3)
+    >>> p = slot_plan(sc, jnp.array([50.0, 80.0]), jnp.array([1, 0]))   # T_up just under 5 tau
+    >>> p.slots.tolist(), p.capped.tolist()
+    ([3, 3], [True, False])
+    """
+    loads = jnp.asarray(loads)
+    h_rep = jnp.broadcast_to(jnp.asarray(downlink_gain, jnp.result_type(float)), (sc.n_helpers,))
+    per_token = costs.helper_token_time(sc, distance_m, h_rep)
+    t_up = sc.deadline_s - loads * per_token
+    fit = jnp.floor(t_up / sc.slot_s)
+    slots = jnp.clip(fit, 1, sc.n_slots).astype(jnp.int32)
+    return SlotPlan(uplink_s=t_up, slots=slots, slot_s=t_up / slots, capped=(loads > 0) & (fit > sc.n_slots))
+
+
+def surrogate_load_energy(sc: Scenario, distance_m, loads, inv_gain_mean=None, downlink_gain=1.0) -> jax.Array:
+    """Surrogate energy per node for a load vector: float[..., N] (J), inf where infeasible.
+
+    User: `costs.user_energy` (no radio). Helper: E[1/h] x eq. (10) at unit gain with
+    T_up = T - D (phi/C_n + b/R_n,UE(downlink_gain)); infeasible when T_up <= 0, T_up < T_n,load or the
+    power at unit gain exceeds the cap.
+
+    >>> sc = Scenario(n_nodes=3)
+    >>> E = surrogate_load_energy(sc, jnp.array([50.0, 100.0]), jnp.array([0, 1, 0]))
+    >>> bool(jnp.isclose(E[1], 2.0 * costs.load_energy(sc, jnp.array([50.0, 100.0]), jnp.ones(2), jnp.array([0, 1, 0]))[1]))
+    True
+    """
+    iota = inverse_gain_mean(sc, inv_gain_mean)
+    loads = jnp.asarray(loads)
+    dtype = jnp.result_type(float)
+    h_rep = jnp.broadcast_to(jnp.asarray(downlink_gain, dtype), (sc.n_helpers,))
+    hl = loads[..., 1:]
+    t_up = sc.deadline_s - hl * costs.helper_token_time(sc, distance_m, h_rep)
+    e_help = costs.uplink_energy(sc, distance_m, jnp.ones((sc.n_helpers,), dtype), hl * sc.hidden_bits, t_up)
+    ok = (hl == 0) | (t_up >= per_helper(sc, sc.helper_load_time_s))
+    e_help = jnp.where(ok, iota * e_help, jnp.inf)
+    return jnp.concatenate([costs.user_energy(sc, loads[..., 0])[..., None], e_help], axis=-1)
+
+
+def surrogate_costs(sc: Scenario, distance_m, inv_gain_mean=None, downlink_gain=1.0) -> jax.Array:
+    """Decoding node costs f [N] (J) on the surrogate: `surrogate_load_energy` at load 1 per node."""
+    return surrogate_load_energy(sc, distance_m, jnp.ones((sc.n_nodes,), jnp.int32), inv_gain_mean, downlink_gain)
+
+
+def surrogate_marginal_costs(sc: Scenario, distance_m, max_load: int, inv_gain_mean=None, downlink_gain=1.0):
+    """Prefill inputs on the surrogate: (dE float[N, max_load] (J), cap int32[N]).
+
+    dE[v, d] = Etilde_v(d + 1) - Etilde_v(d), inf from the first infeasible load on; cap = number of
+    finite entries (feasibility is monotone in the load).
+
+    >>> sc = Scenario(n_nodes=3, n_tokens=4)
+    >>> dE, cap = surrogate_marginal_costs(sc, jnp.array([50.0, 100.0]), 4)
+    >>> dE.shape, cap.tolist()
+    ((3, 4), [4, 4, 4])
+    """
+    d = jnp.arange(max_load + 1)
+    table = surrogate_load_energy(sc, distance_m, jnp.broadcast_to(d[:, None], (max_load + 1, sc.n_nodes)),
+                                  inv_gain_mean, downlink_gain)
+    steps = jnp.where(jnp.isfinite(table[1:]), table[1:] - table[:-1], jnp.inf).T
+    cap = jnp.sum(jnp.cumprod(jnp.isfinite(steps).astype(jnp.int32), axis=-1), axis=-1).astype(jnp.int32)
+    return steps, cap
+
+
+def _dp_tables(sc: Scenario, dp_grid: int, dp_quad: int):
+    if sc.fading not in DP_FAMILIES or not float(sc.fading_shape) > 1.0:
+        raise ConfigError("bits", "dp", f"bit loadings other than dp for fading={sc.fading!r} (shape "
+                          f"{sc.fading_shape}): the DP integrates over Gamma/Nakagami fading with shape > 1 only")
+    return fb.dp_tables(float(sc.fading_shape), int(sc.n_slots), int(dp_grid), int(dp_quad))
+
+
+def allocate_bits(sc: Scenario, distance_m, loads, slot_gain, bits: str = "closed-form", inv_gain_mean=None,
+                  downlink_gain=1.0, dp_grid: int = fb.DP_GRID, dp_quad: int = fb.DP_QUAD,
+                  dp_bisect: int = fb.DP_BISECT):
+    """Bits per helper and slot for helper loads int[N-1] and slot gains float[N-1, Q].
+
+    Returns:
+        (gamma float[N-1, Q] bits per slot (sum over slots = b D_n, all >= 0; 0 beyond Q_n), SlotPlan).
+
+    >>> sc = Scenario(n_nodes=2, deadline_s=0.05, slot_s=0.01, n_slots=8, hidden_bits=1e4)
+    >>> gamma, plan = allocate_bits(sc, jnp.array([60.0]), jnp.array([2]), jnp.ones((1, 8)), "uniform")
+    >>> int(plan.slots[0]), [round(v) for v in gamma[0].tolist()]
+    (4, [5000, 5000, 5000, 5000, 0, 0, 0, 0])
+    """
+    bits = check_bits("siftmoe", bits)
+    plan = slot_plan(sc, distance_m, loads, downlink_gain)
+    bw = per_helper(sc, sc.bandwidth_hz)
+    slot_ok = plan.slot_s > 0
+    unit = bw * jnp.where(slot_ok, plan.slot_s, 1.0)  # bits per normalised unit (B tau_n)
+    x = jnp.where(slot_ok, jnp.asarray(loads) * sc.hidden_bits / unit, 0.0)
+    gain = jnp.asarray(slot_gain)
+    if bits == "uniform":
+        y = fb.uniform_bits(x, gain, plan.slots)
+    elif bits == "closed-form":
+        y = fb.closed_form_bits(x, gain, plan.slots, inverse_gain_mean(sc, inv_gain_mean))
+    else:
+        y = fb.dp_bits(x, gain, plan.slots, _dp_tables(sc, dp_grid, dp_quad), int(dp_bisect))
+    return y * unit[:, None], plan
+
+
+def realised_energy(sc: Scenario, distance_m, slot_gain, gamma, plan: SlotPlan, loads):
+    """Realised uplink energy per helper, eq. (22) summed over slots: (energy float[N-1] J, ok bool[N-1]).
+
+    ok is False for a loaded helper whose uplink time is <= 0 or shorter than its load time, or with a
+    slot over the power cap (its energy is then inf).
+    """
+    per_slot = costs.uplink_energy(sc, distance_m, jnp.asarray(slot_gain).T, gamma.T, plan.slot_s)  # [Q, N-1]
+    energy = jnp.sum(per_slot, axis=0)
+    loads = jnp.asarray(loads)
+    time_ok = (plan.uplink_s > 0) & (plan.uplink_s >= per_helper(sc, sc.helper_load_time_s))
+    ok = (loads == 0) | (time_ok & jnp.isfinite(energy))
+    return jnp.where(loads > 0, energy, 0.0), ok
+
+
+def paper_estimate(sc: Scenario, distance_m, loads, slot_gain, inv_gain_mean=None, downlink_gain=1.0) -> jax.Array:
+    """The "paper closed form", eq. (27), per helper given its first slot gain: float[N-1] (J).
+
+    c_n [Q_n 2^{x/Q_n} ((1/h_1) E[1/h]^{Q_n-1})^{1/Q_n} - (1/h_1 + (Q_n-1) E[1/h])] with x = b D_n/(B tau_n),
+    c_n = N0 B tau_n / (d^-alpha G); 0 for unloaded helpers. A certainty-equivalent estimate, not the
+    realised energy of eq. (26) (see `fastfading_bits.paper_closed_form`).
+    """
+    iota = inverse_gain_mean(sc, inv_gain_mean)
+    plan = slot_plan(sc, distance_m, loads, downlink_gain)
+    dtype = jnp.result_type(float)
+    bw = per_helper(sc, sc.bandwidth_hz)
+    tau = jnp.where(plan.slot_s > 0, plan.slot_s, 1.0)
+    x = jnp.asarray(loads) * sc.hidden_bits / (bw * tau)
+    c = tau / uplink_snr_per_watt(sc, distance_m, jnp.ones((sc.n_helpers,), dtype))
+    value = c * fb.paper_closed_form(x, jnp.asarray(slot_gain)[:, 0], plan.slots, iota)
+    return jnp.where((jnp.asarray(loads) > 0) & (plan.slot_s > 0), value, jnp.where(jnp.asarray(loads) > 0, jnp.inf, 0.0))
+
+
+@struct.dataclass
+class FastInfo:
+    """What `layer_decision_with_info` knows besides the Decision.
+
+    Attributes:
+        surrogate_energy_j: float[] the selection's objective (user + surrogate helper energies) (J).
+        paper_estimate_j: float[] user energy + eq. (27) at the realised first-slot gains (J).
+        helper_energy_j: float[N-1] realised uplink energy per helper (J; inf where a slot failed).
+        latency_s: float[] layer completion time, max over nodes of `costs.node_latency` with the
+            downlink at `downlink_gain` (s).
+        slots: int32[N-1] Q_n per helper (0 for unloaded helpers).
+        cap_bound: bool[N-1] the static slot cap Q binds for this loaded helper.
+        power_infeasible: bool[] some loaded helper needed more than `max_tx_power_w` in a slot.
+    """
+
+    surrogate_energy_j: jax.Array
+    paper_estimate_j: jax.Array
+    helper_energy_j: jax.Array
+    latency_s: jax.Array
+    slots: jax.Array
+    cap_bound: jax.Array
+    power_infeasible: jax.Array
+
+
+def _prefill_policy(policy: str):
+    """`policies.get_prefill(policy)` when the registry has it; else prefill (method "auto") / topk."""
+    from sift_jax import policies
+
+    if hasattr(policies, "get_prefill"):
+        return policies.get_prefill(policy)
+    from sift_jax.policies import prefill as pf
+
+    if policy == "siftmoe":
+        def solve(sc, dE, cap, g, topk, table, method="auto", **options):
+            return pf.prefill(sc, dE, cap, g, topk, table, method=method, **options)
+        return solve
+    if policy == "topk":
+        return pf.topk
+    raise ConfigError("policy", policy, "siftmoe or topk for prefilling (M > 1)")
+
+
+def layer_decision_with_info(sc: Scenario, distance_m, slot_gain, g, topk, table, policy: str = "siftmoe",
+                             bits: str = "closed-form", **options) -> tuple[Decision, FastInfo]:
+    """`layer_decision` that also returns a `FastInfo`."""
+    bits = check_bits(policy, bits)
+    opts = dict(options)
+    mine = {k: opts.pop(k) for k in OPTIONS if k in opts}
+    iota_opt, h_rep = mine.get("inv_gain_mean"), mine.get("downlink_gain", 1.0)
+    inverse_gain_mean(sc, iota_opt)  # raise early for families without a finite E[1/h]
+    g, topk, table = jnp.asarray(g), jnp.asarray(topk), jnp.asarray(table)
+    slot_gain = jnp.asarray(slot_gain)
+    if slot_gain.shape != (sc.n_helpers, sc.n_slots):
+        raise ConfigError("slot_gain", f"shape {slot_gain.shape}", f"float[N-1={sc.n_helpers}, Q={sc.n_slots}]")
+    if g.ndim != 2:
+        raise ConfigError("g", f"shape {g.shape}", "float[M, K]")
+    from sift_jax import policies
+
+    if g.shape[0] == 1:
+        f = surrogate_costs(sc, distance_m, iota_opt, h_rep)
+        sel = policies.get(policy)(sc, f, g[0], topk[0], table, **opts)
+        sel = sel.replace(assign=jnp.reshape(sel.assign, (1, -1)), deviation_bound=jnp.reshape(sel.deviation_bound, (1,)))
+    else:
+        d_e, cap = surrogate_marginal_costs(sc, distance_m, g.shape[0], iota_opt, h_rep)
+        sel = _prefill_policy(policy)(sc, d_e, cap, g, topk, table, **opts)
+    loads = sel.loads
+    hl = loads[1:]
+    gamma, plan = allocate_bits(sc, distance_m, hl, slot_gain, bits, iota_opt, h_rep,
+                                mine.get("dp_grid", fb.DP_GRID), mine.get("dp_quad", fb.DP_QUAD),
+                                mine.get("dp_bisect", fb.DP_BISECT))
+    e_help, ok = realised_energy(sc, distance_m, slot_gain, gamma, plan, hl)
+    e_user = costs.user_energy(sc, loads[0])
+    user_ok = jnp.isfinite(e_user)
+    e_user = jnp.where(user_ok, e_user, 0.0)
+    energy = e_user + jnp.sum(jnp.where(ok, e_help, 0.0))
+    dtype = jnp.result_type(float)
+    latency = jnp.max(costs.node_latency(sc, distance_m, jnp.full((sc.n_helpers,), h_rep, dtype), loads))
+    time_ok = (plan.uplink_s > 0) & (plan.uplink_s >= per_helper(sc, sc.helper_load_time_s))
+    paper = paper_estimate(sc, distance_m, hl, slot_gain, iota_opt, h_rep)
+    dec = Decision(assign=sel.assign, loads=loads, energy_j=energy, deviation_bound=sel.deviation_bound,
+                   feasible=sel.feasible & user_ok & jnp.all(ok), n_replaced=sel.n_replaced, n_skipped=sel.n_skipped)
+    info = FastInfo(
+        surrogate_energy_j=sel.energy_j,
+        paper_estimate_j=e_user + jnp.sum(jnp.where(ok, paper, 0.0)),
+        helper_energy_j=e_help,
+        latency_s=latency,
+        slots=jnp.where(hl > 0, plan.slots, 0).astype(jnp.int32),
+        cap_bound=plan.capped,
+        power_infeasible=jnp.any((hl > 0) & time_ok & ~jnp.isfinite(e_help)),
+    )
+    return dec, info
+
+
+def layer_decision(sc: Scenario, distance_m, slot_gain, g, topk, table, policy: str = "siftmoe",
+                   bits: str = "closed-form", **options) -> Decision:
+    """Expert selection and bit loading for one layer under fast fading; energy_j is the realised energy.
+
+    Args:
+        sc: scenario (static: n_nodes, top_k, n_slots Q, fading; dynamic leaves may be traced).
+        distance_m: float[N-1] helper distances (m).
+        slot_gain: float[N-1, Q] per-slot power gains of this layer (`channel.draw(key, sc, fast=True)`
+            gives [L, N-1, Q]).
+        g: float[M, K] gate weights; topk: int[M, K] Top-K experts; table: float[N, N+1] mismatch Fbar.
+        policy: selection policy name (`sift_jax.policies.names()`; prefilling: siftmoe or topk unless
+            the registry's `get_prefill` knows more).
+        bits: "uniform", "closed-form" (alias "dynamic") or "dp".
+        **options: inv_gain_mean, downlink_gain, dp_grid, dp_quad, dp_bisect (module docstring); the rest
+            go to the policy. All static (Python values).
+
+    Returns:
+        Decision with assign int32[M, K], loads int32[N], deviation_bound float[M] from the selection
+        on the surrogate, energy_j = realised user + helper energy (J; helpers whose transmission failed
+        under the power cap are left out), feasible = selection feasible and every transmission
+        delivered.
+
+    Example:
+        >>> import jax
+        >>> from sift_jax import channel, gating, presets, similarity
+        >>> sc = presets.get("mixtral-8x7b").replace(n_tokens=1, n_layers=1)
+        >>> ch = channel.draw(jax.random.key(0), sc, fast=True)
+        >>> g, topk = gating.draw(jax.random.key(1), sc)
+        >>> table = similarity.synthetic_tables(sc)[0]
+        >>> d = layer_decision(sc, ch.distance_m, ch.gain[0], g[0], topk[0], table, "siftmoe", "dynamic")
+        >>> d.assign.shape, bool(d.energy_j >= 0)
+        ((1, 2), True)
+    """
+    return layer_decision_with_info(sc, distance_m, slot_gain, g, topk, table, policy, bits, **options)[0]
