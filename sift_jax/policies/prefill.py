@@ -1,0 +1,422 @@
+"""Prefilling policies: M tokens of one layer compete for node capacity (paper §3.4, §4.2-§4.4).
+
+Problem (per layer). Token m picks a node set J_m, 1 <= |J_m| <= K, each of its Top-K experts i is
+mapped to its best choice in J_m or skipped (two slots may share a substitute, eq. (12)), and the token
+must meet sum_i g_i Fbar[topk_i, phi_i] <= eta. Node v then serves D_v = #{m : v in J_m} <= D_v,max
+tokens, and the layer energy sum_v E_v(D_v) = sum_v sum_{d < D_v} dE[v, d] is minimised.
+
+Slot mapping of a node set J (used by every solver here and in the Decision):
+    slot i uses its best node in J (ties: its own expert, then the lowest node index) when that node's
+    mismatch is <= the skip mismatch Fbar[i, N], and is skipped otherwise. If that leaves every slot
+    skipped (a token must run at least one expert, (16d)), the one slot with the least extra mismatch
+    g_i (Fbar[i, best] - Fbar[i, N]) is served anyway. For K = 1 this is the paper's rule: the feasible
+    set is {v : g Fbar[topk, v] <= eta}, no full skip.
+Candidate sets. The deviation of a set is non-increasing when nodes are added, and adding a node never
+lowers the energy (dE >= 0), so only *minimal* feasible sets (no proper subset feasible) are needed:
+restricting to them loses no optimality, and in a minimal set every node serves at least one slot, so
+`assign` and `loads` always agree.
+
+Methods (`prefill(..., method=...)`):
+    "exact": K = 1 only, successive shortest augmenting paths (Algorithm 1; prefill_exact.py).
+    "dp":    Algorithm 2, exact for any K over a dense load-state tensor (prefill_dp.py).
+    "fast":  greedy + local search with a Lagrangian lower bound, any K, large M, N (prefill_fast.py).
+    "auto":  `choose_method`: K = 1 -> exact; K > 1 -> dp when its state count fits, else fast.
+`topk` is the practical Top-K baseline. Infeasible instances (some token cannot be served) return
+feasible = False with every slot -1, zero loads, energy and deviations ("flagged, never assigned").
+
+Shapes: dE float[N, D] marginal energies (J) from `sift_jax.costs.marginal_costs`, inf beyond capacity;
+cap int32[N]; g float[M, K]; topk int32[M, K]; table float[N, N+1] (column N = skip).
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from sift_jax.errors import ConfigError
+from sift_jax.policies.decision import Decision
+from sift_jax.scenario import Scenario
+
+METHODS = ("exact", "dp", "fast", "auto")
+
+
+@struct.dataclass
+class PrefillInfo:
+    """What a prefill solver knows about its own answer.
+
+    Attributes:
+        method: "exact", "dp" or "fast" (static): the solver that produced the Decision.
+        lower_bound: float[] (J) a valid lower bound on the optimal layer energy; equals the energy for
+            the exact methods; `inf` when the instance is proven infeasible. For "fast" it is the
+            Lagrangian dual bound (rounded down by a floating-point safety margin).
+        rel_gap: float[] (energy - lower_bound) / energy, 0 for the exact methods and where infeasible.
+    """
+
+    lower_bound: jax.Array
+    rel_gap: jax.Array
+    method: str = struct.field(pytree_node=False, default="exact")
+
+
+class Combos(NamedTuple):
+    """Static table of node sets J, 1 <= |J| <= K, in size-major colex order (numpy arrays).
+
+    members int32[C, K] (padded with N), size int32[C], sub int32[C, K] index of J minus its k-th
+    member (-1 if none), start int[K + 2] first index of each size, binom int[N + 1, K + 1].
+    """
+
+    members: np.ndarray
+    size: np.ndarray
+    sub: np.ndarray
+    start: np.ndarray
+    binom: np.ndarray
+
+
+@functools.lru_cache(maxsize=None)
+def combo_table(n_nodes: int, top_k: int) -> Combos:
+    """All node sets of size 1..K (static). Singletons come first: combo v is {v}.
+
+    >>> c = combo_table(3, 2)
+    >>> c.members.tolist()
+    [[0, 3], [1, 3], [2, 3], [0, 1], [0, 2], [1, 2]]
+    """
+    n, k = n_nodes, min(top_k, n_nodes)
+    combos, start = [], [0]
+    for size in range(1, k + 1):
+        combos += sorted(itertools.combinations(range(n), size), key=lambda c: c[::-1])
+        start.append(len(combos))
+    index = {c: i for i, c in enumerate(combos)}
+    members = np.full((len(combos), top_k), n, np.int32)
+    sub = np.full((len(combos), top_k), -1, np.int32)
+    for i, c in enumerate(combos):
+        members[i, :len(c)] = c
+        if len(c) > 1:
+            for j in range(len(c)):
+                sub[i, j] = index[c[:j] + c[j + 1:]]
+    size = (members < n).sum(1).astype(np.int32)
+    start += [len(combos)] * (top_k + 2 - len(start))
+    binom = np.array([[math.comb(a, b) for b in range(top_k + 1)] for a in range(n + 1)], np.int64)
+    return Combos(members, size, sub, np.array(start, np.int64), binom)
+
+
+def combo_index(nodes: jax.Array, n_nodes: int, top_k: int) -> jax.Array:
+    """Index in `combo_table` of the set of distinct nodes in `nodes` (int[..., K]; -1 or >= N ignored)."""
+    tab = combo_table(n_nodes, top_k)
+    valid = (nodes >= 0) & (nodes < n_nodes)
+    s = jnp.sort(jnp.where(valid, nodes, n_nodes), axis=-1)
+    first = jnp.concatenate([jnp.ones_like(s[..., :1], bool), s[..., 1:] != s[..., :-1]], -1) & (s < n_nodes)
+    rank = jnp.cumsum(first, -1)  # 1-based position among distinct members
+    binom = jnp.asarray(tab.binom)
+    terms = jnp.where(first, binom[jnp.clip(s, 0, n_nodes), jnp.clip(rank, 0, top_k)], 0)
+    size = rank[..., -1]
+    return jnp.asarray(tab.start)[jnp.clip(size - 1, 0, top_k)] + terms.sum(-1)
+
+
+def effective_caps(dE: jax.Array, cap: jax.Array) -> jax.Array:
+    """min(cap, number of leading finite marginal costs): int32[N]."""
+    finite = jnp.cumprod(jnp.isfinite(dE).astype(jnp.int32), axis=-1).sum(-1)
+    return jnp.minimum(jnp.asarray(cap, jnp.int32), finite).astype(jnp.int32)
+
+
+def layer_energy(dE: jax.Array, loads: jax.Array) -> jax.Array:
+    """sum_v E_v(D_v) = sum_v sum_{d < D_v} dE[v, d] (J); inf if a load passes its finite prefix."""
+    d = jnp.arange(dE.shape[-1])
+    over = jnp.any(loads > dE.shape[-1])
+    e = jnp.where(d < loads[..., :, None], dE, 0.0).sum((-2, -1))
+    return jnp.where(over, jnp.inf, e)
+
+
+def user_prepaid(dE: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """dE with the user's first marginal replaced by its second, and the one-off cost taken out.
+
+    For the user (node 0) dE[0, 0] = c + P_load T_load and dE[0, d] = c for d >= 1, so E_0 is not
+    convex. With D_0 >= 1, E_0(D_0) = L + sum_{d < D_0} dE'[0, d] with L = dE[0, 0] - dE[0, 1].
+    Returns (dE', L); unchanged (L = 0) when the user cannot take a second token.
+    """
+    if dE.shape[-1] < 2:
+        return dE, jnp.zeros((), dE.dtype)
+    ok = jnp.isfinite(dE[0, 1])
+    first = jnp.where(ok, dE[0, 1], dE[0, 0])
+    return dE.at[0, 0].set(first), jnp.where(ok, dE[0, 0] - dE[0, 1], 0.0)
+
+
+def _slot_rows(g, topk, table):
+    """Per-slot mismatch rows: node part float[M, K, N + 1] (inf pad column N) and skip float[M, K]."""
+    n = table.shape[0]
+    rows = table[topk]  # [M, K, N + 1]
+    pad = jnp.full(rows.shape[:-1] + (1,), jnp.inf, rows.dtype)
+    return jnp.concatenate([rows[..., :n], pad], -1), rows[..., n]
+
+
+def _deviation(g, best, skip):
+    """Deviation and slot use given each slot's best node mismatch. best, skip: [..., K, X]/[..., K, 1].
+
+    Returns (dev [..., X], use bool[..., K, X]) with the forced-slot rule of the module docstring.
+    """
+    use = best <= skip
+    forced = ~jnp.any(use, axis=-2, keepdims=True)
+    extra = jnp.where(jnp.isfinite(best), g[..., None] * (best - skip), jnp.inf)
+    first = jnp.argmin(extra, axis=-2, keepdims=True)
+    k = jnp.arange(best.shape[-2]).reshape((-1, 1))
+    use = use | (forced & (k == first))
+    dev = jnp.sum(g[..., None] * jnp.where(use, best, skip), axis=-2)
+    return dev, use
+
+
+def candidate_mask(sc: Scenario, cap_eff: jax.Array, g: jax.Array, topk: jax.Array, table: jax.Array,
+                   user_off: bool | jax.Array = False) -> jax.Array:
+    """bool[M, C]: combo c is a minimal feasible node set for token m (all nodes available, dev <= eta).
+
+    Memory O(M K C); C = sum_{k <= K} binom(N, k).
+    """
+    n, k = table.shape[0], topk.shape[-1]
+    tab = combo_table(n, k)
+    fp, skip = _slot_rows(g, topk, table)
+    best = functools.reduce(jnp.minimum, [fp[..., tab.members[:, j]] for j in range(k)])  # [M, K, C]
+    dev, _ = _deviation(g, best, skip[..., None])
+    avail = (cap_eff >= 1) & ~((jnp.arange(n) == 0) & user_off)
+    avail_c = jnp.all(jnp.concatenate([avail, jnp.ones((1,), bool)])[tab.members], -1)
+    feas = (dev <= sc.eta) & avail_c
+    sub = jnp.asarray(tab.sub)
+    sub_feas = jnp.where(sub >= 0, feas[..., jnp.maximum(sub, 0)], False)  # [M, C, K]
+    return feas & ~jnp.any(sub_feas, -1)
+
+
+def slot_map(g, topk, table, members):
+    """Slot mapping of chosen node sets. members: int[M, K] padded with N (all pad = no set).
+
+    Returns (assign int32[M, K] node or -1, deviation float[M]).
+    """
+    n = table.shape[0]
+    fp, skip = _slot_rows(g, topk, table)
+    vals = jnp.take_along_axis(fp, jnp.broadcast_to(members[:, None, :], fp.shape[:2] + members.shape[-1:]), -1)
+    best = vals.min(-1)  # [M, K]
+    is_best = (vals == best[..., None]) & (members[:, None, :] < n)
+    own = is_best & (members[:, None, :] == topk[..., None])
+    pick = jnp.where(own.any(-1), jnp.argmax(own, -1), jnp.argmax(is_best, -1))
+    node = jnp.take_along_axis(members, pick, -1)
+    dev, use = _deviation(g, best[..., None], skip[..., None])
+    assign = jnp.where(use[..., 0] & (node < n), node, -1).astype(jnp.int32)
+    return assign, dev[..., 0]
+
+
+def decision_from_combos(sc, dE, g, topk, table, combo, feasible) -> Decision:
+    """Decision from one combo index per token (int[M], -1 = none); zeroed when infeasible."""
+    n, k = table.shape[0], topk.shape[-1]
+    tab = combo_table(n, k)
+    members = jnp.where(combo[:, None] >= 0, jnp.asarray(tab.members)[jnp.maximum(combo, 0)], n)
+    loads = jax.nn.one_hot(members, n + 1, dtype=jnp.int32)[..., :n].sum((0, 1))
+    assign, dev = slot_map(g, topk, table, members)
+    energy = layer_energy(dE, loads)
+    ok = feasible & jnp.all(combo >= 0) & jnp.isfinite(energy) & jnp.all(dev <= sc.eta)
+    assign = jnp.where(ok, assign, -1)
+    return Decision(
+        assign=assign,
+        loads=jnp.where(ok, loads, 0),
+        energy_j=jnp.where(ok, energy, 0.0),
+        deviation_bound=jnp.where(ok, dev, 0.0),
+        feasible=ok,
+        n_replaced=jnp.sum((assign >= 0) & (assign != topk)).astype(jnp.int32),
+        n_skipped=jnp.where(ok, jnp.sum(assign < 0), 0).astype(jnp.int32),
+    )
+
+
+def _check(sc, dE, cap, g, topk, table):
+    n = sc.n_nodes
+    if dE.ndim != 2 or dE.shape[0] != n:
+        raise ConfigError("dE", f"shape {dE.shape}", f"float[N={n}, D]")
+    if tuple(cap.shape) != (n,):
+        raise ConfigError("cap", f"shape {cap.shape}", f"int[N={n}]")
+    if g.ndim != 2 or topk.shape != g.shape:
+        raise ConfigError("g/topk", f"shapes {g.shape}, {topk.shape}", "float[M, K] and int[M, K]")
+    if g.shape[1] != sc.top_k:
+        raise ConfigError("top_k", g.shape[1], f"K = sc.top_k = {sc.top_k} columns in g and topk")
+    if tuple(table.shape) != (n, n + 1):
+        raise ConfigError("table", f"shape {table.shape}", f"float[N={n}, N+1={n + 1}]")
+
+
+def choose_method(sc: Scenario, n_tokens: int | None = None, max_load: int | None = None,
+                  max_work: int | None = None) -> str:
+    """The siftmoe prefill rule: K = 1 -> "exact"; K > 1 -> "dp" if its state tensor fits, else "fast".
+
+    Args:
+        sc: scenario (uses top_k, n_nodes and, by default, n_tokens).
+        n_tokens: M (default sc.n_tokens). max_load: width D of dE (default M).
+        max_work: DP size limit on states x combos (default prefill_dp.DP_MAX_WORK).
+
+    >>> from sift_jax.scenario import Scenario
+    >>> choose_method(Scenario(n_nodes=8, top_k=1, n_tokens=64)), choose_method(Scenario(n_nodes=4, top_k=2, n_tokens=4))
+    ('exact', 'dp')
+    >>> choose_method(Scenario(n_nodes=8, top_k=2, n_tokens=64))
+    'fast'
+    """
+    from sift_jax.policies import prefill_dp
+
+    m = sc.n_tokens if n_tokens is None else n_tokens
+    if sc.top_k == 1:
+        return "exact"
+    d = m if max_load is None else max_load
+    states, combos = prefill_dp.dp_size(m, sc.n_nodes, sc.top_k, d)
+    return "dp" if states * combos <= (prefill_dp.DP_MAX_WORK if max_work is None else max_work) else "fast"
+
+
+def prefill_with_info(sc: Scenario, dE, cap, g, topk, table, method: str = "exact",
+                      **options) -> tuple[Decision, PrefillInfo]:
+    """`prefill` that also returns a `PrefillInfo` (method used, lower bound, relative gap).
+
+    Options: dp: `max_work` (states x combos limit); fast: `n_passes`, `n_dual`, see prefill_fast.
+    """
+    dE, cap, g, topk, table = (jnp.asarray(a) for a in (dE, cap, g, topk, table))
+    _check(sc, dE, cap, g, topk, table)
+    if method == "auto":
+        method = choose_method(sc, g.shape[0], dE.shape[1], options.get("max_work"))
+        if method != "dp":
+            options.pop("max_work", None)
+    if method == "exact":
+        from sift_jax.policies.prefill_exact import solve_exact
+        return solve_exact(sc, dE, cap, g, topk, table, **options)
+    if method == "dp":
+        from sift_jax.policies.prefill_dp import solve_dp
+        return solve_dp(sc, dE, cap, g, topk, table, **options)
+    if method == "fast":
+        from sift_jax.policies.prefill_fast import solve_fast
+        return solve_fast(sc, dE, cap, g, topk, table, **options)
+    raise ConfigError("method", method, "one of " + ", ".join(METHODS))
+
+
+def prefill(sc: Scenario, dE, cap, g, topk, table, method: str = "exact", **options) -> Decision:
+    """SiftMoE prefill decision for M tokens of one layer (paper Alg. 1 / Alg. 2).
+
+    Args:
+        sc: scenario; uses eta, n_nodes and top_k (static).
+        dE: float[N, D] marginal energies dE_v(d + 1) (J), inf beyond capacity; node 0 = user, whose
+            first entry carries the one-off load energy.
+        cap: int32[N] capacities D_v,max. g: float[M, K] gate weights. topk: int32[M, K] expert indices.
+        table: float[N, N + 1] mean mismatch Fbar, column N = skip.
+        method: "exact" (K = 1), "dp", "fast" or "auto" (`choose_method`). Use `prefill_with_info` for
+            the method used and the lower bound.
+
+    Returns:
+        Decision with assign int32[M, K], loads int32[N], energy_j, deviation_bound float[M], feasible,
+        n_replaced, n_skipped (totals over tokens).
+
+    >>> import jax.numpy as jnp
+    >>> from sift_jax.scenario import Scenario
+    >>> sc = Scenario(n_nodes=3, top_k=1, n_tokens=3, eta=0.5)
+    >>> dE = jnp.array([[5.0, 1.0, 1.0], [1.0, 2.0, 4.0], [2.0, 3.0, jnp.inf]])
+    >>> table = jnp.array([[0.0, 0.2, 0.9, 1.0], [0.3, 0.0, 0.2, 1.0], [0.9, 0.2, 0.0, 1.0]])
+    >>> d = prefill(sc, dE, jnp.array([3, 3, 2]), jnp.ones((3, 1)), jnp.array([[1], [1], [2]]), table)
+    >>> d.assign[:, 0].tolist(), d.loads.tolist(), float(d.energy_j)
+    ([1, 2, 2], [0, 1, 2], 6.0)
+    """
+    return prefill_with_info(sc, dE, cap, g, topk, table, method, **options)[0]
+
+
+def topk(sc: Scenario, dE, cap, g, topk_idx, table) -> Decision:
+    """Practical Top-K prefill baseline (the paper's "Top-K", reading of issue 5).
+
+    Every token sends each Top-K slot to its own expert's node. A node serves the first tokens (lowest
+    index first) up to its capacity D_v,max (inf marginal cost = beyond capacity); the rest of its slots
+    are lost and count as skips (deviation g_i Fbar[i, N]). Energy counts what is served. Unlike the
+    siftmoe solvers the outcome is kept when constraints fail: `feasible` says whether nothing was lost
+    and every token met eta, but assign/loads/energy are always the real outcome.
+
+    >>> import jax.numpy as jnp
+    >>> from sift_jax.scenario import Scenario
+    >>> sc = Scenario(n_nodes=2, top_k=1, n_tokens=3, eta=0.5)
+    >>> dE = jnp.array([[1.0, 1.0, 1.0], [1.0, 2.0, jnp.inf]])
+    >>> d = topk(sc, dE, jnp.array([3, 2]), jnp.ones((3, 1)), jnp.array([[1], [1], [1]]), jnp.array([[0.0, .3, 1.], [.3, 0., 1.]]))
+    >>> d.assign[:, 0].tolist(), int(d.n_skipped), bool(d.feasible)
+    ([1, 1, -1], 1, False)
+    """
+    dE, cap, g, topk_idx, table = (jnp.asarray(a) for a in (dE, cap, g, topk_idx, table))
+    _check(sc, dE, cap, g, topk_idx, table)
+    n = sc.n_nodes
+    cap_eff = effective_caps(dE, cap)
+    want = jax.nn.one_hot(topk_idx, n, dtype=jnp.int32).max(1)  # [M, N]
+    served = want * (jnp.cumsum(want, 0) <= cap_eff)
+    ok_slot = jnp.take_along_axis(served, topk_idx, -1) > 0
+    assign = jnp.where(ok_slot, topk_idx, -1).astype(jnp.int32)
+    loads = served.sum(0).astype(jnp.int32)
+    rows = table[topk_idx]
+    own = jnp.take_along_axis(rows, topk_idx[..., None], -1)[..., 0]
+    dev = jnp.sum(g * jnp.where(ok_slot, own, rows[..., n]), -1)
+    return Decision(
+        assign=assign, loads=loads, energy_j=layer_energy(dE, loads), deviation_bound=dev,
+        feasible=jnp.all(ok_slot) & jnp.all(dev <= sc.eta), n_replaced=jnp.zeros((), jnp.int32),
+        n_skipped=jnp.sum(~ok_slot).astype(jnp.int32))
+
+
+def _instance_parts(m, n, k):
+    return [n, n, 1, 1, n, n, n, n * n, n, m * n, m * k, 1]
+
+
+def _instance_size(m, n, k):
+    return sum(_instance_parts(m, n, k))
+
+
+def _instance_from_uniform(u, m, n, k, d, dtype, tight, cap_lo):
+    """The instance of `random_instance` from a vector of U(0, 1) numbers (deterministic)."""
+    parts = jnp.split(u, np.cumsum(_instance_parts(m, n, k))[:-1])
+    lin = lambda x, lo, hi: lo + (hi - lo) * x  # noqa: E731
+    a = jnp.exp(lin(parts[0], math.log(0.3), math.log(3.0)))
+    r = lin(parts[1], 0.0, min(1.2, 8.0 / m))
+    steps = jnp.arange(d, dtype=dtype)
+    helper = a[:, None] * jnp.exp(r[:, None] * steps)
+    c0 = jnp.exp(lin(parts[2][0], math.log(0.1), math.log(3.0)))
+    user = jnp.full((d,), c0).at[0].add(lin(parts[3][0], 0.0, 4.0))
+    dE = helper.at[0].set(user)
+    cap_big = jnp.floor((cap_lo + (1 - cap_lo) * parts[4]) * (m + 1))
+    cap_small = jnp.floor(parts[5] * 3)
+    cap = jnp.minimum(jnp.where(parts[6] < tight, cap_small, cap_big), m).astype(jnp.int32)
+    dE = jnp.where(steps[None, :] < cap[:, None], dE, jnp.inf)
+    off = lin(parts[7].reshape(n, n), 0.1, 1.6) * (1 - jnp.eye(n, dtype=dtype))
+    table = jnp.concatenate([off, lin(parts[8], 0.6, 1.4)[:, None]], 1)
+    topk_idx = jnp.argsort(parts[9].reshape(m, n), -1)[:, :k].astype(jnp.int32)
+    expo = -jnp.log(jnp.maximum(parts[10].reshape(m, k), jnp.finfo(dtype).tiny))
+    g = expo / expo.sum(-1, keepdims=True)  # Dirichlet(1, ..., 1)
+    return dict(dE=dE, cap=cap, g=g, topk=topk_idx, table=table, eta=parts[11][0])
+
+
+def random_instances(key: jax.Array, batch: int, n_tokens: int, n_nodes: int, top_k: int,
+                     max_load: int | None = None, dtype=jnp.float32, tight=0.3, cap_lo=0.0) -> dict:
+    """A batch of random prefill instances (for tests and benchmarks): dict of arrays with a leading
+    batch axis: dE [B, N, D], cap [B, N], g [B, M, K], topk [B, M, K], table [B, N, N + 1], eta [B].
+
+    One uniform draw for the whole batch (fast to compile), transformed per instance:
+    Helpers: convex increasing marginal costs a_v exp(r_v d), a_v log-uniform in [0.3, 3], r_v uniform in
+    [0, min(1.2, 8 / M)];
+    capacities uniform in cap_lo (M + 1)..M, replaced with probability `tight` by a small one in 0..2
+    (`tight`, `cap_lo` may be traced).
+    User: constant marginal c_0 log-uniform in [0.1, 3] plus a one-off first cost in [0, 4], capacity
+    as the helpers'. Table: zero diagonal, off-diagonal mismatch in [0.1, 1.6], skip mismatch in
+    [0.6, 1.4]. Gates: Dirichlet(1) over K distinct random experts. eta uniform in [0, 1].
+
+    >>> inst = random_instances(jax.random.key(0), 5, 4, 3, 2)
+    >>> sorted(inst), inst["dE"].shape, inst["g"].shape
+    (['cap', 'dE', 'eta', 'g', 'table', 'topk'], (5, 3, 4), (5, 4, 2))
+    """
+    m, n, k = n_tokens, n_nodes, top_k
+    d = m if max_load is None else max_load
+    u = jax.random.uniform(key, (batch, _instance_size(m, n, k)), dtype)
+    return jax.vmap(lambda x: _instance_from_uniform(x, m, n, k, d, dtype, tight, cap_lo))(u)
+
+
+def random_instance(key: jax.Array, n_tokens: int, n_nodes: int, top_k: int, max_load: int | None = None,
+                    dtype=jnp.float32, tight=0.3, cap_lo=0.0) -> dict:
+    """One random prefill instance: `random_instances` without the batch axis.
+
+    >>> inst = random_instance(jax.random.key(0), 4, 3, 2)
+    >>> sorted(inst), inst["dE"].shape
+    (['cap', 'dE', 'eta', 'g', 'table', 'topk'], (3, 4))
+    """
+    m, n, k = n_tokens, n_nodes, top_k
+    d = m if max_load is None else max_load
+    u = jax.random.uniform(key, (_instance_size(m, n, k),), dtype)
+    return _instance_from_uniform(u, m, n, k, d, dtype, tight, cap_lo)

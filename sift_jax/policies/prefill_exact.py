@@ -1,0 +1,152 @@
+"""Exact K = 1 prefill: Algorithm 1 (successive shortest augmenting paths), in fixed shapes.
+
+Network: source -> token (unit) -> feasible node -> sink, the node -> sink arcs priced by the node's next
+marginal energy dE_v(D_v + 1). Token -> node arcs cost nothing, so an s-t path's cost is the price of
+the node where it ends, and a shortest augmenting path for a new token is: the cheapest open node
+reachable from the token's feasible set through the exchange graph (u -> w when some token now at u may
+move to w), then every token on the path moves one hop. The sink -> node back arcs are never used by a
+simple s-t path, so no Bellman-Ford over negative arcs is needed: reachability is a breadth-first
+search over N nodes. Tokens are added one at a time in index order, each by a shortest augmenting
+path (the Hungarian row-by-row scheme), which keeps the partial assignment optimal; the result is
+optimal because every node's marginal cost is non-decreasing (Prop. 2).
+
+Correction of the paper's Prop. 2: the user's one-off load energy P_load T_load makes E_UE affine with
+a jump at 0, not convex, so Algorithm 1 alone can be suboptimal. We solve twice, with the user node
+off, and with it on and its load cost prepaid (first marginal = the constant per-token cost, L added),
+and keep the cheaper true energy. Exact: every solution with D_UE = 0 is feasible for the first
+problem; every solution with D_UE >= 1 has the same energy in the second.
+
+Interchangeable tokens: token m's feasible set is {v : g_m Fbar[t_m, v] <= eta, v available}, the first
+k_m nodes of expert t_m's nodes sorted by Fbar[t_m, .] (ties kept together). So tokens fall in at most
+N (N + 1) classes (t, k) with identical sets; when that is fewer than M the search state is the count
+matrix classes x nodes instead of tokens x nodes, and tokens of a class are handed their nodes in
+index order at the end.
+
+Cost per instance: O(M (h N^2 + h' C)) with h, h' the BFS depth and path length (while loops), C the
+number of classes (min(M, N (N + 1))).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from sift_jax.errors import ConfigError
+from sift_jax.policies.prefill import (PrefillInfo, decision_from_combos, effective_caps, layer_energy,
+                                       user_prepaid)
+
+
+def _ssap(omega, cls, cost, cap):
+    """Successive shortest augmenting paths over classes.
+
+    Args:
+        omega: bool[C, N] feasible nodes per class. cls: int32[M] class of each token.
+        cost: float[N, D] marginal costs (non-decreasing per node). cap: int32[N] capacities.
+
+    Returns:
+        x int32[C, N] tokens of each class per node, loads int32[N], ok bool[] all tokens placed.
+    """
+    n_cls, n = omega.shape
+    width = cost.shape[1]
+    om = omega.astype(jnp.int32)
+    nodes = jnp.arange(n)
+
+    def price(loads):
+        p = cost[nodes, jnp.minimum(loads, width - 1)]
+        return jnp.where(loads < cap, p, jnp.inf)
+
+    def bfs_body(s):
+        reached, frontier, parent, adj = s
+        edge = frontier[:, None] & adj
+        new = jnp.any(edge, 0) & ~reached
+        parent = jnp.where(new, jnp.argmax(edge, 0).astype(jnp.int32), parent)
+        return reached | new, new, parent, adj
+
+    def token(m, state):
+        x, cnt, loads, ok = state
+        c_hot = jnp.arange(n_cls) == cls[m]  # one-hot updates: no scatters in the loops
+        start = jnp.any(omega & c_hot[:, None], 0)
+        reached, _, parent, _ = jax.lax.while_loop(
+            lambda s: jnp.any(s[1]), bfs_body, (start, start, jnp.full((n,), -1, jnp.int32), cnt > 0))
+        p = jnp.where(reached, price(loads), jnp.inf)
+        w = jnp.argmin(p).astype(jnp.int32)
+        found = jnp.isfinite(jnp.min(p))
+
+        def walk_body(s):
+            cur, x, cnt, go = s
+            u = jnp.sum(jnp.where(nodes == cur, parent, 0)).astype(jnp.int32)
+            c2 = jnp.argmax((x[:, u] > 0) & omega[:, cur])
+            move = (nodes == cur).astype(jnp.int32) - (nodes == u).astype(jnp.int32)
+            x = x + (jnp.arange(n_cls) == c2).astype(jnp.int32)[:, None] * move[None, :]
+            cnt = cnt + move[:, None] * om[c2][None, :]
+            return u, x, cnt, go
+
+        def walk_cond(s):
+            return s[3] & (jnp.sum(jnp.where(nodes == s[0], parent, 0)) >= 0)
+
+        cur, x, cnt, _ = jax.lax.while_loop(walk_cond, walk_body, (w, x, cnt, found))
+        f = found.astype(jnp.int32)
+        at_cur = (nodes == cur).astype(jnp.int32) * f
+        x = x + c_hot.astype(jnp.int32)[:, None] * at_cur[None, :]
+        cnt = cnt + at_cur[:, None] * jnp.sum(om * c_hot[:, None], 0, dtype=jnp.int32)[None, :]
+        loads = loads + (nodes == w).astype(jnp.int32) * f
+        return x, cnt, loads, ok & found
+
+    init = (jnp.zeros((n_cls, n), jnp.int32), jnp.zeros((n, n), jnp.int32), jnp.zeros((n,), jnp.int32),
+            jnp.ones((), bool))
+    x, _, loads, ok = jax.lax.fori_loop(0, cls.shape[0], token, init)
+    return x, loads, ok
+
+
+def _token_nodes(x, cls):
+    """Node of each token: tokens of class c get the nodes of x[c] in index order. int32[M]."""
+    n_cls = x.shape[0]
+    onehot = jax.nn.one_hot(cls, n_cls, dtype=jnp.int32)  # [M, C]
+    rank = jnp.take_along_axis(jnp.cumsum(onehot, 0) - 1, cls[:, None], 1)[:, 0]
+    cum = jnp.cumsum(x[cls], -1)  # [M, N]
+    return jnp.sum(cum <= rank[:, None], -1).astype(jnp.int32)
+
+
+def feasible_nodes(sc, cap_eff, g, topk, table):
+    """K = 1 feasible sets: bool[M, N], v available and g Fbar[topk, v] <= eta."""
+    n = table.shape[0]
+    mism = g[:, :1] * table[topk[:, 0], :n]
+    return (mism <= sc.eta) & (cap_eff >= 1)
+
+
+def solve_exact(sc, dE, cap, g, topk, table, use_classes: bool | None = None):
+    """Exact K = 1 prefill (see module docstring). Returns (Decision, PrefillInfo).
+
+    Args:
+        use_classes: search over the (expert, threshold) token classes (default: when N (N + 1) < M).
+    """
+    m, k = g.shape
+    n = table.shape[0]
+    if k != 1:
+        raise ConfigError("method", "exact", "'exact' for top_k = 1 only; use 'dp' or 'fast' for top_k > 1")
+    cap_eff = effective_caps(dE, cap)
+    avail = cap_eff >= 1
+    if use_classes is None:
+        use_classes = n * (n + 1) < m
+    t = topk[:, 0]
+    if use_classes:
+        fn = table[:, :n]
+        rank = jnp.argsort(jnp.argsort(fn, axis=1, stable=True), axis=1)  # rank[t, v]
+        thresh = jnp.sum(g[:, :1] * fn[t] <= sc.eta, -1)
+        cls = (t * (n + 1) + thresh).astype(jnp.int32)
+        levels = jnp.arange(n + 1)
+        omega = (rank[:, None, :] < levels[None, :, None]).reshape(n * (n + 1), n) & avail
+    else:
+        cls = jnp.arange(m, dtype=jnp.int32)
+        omega = feasible_nodes(sc, cap_eff, g, topk, table)
+    prepaid, _ = user_prepaid(dE)
+    omegas = jnp.stack([omega & (jnp.arange(n) != 0), omega])
+    costs = jnp.stack([dE, prepaid])
+    x, loads, ok = jax.vmap(_ssap, in_axes=(0, None, 0, None))(omegas, cls, costs, cap_eff)
+    energy = jnp.where(ok, jax.vmap(layer_energy, in_axes=(None, 0))(dE, loads), jnp.inf)
+    best = jnp.argmin(energy)
+    node = _token_nodes(x[best], cls)
+    feasible = jnp.isfinite(energy[best])
+    dec = decision_from_combos(sc, dE, g, topk, table, jnp.where(feasible, node, -1), feasible)
+    lb = jnp.where(dec.feasible, dec.energy_j, jnp.inf)
+    return dec, PrefillInfo(lower_bound=lb, rel_gap=jnp.zeros_like(lb), method="exact")
