@@ -69,13 +69,14 @@ from sift_jax.policies.decision import Decision
 from sift_jax.scenario import Scenario
 
 STRATEGIES = ("auto", "direct", "pruned")
-DIRECT_MAX_SUBSETS = 256  # "auto" enumerates every subset up to this many multi-node subsets
-MAX_SUBSETS = 2_000_000  # largest exact subset enumeration (direct / fallback) we compile
+DIRECT_MAX_DENSE = 4096  # "auto" uses "direct" when sum_(j=2..K) N^j (dense grid cells) is at most this
+MAX_SUBSETS = 2_000_000  # largest exact subset enumeration (fallback) we compile
 MAX_COMBOS = 1_000_000  # largest (R+1)^K owner grid
 MAX_MATCHING_K = 5  # share_substitutes=False enumerates K! slot permutations per subset
 DEFAULT_PER_SLOT = 4
-_CHUNK = 256  # subsets per scan step of the fallback enumeration
+_CHUNK = 512  # subsets per scan step of the fallback enumeration
 _BIG = 2**30  # node count of an invalid candidate
+_HI = jax.lax.Precision.HIGHEST
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -90,6 +91,25 @@ def seq_sum(x: jax.Array) -> jax.Array:
     deviations whatever the code path (XLA does not reassociate float additions).
     """
     return functools.reduce(operator.add, [x[i] for i in range(x.shape[0])])
+
+
+_NETWORKS = {2: ((0, 1),), 3: ((0, 1), (1, 2), (0, 1)), 4: ((0, 1), (2, 3), (0, 2), (1, 3), (1, 2)),
+             5: ((0, 1), (3, 4), (2, 4), (2, 3), (1, 4), (0, 3), (0, 2), (1, 3), (1, 2))}
+
+
+def canonical_sum(xs) -> jax.Array:
+    """Sum of a short list of arrays in ascending order of value (a sorting network, then left to right).
+
+    The energy of a node set must not depend on the order in which its members are listed: two
+    listings of one set must give bit-equal energies, or the deviation tie-break could be overridden
+    by one ulp of rounding. Works elementwise on broadcastable arrays; inf sorts last.
+    """
+    xs = list(jnp.broadcast_arrays(*xs))
+    m = len(xs)
+    pairs = _NETWORKS.get(m) or tuple((i, i + 1) for r in range(m) for i in range(r % 2, m - 1, 2))
+    for a, b in pairs:
+        xs[a], xs[b] = jnp.minimum(xs[a], xs[b]), jnp.maximum(xs[a], xs[b])
+    return functools.reduce(operator.add, xs)
 
 
 def slot_values(g: jax.Array, topk: jax.Array, table: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -114,16 +134,18 @@ def loads_of(assign: jax.Array, n: int) -> jax.Array:
 def lex_argmin(energy, dev, count):
     """Index and value of the lexicographic minimum of (energy, dev, count) over flat arrays.
 
-    Invalid entries must carry (inf, inf, _BIG). Returns (index, energy, dev, count); the first index
-    among exact ties.
+    Invalid entries must carry (inf, inf, _BIG). `count` may be a Python int (the same for every
+    entry: one pass fewer). Returns (index, energy, dev, count); the first index among exact ties.
     """
     e_min = jnp.min(energy)
-    m = energy == e_min
-    d_min = jnp.min(jnp.where(m, dev, jnp.inf))
-    m = m & (dev == d_min)
+    key = jnp.where(energy == e_min, dev, jnp.inf)
+    if isinstance(count, int):  # two passes: argmin keeps the first index among ties
+        c_min = jnp.where(jnp.isfinite(e_min), count, _BIG).astype(jnp.int32)
+        return jnp.argmin(key), e_min, jnp.min(key), c_min
+    d_min = jnp.min(key)
+    m = key == d_min
     c_min = jnp.min(jnp.where(m, count, _BIG))
-    m = m & (count == c_min)
-    return jnp.argmax(m), e_min, d_min, c_min
+    return jnp.argmax(m & (count == c_min)), e_min, d_min, c_min
 
 
 def lex_better(a, b) -> jax.Array:
@@ -157,8 +179,144 @@ def _lazy(pred, fn, default):
 
 
 # ----------------------------------------------------------------------------------------------------
-# static tables
+# kernels. Conventions: e float[K, N] = g_i Fbar[topk_i, v]; s float[K] skip values; cap = min(e, s);
+# fu float[N] = f on strictly useful finite nodes, inf elsewhere. Keys are (energy, dev, count) with
+# (inf, inf, _BIG) for invalid entries. Dense one-hot selections replace gathers (slow on CPU).
 # ----------------------------------------------------------------------------------------------------
+
+
+def _pick(x, onehot):
+    """x[..., idx] for a one-hot bool[..., M, N] over the last axis of x[..., N]: exact, no gather."""
+    return jnp.max(jnp.where(onehot, x[..., None, :], -jnp.inf), axis=-1)
+
+
+def _rows(x):
+    """The rows of a small static leading axis as a list (reductions over it become elementwise)."""
+    return [x[i] for i in range(x.shape[0])]
+
+
+def _first_arg(better, rows):
+    """Elementwise index of the first row that no later row beats (argmin: operator.lt; argmax:
+    operator.gt) over a Python list of equally shaped arrays: int32."""
+    idx, best = jnp.zeros(rows[0].shape, jnp.int32), rows[0]
+    for i in range(1, len(rows)):
+        take = better(rows[i], best)
+        idx, best = jnp.where(take, jnp.int32(i), idx), jnp.where(take, rows[i], best)
+    return idx
+
+
+def _singletons(f, e, s, cap, eta, share: bool):
+    """Single-node sets for every node: keys (energy, dev) float[N] each and use bool[K, N]."""
+    k, n = e.shape
+    if share:
+        use = [e[i] <= s[i] for i in range(k)]
+        forced = _first_arg(operator.lt, [e[i] - s[i] for i in range(k)])  # served when no slot prefers v
+        any_use = functools.reduce(operator.or_, use)
+        dev = jnp.where(any_use, seq_sum(cap),
+                        functools.reduce(operator.add, [jnp.where(forced == i, e[i], s[i]) for i in range(k)]))
+        use = jnp.stack([use[i] | (~any_use & (forced == i)) for i in range(k)])
+    else:
+        best = _first_arg(operator.gt, [s[i] - e[i] for i in range(k)])  # one slot: the largest saving
+        use = jnp.stack([best == i for i in range(k)])
+        dev = functools.reduce(operator.add, [jnp.where(best == i, e[i], s[i]) for i in range(k)])
+    valid = jnp.isfinite(f) & (dev <= eta)
+    return (jnp.where(valid, f, jnp.inf), jnp.where(valid, dev, jnp.inf)), use
+
+
+def _grid_axis(x, j: int, dims: int):
+    """Place x[M] on axis j of a `dims`-dimensional grid (size 1 elsewhere)."""
+    return jnp.reshape(x, tuple(x.shape[0] if a == j else 1 for a in range(dims)))
+
+
+@functools.lru_cache(maxsize=None)
+def _matching_patterns(k: int, j: int) -> tuple[tuple[int, ...], ...]:
+    """Distinct injective maps of j members into K slots: pattern[i] = member serving slot i or -1."""
+    pats = {tuple(p if p < j else -1 for p in perm) for perm in itertools.permutations(range(k))}
+    return tuple(sorted(pats))
+
+
+def _dense_blocks(fu, cap, s, eta, share: bool, n: int, k: int):
+    """Node tuples of length j = 2..K as dense [N]^j grids over ordered member tuples.
+
+    Every set appears once per ordering; a tuple with a repeated node stands for a smaller set with
+    its energy (and node count) counted twice, which that smaller set beats, so with sharing no mask
+    is needed (the first index among exact ties is the ascending ordering). For j = K every slot is
+    served by a different node in a minimal set, so the deviation of the ordering "slot i -> member i"
+    is additive, sum_i min(e_i(m_i), s_i), and the set's deviation is its best ordering. For j < K:
+    sharing: sum_i min(s_i, min_m e_i(m)); matching: the best injective pattern. The matching grids
+    exclude repeated nodes. Only the energy entries carry the validity (dev <= eta): inf elsewhere.
+
+    Returns a list over j = 2..K of flat keys (energy, dev) float[N^j] (every entry counts j nodes).
+    """
+    keys = []
+    for j in range(2, k + 1):
+        energy = canonical_sum([_grid_axis(fu, m, j) for m in range(j)]) if j > 2 else fu[:, None] + fu[None, :]
+        caps = [[_grid_axis(cap[i], m, j) for m in range(j)] for i in range(k)]
+        if j == k:
+            dev = functools.reduce(operator.add, [caps[i][i] for i in range(k)])
+        elif share:
+            dev = functools.reduce(operator.add, [functools.reduce(jnp.minimum, c) for c in caps])
+        else:
+            devs = []
+            for pat in _matching_patterns(k, j):
+                terms = [caps[i][pat[i]] if pat[i] >= 0 else s[i] for i in range(k)]
+                devs.append(functools.reduce(operator.add, terms))  # slot order: the same sum as seq_sum
+            dev = functools.reduce(jnp.minimum, devs)
+        dev = jnp.broadcast_to(dev, (n,) * j)
+        ok = dev <= eta
+        if not share:
+            distinct = np.ones((n,) * j, bool)
+            for a, b in itertools.combinations(range(j), 2):
+                distinct &= np.arange(n).reshape(_shape(a, j, n)) != np.arange(n).reshape(_shape(b, j, n))
+            ok = ok & jnp.asarray(distinct)
+        keys.append((jnp.where(ok, energy, jnp.inf).reshape(-1), dev.reshape(-1)))
+    return keys
+
+
+def _shape(m: int, j: int, n: int) -> tuple[int, ...]:
+    return tuple(n if a == m else 1 for a in range(j))
+
+
+def _dense_members(local, j: int, n: int, k: int):
+    """Members (ascending, padded with N) of flat index `local` of the [N]^j grid: int32[K]."""
+    digits = [(local // n ** (j - 1 - m)) % n for m in range(j)]
+    return jnp.stack(digits + [jnp.asarray(n)] * (k - j)).astype(jnp.int32)
+
+
+def _member_values(x, members, n: int):
+    """x[..., members] for members int32[M] (N = sentinel -> x[..., N] must exist): float[..., M]."""
+    onehot = members[:, None] == jnp.arange(x.shape[-1])[None, :]  # [M, N(+1)]
+    return _pick(x, onehot)
+
+
+def _map_shared(members, e, s, topk, n: int):
+    """Slot mapping of node set `members` (int32[M], padded with N) under sharing: int32[K]."""
+    real = members < n
+    vals = jnp.where(real[None, :], _member_values(e, jnp.minimum(members, n - 1), n), jnp.inf)  # [K, M]
+    best = jnp.min(vals, axis=1)
+    is_best = (vals == best[:, None]) & real[None, :]
+    own = is_best & (members[None, :] == topk[:, None])
+    lowest = jnp.min(jnp.where(is_best, members[None, :], n), axis=1)
+    node = jnp.where(jnp.any(own, axis=1), topk, lowest)
+    return jnp.where(best <= s, node, -1).astype(jnp.int32)
+
+
+def _map_matching(members, e, s, n: int):
+    """Best injective slot mapping of node set `members` (int32[K], padded with N): int32[K].
+
+    Recomputes the enumeration's choice: the first pattern (in `_matching_patterns` order over
+    positions) of least deviation; a slot is served only if its node is no worse than skipping.
+    """
+    k = e.shape[0]
+    capx = jnp.concatenate([jnp.minimum(e, s[:, None]), s[:, None]], axis=1)
+    vals = _member_values(capx, members, n)  # [K slots, K positions]; sentinel -> s
+    pats = np.asarray(_matching_patterns(k, k), np.int32)  # all full permutations
+    devs = jnp.stack([seq_sum(jnp.stack([vals[i, p[i]] for i in range(k)])) for p in pats])
+    best = jnp.argmin(devs)
+    pos = jnp.asarray(pats)[best]  # member position serving slot i
+    node = jnp.max(jnp.where(jnp.arange(k)[None, :] == pos[:, None], members[None, :], -1), axis=1)
+    ev = jnp.max(jnp.where(jnp.arange(n)[None, :] == node[:, None], e, -jnp.inf), axis=1)
+    return jnp.where((node < n) & (ev <= s), node, -1).astype(jnp.int32)
 
 
 def n_multi_subsets(n: int, k: int) -> int:
@@ -172,6 +330,7 @@ def _subset_chunks(n: int, k: int, chunk: int) -> np.ndarray:
     with n (the sentinel); padding rows are all n (count 0, never valid)."""
     rows = [c + (n,) * (k - len(c)) for j in range(2, min(k, n) + 1) for c in itertools.combinations(range(n), j)]
     total = max(1, len(rows))
+    chunk = min(chunk, total)
     n_chunks = -(-total // chunk)
     out = np.full((n_chunks * chunk, k), n, np.int32)
     if rows:
@@ -179,96 +338,49 @@ def _subset_chunks(n: int, k: int, chunk: int) -> np.ndarray:
     return out.reshape(n_chunks, chunk, k)
 
 
-@functools.lru_cache(maxsize=None)
-def _permutations(k: int) -> np.ndarray:
-    """int32[K!, K]: perm[p, i] = member position serving slot i."""
-    return np.asarray(list(itertools.permutations(range(k))), np.int32)
+def _subset_search(fu, cap, s, eta, share: bool, n: int, k: int, chunk: int):
+    """Exact search over every node set of size 2..K: the fallback of "pruned".
 
-
-# ----------------------------------------------------------------------------------------------------
-# kernels
-# ----------------------------------------------------------------------------------------------------
-
-
-def _singletons(f, e, s, eta, share: bool):
-    """Best single-node set over all N nodes: (energy, dev, count, assign int32[K])."""
-    k, n = e.shape
-    slot = jnp.arange(k)[:, None]
-    if share:
-        use = e <= s[:, None]
-        forced = jnp.argmin(e - s[:, None], axis=0)  # [N] slot served when no slot prefers v over skip
-        use = use | (~jnp.any(use, axis=0)[None, :] & (slot == forced[None, :]))
-    else:
-        use = slot == jnp.argmax(s[:, None] - e, axis=0)[None, :]  # one slot: the largest saving
-    dev = seq_sum(jnp.where(use, e, s[:, None]))  # [N]
-    valid = jnp.isfinite(f) & (dev <= eta)
-    v, e_min, d_min, c_min = lex_argmin(jnp.where(valid, f, jnp.inf), jnp.where(valid, dev, jnp.inf),
-                                        jnp.where(valid, 1, _BIG))
-    node_is_v = jnp.arange(n)[None, :] == v
-    assign = jnp.where(jnp.any(use & node_is_v, axis=1), v, -1).astype(jnp.int32)
-    return e_min, d_min, c_min, assign
-
-
-def _map_shared(members, e, s, topk):
-    """Slot mapping of node set `members` (int[M], padded with N) under sharing: int32[K]."""
-    n = e.shape[1]
-    real = members < n
-    vals = jnp.where(real[None, :], e[:, jnp.minimum(members, n - 1)], jnp.inf)  # [K, M]
-    best = jnp.min(vals, axis=1)
-    is_best = (vals == best[:, None]) & real[None, :]
-    own = is_best & (members[None, :] == topk[:, None])
-    lowest = jnp.min(jnp.where(is_best, members[None, :], n), axis=1)
-    node = jnp.where(jnp.any(own, axis=1), topk, lowest)
-    return jnp.where(best <= s, node, -1).astype(jnp.int32)
-
-
-def _map_matching(members, perm, e, s):
-    """Slot i served by members[perm[i]] when real and no worse than skip: int32[K]."""
-    n = e.shape[1]
-    node = members[perm]
-    val = jnp.take_along_axis(e, jnp.minimum(node, n - 1)[:, None], axis=1)[:, 0]
-    return jnp.where((node < n) & (val <= s), node, -1).astype(jnp.int32)
-
-
-def _subset_search(fx, capx, eta, share: bool, n: int, k: int, chunk: int):
-    """Exact search over every node set of size 2..K (static subset table, `lax.scan` over chunks).
-
-    fx: float[N+1] costs with inf for non-candidates and 0 at the sentinel N. capx: float[K, N+1]
-    min(e, s) with s at the sentinel. Returns (energy, dev, count, members int32[K], perm int32[K]).
+    Static subset tables, `lax.scan` over chunks; member values are selected with one-hot matrix
+    products (exact: one non-zero term; precision HIGHEST) instead of gathers.
+    Returns keys (energy, dev, count) and members int32[K] of the best set.
     """
     chunks = _subset_chunks(n, k, chunk)
-    perms = _permutations(k) if not share else None
+    finite = jnp.isfinite(fu)
+    # value table [N+1, 2+K]: finite cost, infinite flag, cap per slot; row N = sentinel (0, 0, s)
+    v = jnp.concatenate([jnp.where(finite, fu, 0.0)[:, None], (~finite).astype(fu.dtype)[:, None], cap.T], axis=1)
+    v = jnp.concatenate([v, jnp.concatenate([jnp.zeros((2,), fu.dtype), s])[None, :]], axis=0)
+    pats = _matching_patterns(k, k)
 
-    def evaluate(members):  # members int32[c, K]
-        energy = seq_sum(fx[members].T)
-        count = jnp.sum(members < n, axis=1).astype(jnp.int32)
-        vals = capx[:, members]  # [K slots, c, K positions]
+    def evaluate(members):  # members int32[c, K] (static per chunk)
+        onehot = jax.nn.one_hot(members, n + 1, dtype=fu.dtype)  # [c, K, N+1]
+        vals = jnp.einsum("cpn,nq->pqc", onehot, v, precision=_HI)  # [K positions, 2+K, c]
+        energy = canonical_sum([vals[p, 0, :] for p in range(k)])
+        bad = jnp.sum(vals[:, 1, :], axis=0) > 0
+        capm = vals[:, 2:, :]  # [K positions, K slots, c]
         if share:
-            dev = seq_sum(jnp.min(vals, axis=2))
-            p_best = jnp.zeros(members.shape[:1], jnp.int32)
+            dev = seq_sum(jnp.stack([functools.reduce(jnp.minimum, [capm[p, i] for p in range(k)]) for i in range(k)]))
         else:
-            per = jnp.stack([seq_sum(jnp.stack([vals[i, :, p[i]] for i in range(k)])) for p in perms])
-            p_best = jnp.argmin(per, axis=0).astype(jnp.int32)
-            dev = jnp.min(per, axis=0)
-        valid = (count >= 2) & jnp.isfinite(energy) & (dev <= eta)
+            dev = functools.reduce(jnp.minimum, [seq_sum(jnp.stack([capm[p[i], i] for i in range(k)])) for p in pats])
+        count = jnp.sum(members < n, axis=1).astype(jnp.int32)
+        valid = (count >= 2) & ~bad & (dev <= eta)
         idx, e_min, d_min, c_min = lex_argmin(jnp.where(valid, energy, jnp.inf), jnp.where(valid, dev, jnp.inf),
                                               jnp.where(valid, count, _BIG))
-        return e_min, d_min, c_min.astype(jnp.int32), members[idx], p_best[idx]
+        sel = jnp.arange(members.shape[0]) == idx
+        best = jnp.max(jnp.where(sel[:, None], members, -1), axis=0)
+        return e_min, d_min, c_min.astype(jnp.int32), best.astype(jnp.int32)
 
     if chunks.shape[0] == 1:
-        key_e, key_d, key_c, members, p = evaluate(jnp.asarray(chunks[0]))
-    else:
-        init = (jnp.asarray(jnp.inf, fx.dtype), jnp.asarray(jnp.inf, fx.dtype), jnp.asarray(_BIG, jnp.int32),
-                jnp.full((k,), n, jnp.int32), jnp.zeros((), jnp.int32))
+        return evaluate(jnp.asarray(chunks[0]))
+    init = (jnp.asarray(jnp.inf, fu.dtype), jnp.asarray(jnp.inf, fu.dtype), jnp.asarray(_BIG, jnp.int32),
+            jnp.full((k,), n, jnp.int32))
 
-        def step(carry, members):
-            new = evaluate(members)
-            better = lex_better(new[:3], carry[:3])
-            return jax.tree.map(lambda a, b: jnp.where(better, a, b), new, carry), None
+    def step(carry, members):
+        new = evaluate(members)
+        better = lex_better(new[:3], carry[:3])
+        return jax.tree.map(lambda a, b: jnp.where(better, a, b), new, carry), None
 
-        (key_e, key_d, key_c, members, p), _ = jax.lax.scan(step, init, jnp.asarray(chunks))
-    perm = jnp.asarray(perms)[p] if not share else jnp.zeros((k,), jnp.int32)
-    return key_e, key_d, key_c.astype(jnp.int32), members, perm
+    return jax.lax.scan(step, init, jnp.asarray(chunks))[0]
 
 
 def _candidate_lists(mask, r: int):
@@ -276,50 +388,52 @@ def _candidate_lists(mask, r: int):
     k, n = mask.shape
     pos = jnp.cumsum(mask, axis=1) - 1
     sel = mask[:, None, :] & (pos[:, None, :] == jnp.arange(r)[None, :, None])  # [K, R, N]
-    nodes = jnp.where(jnp.any(sel, axis=2), jnp.argmax(sel, axis=2), n).astype(jnp.int32)
+    nodes = jnp.min(jnp.where(sel, jnp.arange(n)[None, None, :], n), axis=2).astype(jnp.int32)
     return nodes, jnp.any(jnp.sum(mask, axis=1) > r)
 
 
-def _owner_search(lists, fx, capx, eta, share: bool, n: int):
-    """Dense search over one list entry (or none) per slot: (R+1)^K combinations.
+def _owner_grid(lists, fu, cap, s, eta, share: bool, n: int):
+    """Dense grid over one list entry (or none) per slot: (R+1)^K cells.
 
-    Returns (energy, dev, count, members int32[K] (slot j's pick, N = none)).
+    Returns flat keys (energy, dev, count) and opt int32[K, R+1] (the node of each option, N = none).
     """
     k, r = lists.shape
-    opt = jnp.concatenate([lists, jnp.full((k, 1), n, jnp.int32)], axis=1)  # [K, R+1], last = none
-    shape = (r + 1,) * k
-
-    def axis(x, j):  # float[R+1] placed on grid axis j
-        return jnp.reshape(x, tuple(r + 1 if a == j else 1 for a in range(k)))
-
-    energy = seq_sum(jnp.stack(jnp.broadcast_arrays(*[axis(fx[opt[j]], j) for j in range(k)])))
-    count = functools.reduce(operator.add, [axis((opt[j] < n).astype(jnp.int32), j) for j in range(k)])
+    opt = jnp.concatenate([lists, jnp.full((k, 1), n, jnp.int32)], axis=1)  # [K, R+1]
+    onehot = opt[:, :, None] == jnp.arange(n + 1)[None, None, :]  # [K, R+1, N+1]
+    fo = _pick(jnp.concatenate([fu, jnp.zeros((1,), fu.dtype)]), onehot)  # [K, R+1], none -> 0
+    capx = jnp.concatenate([cap, s[:, None]], axis=1)  # [K, N+1], none -> s
+    vo = _pick(capx[:, None, :], onehot[None])  # [K slot i, K owner j, R+1]
+    dims = k
+    energy = canonical_sum([_grid_axis(fo[j], j, dims) for j in range(k)])
+    count = functools.reduce(operator.add, [_grid_axis((opt[j] < n).astype(jnp.int32), j, dims) for j in range(k)])
     valid = count >= 2
     if share:
-        vo = capx[:, opt]  # [K slot i, K owner j, R+1]
-        best = [functools.reduce(jnp.minimum, [axis(vo[i, j], j) for j in range(k)]) for i in range(k)]
+        best = [functools.reduce(jnp.minimum, [_grid_axis(vo[i, j], j, dims) for j in range(k)]) for i in range(k)]
         dev = seq_sum(jnp.stack(jnp.broadcast_arrays(*best)))
     else:
-        own = jnp.stack([capx[i, opt[i]] for i in range(k)])  # slot i served by its own pick
-        dev = seq_sum(jnp.stack(jnp.broadcast_arrays(*[axis(own[i], i) for i in range(k)])))
+        dev = seq_sum(jnp.stack(jnp.broadcast_arrays(*[_grid_axis(vo[i, i], i, dims) for i in range(k)])))
         for a, b in itertools.combinations(range(k), 2):
-            na, nb = axis(opt[a], a), axis(opt[b], b)
+            na, nb = _grid_axis(opt[a], a, dims), _grid_axis(opt[b], b, dims)
             valid = valid & ((na != nb) | (na == n))
+    shape = (r + 1,) * k
     energy, dev, count, valid = (jnp.broadcast_to(x, shape).reshape(-1) for x in (energy, dev, count, valid))
     valid = valid & jnp.isfinite(energy) & (dev <= eta)
-    idx, e_min, d_min, c_min = lex_argmin(jnp.where(valid, energy, jnp.inf), jnp.where(valid, dev, jnp.inf),
-                                          jnp.where(valid, count, _BIG))
-    strides = [(r + 1) ** (k - 1 - j) for j in range(k)]
-    picks = jnp.stack([(idx // strides[j]) % (r + 1) for j in range(k)])
-    members = opt[jnp.arange(k), picks]
-    return e_min, d_min, c_min.astype(jnp.int32), members
+    return (jnp.where(valid, energy, jnp.inf), jnp.where(valid, dev, jnp.inf),
+            jnp.where(valid, count, _BIG).astype(jnp.int32)), opt
+
+
+def _grid_members(local, opt):
+    """Slot-aligned picks of flat owner-grid index `local`: int32[K] (N = none)."""
+    k, r1 = opt.shape
+    digits = jnp.stack([(local // r1 ** (k - 1 - j)) % r1 for j in range(k)])
+    return jnp.max(jnp.where(jnp.arange(r1)[None, :] == digits[:, None], opt, -1), axis=1).astype(jnp.int32)
 
 
 def _resolve_strategy(strategy: str, n: int, k: int) -> str:
     if strategy not in STRATEGIES:
         raise ConfigError("strategy", strategy, "one of " + ", ".join(STRATEGIES))
     if strategy == "auto":
-        return "direct" if n_multi_subsets(n, k) <= DIRECT_MAX_SUBSETS else "pruned"
+        return "direct" if sum(n ** j for j in range(2, k + 1)) <= DIRECT_MAX_DENSE else "pruned"
     return strategy
 
 
@@ -334,6 +448,8 @@ def _check_options(n, k, share, strategy, per_slot):
                                       f" <= {MAX_SUBSETS:,}")
     if k > 1 and not share and k > MAX_MATCHING_K:
         raise ConfigError("top_k", k, f"K <= {MAX_MATCHING_K} with share_substitutes=False (K! slot permutations)")
+    if strategy == "direct" and k > 1 and sum(n ** j for j in range(2, k + 1)) > 64 * DIRECT_MAX_DENSE:
+        raise ConfigError("strategy", strategy, f"'pruned' or 'auto' for N={n}, K={k} (dense grid too large)")
     if strategy == "pruned" and k > 1 and (min(per_slot, n) + 1) ** k > MAX_COMBOS:
         raise ConfigError("per_slot_candidates", per_slot, f"a value with (R+1)^K <= {MAX_COMBOS:,}")
     return bool(share), strategy, int(min(per_slot, n))
@@ -393,28 +509,26 @@ def decode(sc: Scenario, f, g, topk, table, share_substitutes: bool = True, stra
     share, strategy, r = _check_options(n, k, share_substitutes, strategy, per_slot_candidates)
     eta = jnp.asarray(sc.eta, f.dtype)
     e, s = slot_values(g, topk, table)
-
-    best_e, best_d, best_c, assign = _singletons(f, e, s, eta, share)
-
+    cap = jnp.minimum(e, s[:, None])
+    node = jnp.arange(n)
+    (e1, d1), use1 = _singletons(f, e, s, cap, eta, share)
+    v, best_e, best_d, best_c = lex_argmin(e1, d1, 1)
+    assign = jnp.where(jnp.any(use1 & (node == v)[None, :], axis=1), v, -1).astype(jnp.int32)
     if k > 1:
         finite = jnp.isfinite(f)
         useful_slot = (e < s[:, None]) & finite[None, :]  # [K, N] strictly useful for slot i
-        useful = jnp.any(useful_slot, axis=0)
-        cap = jnp.minimum(e, s[:, None])
-        capx = jnp.concatenate([cap, s[:, None]], axis=1)  # sentinel N = skip value
-        fx_all = jnp.concatenate([jnp.where(useful, f, jnp.inf), jnp.zeros((1,), f.dtype)])
-
-        def full_search():
-            m_e, m_d, m_c, members, perm = _subset_search(fx_all, capx, eta, share, n, k, _CHUNK)
-            a = _map_shared(members, e, s, topk) if share else _map_matching(members, perm, e, s)
-            return m_e, m_d, m_c, a
-
+        useful = functools.reduce(operator.or_, _rows(useful_slot))
+        fu = jnp.where(useful, f, jnp.inf)
+        results = []  # (energy, dev, count, assign) of the best multi-node set of each search
         if strategy == "direct":
-            m_e, m_d, m_c, m_assign = full_search()
+            for j, (ej, dj) in zip(range(2, k + 1), _dense_blocks(fu, cap, s, eta, share, n, k)):
+                idx, bj_e, bj_d, bj_c = lex_argmin(ej, dj, j)
+                members = _dense_members(idx, j, n, k)
+                a = _map_shared(members, e, s, topk, n) if share else _map_matching(members, e, s, n)
+                results.append((bj_e, bj_d, bj_c, a))
         else:
-            idx = jnp.arange(n)
             f_le, f_lt = f[:, None] <= f[None, :], f[:, None] < f[None, :]
-            tie = (idx[:, None] < idx[None, :])
+            tie = node[:, None] < node[None, :]
             if share:
                 c_le = jnp.all(cap[:, :, None] <= cap[:, None, :], axis=0)  # [u, v]
                 c_lt = jnp.any(cap[:, :, None] < cap[:, None, :], axis=0)
@@ -423,18 +537,30 @@ def decode(sc: Scenario, f, g, topk, table, share_substitutes: bool = True, stra
             else:
                 e_le, e_lt = e[:, :, None] <= e[:, None, :], e[:, :, None] < e[:, None, :]  # [K, u, v]
                 dom = useful_slot[:, :, None] & f_le[None] & e_le & (f_lt[None] | e_lt | tie[None])
-                dom = dom & (idx[:, None] != idx[None, :])[None]
+                dom = dom & (node[:, None] != node[None, :])[None]
                 lists, overflow = _candidate_lists(useful_slot & (jnp.sum(dom, axis=1) < k), r)
-            m_e, m_d, m_c, members = _owner_search(lists, fx_all, capx, eta, share, n)
-            m_assign = _map_shared(members, e, s, topk) if share else \
-                jnp.where(members < n, members, -1).astype(jnp.int32)
-            m_e, m_d, m_c, m_assign = _lazy(overflow, full_search, (m_e, m_d, m_c, m_assign))
+            (eg, dg, cg), opt = _owner_grid(lists, fu, cap, s, eta, share, n)
+            idx, bg_e, bg_d, bg_c = lex_argmin(eg, dg, cg)
+            picks = _grid_members(idx, opt)  # slot-aligned
+            a = _map_shared(picks, e, s, topk, n) if share else jnp.where(picks < n, picks, -1).astype(jnp.int32)
+            results.append((bg_e, bg_d, bg_c, a))
 
-        better = lex_better((m_e, m_d, m_c), (best_e, best_d, best_c))
-        best_e = jnp.where(better, m_e, best_e)
-        best_d = jnp.where(better, m_d, best_d)
-        assign = jnp.where(better, m_assign, assign)
+            def full_search():
+                f_e, f_d, f_c, members = _subset_search(fu, cap, s, eta, share, n, k, _CHUNK)
+                a = _map_shared(members, e, s, topk, n) if share else _map_matching(members, e, s, n)
+                return f_e, f_d, f_c, a
 
+            no_result = (jnp.asarray(jnp.inf, f.dtype), jnp.asarray(jnp.inf, f.dtype), jnp.asarray(_BIG, jnp.int32),
+                         jnp.full((k,), -1, jnp.int32))
+            results.append(_lazy(overflow, full_search, no_result))
+        for r_e, r_d, r_c, r_a in results:
+            better = lex_better((r_e, r_d, r_c), (best_e, best_d, best_c))
+            best_e, best_d = jnp.where(better, r_e, best_e), jnp.where(better, r_d, best_d)
+            best_c, assign = jnp.where(better, r_c, best_c), jnp.where(better, r_a, assign)
+    return _decision(best_e, best_d, assign, topk, n)
+
+
+def _decision(best_e, best_d, assign, topk, n: int) -> Decision:
     feasible = jnp.isfinite(best_e)
     assign = jnp.where(feasible, assign, -1).astype(jnp.int32)
     return Decision(

@@ -24,7 +24,7 @@ import numpy as np
 
 from sift_jax.errors import ConfigError
 from sift_jax.policies.decision import Decision
-from sift_jax.policies.decode import check_inputs, lex_argmin, seq_sum, slot_values
+from sift_jax.policies.decode import canonical_sum, check_inputs, lex_argmin, seq_sum, slot_values
 from sift_jax.scenario import Scenario
 
 MAX_MAPPINGS = 100_000
@@ -80,7 +80,9 @@ def oracle(sc: Scenario, f, g, topk, table, share_substitutes: bool = True) -> D
     ex = jnp.concatenate([e, s[:, None]], axis=1)  # [K, N+1]
     dev = seq_sum(jnp.stack([ex[i, maps[:, i]] for i in range(k)]))  # [P]
     used_j = jnp.asarray(used)
-    energy = jnp.sum(jnp.where(used_j, f[None, :], 0.0), axis=1)
+    first = jnp.asarray(np.stack([np.all(maps[:, :i] != maps[:, i:i + 1], axis=1) for i in range(k)], 1))
+    fm = jnp.where(first & (maps < n), f[jnp.minimum(maps, n - 1)], 0.0)  # each used node once
+    energy = canonical_sum([fm[:, i] for i in range(k)]) if k > 1 else fm[:, 0]
     count = jnp.sum(used_j, axis=1)
     valid = jnp.asarray(ok) & jnp.all(~used_j | jnp.isfinite(f)[None, :], axis=1) & (dev <= jnp.asarray(sc.eta, f.dtype))
     idx, e_min, d_min, _ = lex_argmin(jnp.where(valid, energy, jnp.inf), jnp.where(valid, dev, jnp.inf),
