@@ -53,7 +53,10 @@ def numpy_batch(sc, n: int):
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--samples", type=int, default=65536)
+    ap.add_argument("--quick", action="store_true", help="2048 samples")
     args = ap.parse_args(argv)
+    if args.quick:
+        args.samples = 2048
     print(f"Machine: {machine()}\n")
     print("| preset | L x (N-1) | JAX samples/s | NumPy samples/s | ratio |")
     print("|---|---|---|---|---|")

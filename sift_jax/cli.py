@@ -210,6 +210,29 @@ def reproduce(quick, out, spec_dir, only, quiet):
     click.echo(f"wrote {path}")
 
 
+@cli.command()
+@click.option("--quick", is_flag=True, help="small batches (a smoke run, not a measurement)")
+@click.option("--only", default=None, help="comma list: foundation, decode, prefill, fastfading")
+def bench(quick, only):
+    """Run the benchmarks in the repository's benchmarks/ folder (markdown tables on stdout)."""
+    import pathlib
+    import runpy
+
+    root = pathlib.Path(__file__).resolve().parent.parent / "benchmarks"
+    names = only.split(",") if only else ["foundation", "decode", "prefill", "fastfading"]
+    for name in names:
+        script = root / f"bench_{name}.py"
+        if not script.exists():
+            raise ConfigError("only", name, f"a benchmark in {root} (bench_<name>.py)")
+        click.echo(f"## {name}\n")
+        argv = sys.argv
+        sys.argv = [str(script)] + (["--quick"] if quick else [])
+        try:
+            runpy.run_path(str(script), run_name="__main__")
+        finally:
+            sys.argv = argv
+
+
 def _load_table(path: str):
     import os
 
