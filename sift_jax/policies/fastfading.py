@@ -294,14 +294,15 @@ def _prefill_policy(policy: str):
 
     if hasattr(policies, "get_prefill"):
         return policies.get_prefill(policy)
-    from sift_jax.policies import prefill as pf
+    from sift_jax.policies.prefill import prefill as solve_prefill
+    from sift_jax.policies.prefill import topk as prefill_topk
 
     if policy == "siftmoe":
         def solve(sc, dE, cap, g, topk, table, method="auto", **options):
-            return pf.prefill(sc, dE, cap, g, topk, table, method=method, **options)
+            return solve_prefill(sc, dE, cap, g, topk, table, method=method, **options)
         return solve
     if policy == "topk":
-        return pf.topk
+        return prefill_topk
     raise ConfigError("policy", policy, "siftmoe or topk for prefilling (M > 1)")
 
 
@@ -313,6 +314,8 @@ def layer_decision_with_info(sc: Scenario, distance_m, slot_gain, g, topk, table
     mine = {k: opts.pop(k) for k in OPTIONS if k in opts}
     iota_opt, h_rep = mine.get("inv_gain_mean"), mine.get("downlink_gain", 1.0)
     inverse_gain_mean(sc, iota_opt)  # raise early for families without a finite E[1/h]
+    if bits == "dp":
+        _dp_tables(sc, mine.get("dp_grid", fb.DP_GRID), mine.get("dp_quad", fb.DP_QUAD))  # checks, cached
     g, topk, table = jnp.asarray(g), jnp.asarray(topk), jnp.asarray(table)
     slot_gain = jnp.asarray(slot_gain)
     if slot_gain.shape != (sc.n_helpers, sc.n_slots):
