@@ -28,8 +28,8 @@ from sift_jax.policies.decision import Decision
 from sift_jax.policies.decode import decode
 from sift_jax.policies.oracle import oracle
 
-# Prefilling (M > 1 tokens): sift_jax/policies/prefill.py provides
-# prefill(sc, dE, cap, g, topk, table, method=...); the lead wires it here (e.g. a `get_prefill`).
+from sift_jax.policies.prefill import prefill, prefill_with_info
+from sift_jax.policies.prefill_registry import get_prefill
 
 _DECODE = {
     "siftmoe": decode,
@@ -64,4 +64,5 @@ def get(name: str) -> Callable[..., Decision]:
     return _DECODE[name]
 
 
-__all__ = ["Decision", "decode", "get", "names", "oracle", "topk", "topk_ideal", "wdmoe"]
+__all__ = ["Decision", "decode", "get", "get_prefill", "names", "oracle", "prefill", "prefill_with_info", "topk",
+           "topk_ideal", "wdmoe"]
