@@ -70,7 +70,10 @@ class TaskMetrics:
     def layer(self, sc: Scenario, distance_m, gain, g, topk, table):
         """Decision and latency (s) of one layer. gain: float[N-1]; g, topk: [M, K]; table: [N, N+1]."""
         opts = dict(self.options)
-        if sc.n_tokens == 1:
+        if self.regime == "fast":  # gain: float[N-1, Q] per-slot gains; energy_j is the realised energy
+            from sift_jax.policies import fastfading
+            dec = fastfading.layer_decision(sc, distance_m, gain, g, topk, table, self.policy, self.bits, **opts)
+        elif sc.n_tokens == 1:
             f = costs.node_costs(sc, distance_m, gain)
             dec = policies.get(self.policy)(sc, f, g[0], topk[0], table, **opts)
             dec = dataclasses.replace(dec, assign=dec.assign[None], deviation_bound=jnp.reshape(dec.deviation_bound, (1,)))
@@ -78,7 +81,10 @@ class TaskMetrics:
             d_e = costs.marginal_costs(sc, distance_m, gain, sc.n_tokens)
             cap = costs.capacities(sc, distance_m, gain)
             dec = policies.get_prefill(self.policy)(sc, d_e, cap, g, topk, table, **opts)
-        latency = jnp.max(costs.node_latency(sc, distance_m, gain, dec.loads))
+        # under fast fading the downlink uses the representative gain (fastfading's downlink_gain, default 1)
+        link_gain = jnp.full((sc.n_helpers,), dict(self.options).get("downlink_gain", 1.0)) if self.regime == "fast" \
+            else gain
+        latency = jnp.max(costs.node_latency(sc, distance_m, link_gain, dec.loads))
         return dec, latency
 
     def __call__(self, key, params):
