@@ -448,3 +448,14 @@ def test_layer_decision_jit_vmap_traces_once_no_nan():
     e = np.asarray(dec.energy_j)
     assert np.all(np.isfinite(e)) and np.all(e >= 0)
     assert np.all(np.asarray(info.slots) <= sc.n_slots)
+
+
+def test_dp_newton_matches_bisection():
+    tab = fb.dp_tables(2.0, 8)
+    k1, k2, k3 = jax.random.split(jax.random.key(11), 3)
+    h = jax.random.gamma(k1, 2.0, (512, 8)) / 2.0
+    x = jnp.exp(jax.random.uniform(k2, (512,), minval=-6.0, maxval=4.0))
+    q = jax.random.randint(k3, (512,), 1, 9)
+    both = jax.jit(lambda x, h, q: (fb.dp_bits(x, h, q, tab), fb.dp_bits(x, h, q, tab, 40, "bisect")))
+    y_newton, y_bisect = both(x, h, q)
+    np.testing.assert_allclose(np.asarray(y_newton), np.asarray(y_bisect), atol=1e-4 * float(x.max()), rtol=1e-4)

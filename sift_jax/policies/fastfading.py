@@ -39,7 +39,7 @@ INFERRED choices, as options of `layer_decision`:
         m <= 1, Rician: its power density is positive at 0) or not known here (log-normal) a
         `ConfigError("fading", ...)` asks for a finite value. The DP always integrates over the family's
         own distribution and needs fading "gamma" or "nakagami" with m > 1.
-    dp_grid=256, dp_quad=24, dp_bisect=30: DP table grid, quadrature nodes, bisection steps per slot.
+    dp_grid=256, dp_quad=24, dp_iters=5: DP table grid, quadrature nodes, safeguarded Newton steps per slot.
 Every other option goes to the selection policy (e.g. share_substitutes, method).
 """
 
@@ -60,7 +60,7 @@ from sift_jax.scenario import Scenario
 
 BITS = ("uniform", "closed-form", "dp")
 ALIASES = {"dynamic": "closed-form"}
-OPTIONS = ("inv_gain_mean", "downlink_gain", "dp_grid", "dp_quad", "dp_bisect")
+OPTIONS = ("inv_gain_mean", "downlink_gain", "dp_grid", "dp_quad", "dp_iters")
 DP_FAMILIES = ("gamma", "nakagami")
 
 
@@ -205,7 +205,7 @@ def _dp_tables(sc: Scenario, dp_grid: int, dp_quad: int):
 
 def allocate_bits(sc: Scenario, distance_m, loads, slot_gain, bits: str = "closed-form", inv_gain_mean=None,
                   downlink_gain=1.0, dp_grid: int = fb.DP_GRID, dp_quad: int = fb.DP_QUAD,
-                  dp_bisect: int = fb.DP_BISECT):
+                  dp_iters: int = fb.DP_ITERS):
     """Bits per helper and slot for helper loads int[N-1] and slot gains float[N-1, Q].
 
     Returns:
@@ -228,7 +228,7 @@ def allocate_bits(sc: Scenario, distance_m, loads, slot_gain, bits: str = "close
     elif bits == "closed-form":
         y = fb.closed_form_bits(x, gain, plan.slots, inverse_gain_mean(sc, inv_gain_mean))
     else:
-        y = fb.dp_bits(x, gain, plan.slots, _dp_tables(sc, dp_grid, dp_quad), int(dp_bisect))
+        y = fb.dp_bits(x, gain, plan.slots, _dp_tables(sc, dp_grid, dp_quad), int(dp_iters))
     return y * unit[:, None], plan
 
 
@@ -335,7 +335,7 @@ def layer_decision_with_info(sc: Scenario, distance_m, slot_gain, g, topk, table
     hl = loads[1:]
     gamma, plan = allocate_bits(sc, distance_m, hl, slot_gain, bits, iota_opt, h_rep,
                                 mine.get("dp_grid", fb.DP_GRID), mine.get("dp_quad", fb.DP_QUAD),
-                                mine.get("dp_bisect", fb.DP_BISECT))
+                                mine.get("dp_iters", fb.DP_ITERS))
     e_help, ok = realised_energy(sc, distance_m, slot_gain, gamma, plan, hl)
     e_user = costs.user_energy(sc, loads[0])
     user_ok = jnp.isfinite(e_user)
@@ -372,7 +372,7 @@ def layer_decision(sc: Scenario, distance_m, slot_gain, g, topk, table, policy: 
         policy: selection policy name (`sift_jax.policies.names()`; prefilling: siftmoe or topk unless
             the registry's `get_prefill` knows more).
         bits: "uniform", "closed-form" (alias "dynamic") or "dp".
-        **options: inv_gain_mean, downlink_gain, dp_grid, dp_quad, dp_bisect (module docstring); the rest
+        **options: inv_gain_mean, downlink_gain, dp_grid, dp_quad, dp_iters (module docstring); the rest
             go to the policy. All static (Python values).
 
     Returns:

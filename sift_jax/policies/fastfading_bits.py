@@ -64,7 +64,7 @@ from sift_jax.errors import ConfigError
 _LN2 = math.log(2.0)
 DP_GRID = 256
 DP_QUAD = 24
-DP_BISECT = 30
+DP_ITERS = 5
 DP_S_MIN = 1e-4
 DP_S_MAX = 64.0
 
@@ -317,15 +317,19 @@ def dp_value(tables: DPTables, x, r):
     return nu * np.expm1(s * _LN2)
 
 
-def dp_bits(x, gain, q, tables: DPTables, n_bisect: int = DP_BISECT) -> jax.Array:
+def dp_bits(x, gain, q, tables: DPTables, n_iter: int = DP_ITERS, solver: str = "newton") -> jax.Array:
     """Bit loading by the numeric DP: slot t sends argmin_y (2^y - 1)/h_t + V_{r-1}(x_rem - y).
 
-    The optimum solves ln2 2^y / h_t = V'_{r-1}(x_rem - y) (`n_bisect` bisection steps in the log domain,
-    clipped to [0, x_rem]); the last slot sends the rest.
+    The optimum is 0 when ln2 / h_t >= V'_{r-1}(x_rem), x_rem when ln2 2^x_rem / h_t <= V'_{r-1}(0), and
+    otherwise solves G(y) = log2(ln2) + y - log2 h_t - log2 V'_{r-1}(x_rem - y) = 0 (G increasing). The
+    default solver takes `n_iter` safeguarded Newton steps on G from the certainty-equivalent guess of
+    eq. (26) (a step leaving the bracket bisects it instead); solver="bisect" takes `n_iter` bisection
+    steps on [0, x_rem] (use about 30 in float32). The last slot sends the rest.
 
     Args:
         x: float[...] total normalised load. gain: float[..., Q]. q: int[...] slots used (<= the tables' Q).
-        tables: from `dp_tables` (for the scenario's fading shape). n_bisect: static step count.
+        tables: from `dp_tables` (for the scenario's fading shape). n_iter: static step count.
+        solver: "newton" or "bisect" (static).
 
     Returns:
         float[..., Q] per-slot normalised loads (sum = x, all >= 0).
@@ -335,6 +339,8 @@ def dp_bits(x, gain, q, tables: DPTables, n_bisect: int = DP_BISECT) -> jax.Arra
     >>> [round(v, 2) for v in y.tolist()]    # a deep fade first: wait for the next slots
     [0.0, 3.5, 2.5]
     """
+    if solver not in ("newton", "bisect"):
+        raise ConfigError("dp_solver", solver, "newton or bisect")
     x = jnp.asarray(x)
     q = jnp.asarray(q)
     dtype = x.dtype
@@ -342,27 +348,55 @@ def dp_bits(x, gain, q, tables: DPTables, n_bisect: int = DP_BISECT) -> jax.Arra
     n_rows, g = tables.log_dv.shape
     table = jnp.asarray(tables.log_dv.reshape(-1), dtype)
     s_min, s_max = tables.s_min, tables.s_max
+    log_rho = math.log(s_max / s_min) / (g - 2)
     c0 = math.log2(_LN2)
+    c_ce = math.log2(tables.inv_gain_mean)
 
     def log2_dv(z, r_next):
+        """log2 V'_{r_next}(z) and its derivative in z."""
         sz = z / r_next
         lo, fr = _grid_pos(jnp, sz, s_min, s_max, g)
         idx = r_next * g + lo.astype(jnp.int32)
-        return sz + table[idx] * (1.0 - fr) + table[idx + 1] * fr
+        a, b = table[idx], table[idx + 1]
+        inside = (sz > 0) & (sz < s_max)
+        dk_ds = jnp.where(sz < s_min, 1.0 / s_min, 1.0 / (jnp.maximum(sz, s_min) * log_rho))
+        slope = jnp.where(inside, (b - a) * dk_ds, 0.0)
+        return sz + a * (1.0 - fr) + b * fr, (1.0 + slope) / r_next
 
     def step(rem, inp):
         t, lg_t = inp
         r = q - t
         r_next = jnp.clip(r - 1, 1, n_rows - 1)
 
-        def body(_, bounds):
-            lo, hi = bounds
-            mid = 0.5 * (lo + hi)
-            below = c0 + mid - lg_t - log2_dv(rem - mid, r_next) < 0
-            return jnp.where(below, mid, lo), jnp.where(below, hi, mid)
+        def foc(y):
+            v, dv = log2_dv(rem - y, r_next)
+            return c0 + y - lg_t - v, 1.0 + dv
 
-        lo, hi = jax.lax.fori_loop(0, n_bisect, body, (jnp.zeros_like(rem), rem))
-        y = jnp.clip(0.5 * (lo + hi), 0.0, rem)
+        if solver == "bisect":
+            def body(_, bounds):
+                lo, hi = bounds
+                mid = 0.5 * (lo + hi)
+                below = foc(mid)[0] < 0
+                return jnp.where(below, mid, lo), jnp.where(below, hi, mid)
+
+            lo, hi = jax.lax.fori_loop(0, n_iter, body, (jnp.zeros_like(rem), rem))
+            y = 0.5 * (lo + hi)
+        else:
+            g0, _ = foc(jnp.zeros_like(rem))
+            g1, _ = foc(rem)
+            guess = jnp.clip((rem + (r - 1) * (lg_t + c_ce)) / jnp.maximum(r, 1), 0.0, rem)
+
+            def body(_, state):
+                y, lo, hi = state
+                gy, dg = foc(y)
+                lo, hi = jnp.where(gy < 0, y, lo), jnp.where(gy < 0, hi, y)
+                y_new = y - gy / dg
+                y_new = jnp.where((y_new >= lo) & (y_new <= hi), y_new, 0.5 * (lo + hi))
+                return y_new, lo, hi
+
+            y, _, _ = jax.lax.fori_loop(0, n_iter, body, (guess, jnp.zeros_like(rem), rem))
+            y = jnp.where(g0 >= 0, 0.0, jnp.where(g1 <= 0, rem, y))
+        y = jnp.clip(y, 0.0, rem)
         y = jnp.where(r <= 1, rem, y)
         y = jnp.where(r >= 1, y, 0.0)
         return rem - y, y
