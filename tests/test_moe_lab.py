@@ -14,6 +14,9 @@ from sift_jax.moe import tightness as tight_lib
 from sift_jax.moe.model import tiny_config
 from sift_jax.moe.train import tiny_train_config, train
 
+# one xdist worker per file: the module fixtures (trained models, compilations) are shared
+pytestmark = pytest.mark.xdist_group("test_moe_lab")
+
 
 @pytest.fixture(scope="module")
 def corpus():
@@ -138,7 +141,7 @@ def test_bad_inputs(model, cal, corpus):
                       sc=tight_lib.lab_scenario(model.cfg, n_layers=3))
 
 
-def test_cli_calibrate_and_tightness(model, tmp_path):
+def test_cli_calibrate_and_tightness(model, cal, tmp_path):
     """`moe calibrate` and `moe tightness` on a saved checkpoint write tables, JSON and PNG figures."""
     import json
 
@@ -149,10 +152,14 @@ def test_cli_calibrate_and_tightness(model, tmp_path):
 
     ckpt = save_checkpoint(tmp_path / "ckpt", model, {"train": {"max_bytes_per_split": 100_000}})
     runner = CliRunner()
-    r = runner.invoke(moe, ["calibrate", str(ckpt), "--windows", "4", "--quiet"], catch_exceptions=False)
+    # the fixture's calibration settings: reuses its compilations, and must reproduce its numbers
+    r = runner.invoke(moe, ["calibrate", str(ckpt), "--windows", "8", "--lipschitz-points", "32", "--power-points", "4",
+                            "--power-iters", "20", "--quiet"], catch_exceptions=False)
     assert r.exit_code == 0, r.output
     table = cal_lib.load_tables(ckpt)
-    assert table.shape == (2, 4, 5) and (ckpt / "calibration_tables.png").stat().st_size > 0
+    np.testing.assert_array_equal(table, cal["table"])
+    np.testing.assert_array_equal(cal_lib.load_calibration(ckpt)["beta_max"], cal["beta_max"])
+    assert (ckpt / "calibration_tables.png").stat().st_size > 0
     # the same settings as TC: reuses the compiled tightness function
     r = runner.invoke(moe, ["tightness", str(ckpt), "--windows", "2", "--draws", "2", "--eta-fractions", "0,0.3,1",
                             "--grid-batch", "2", "--quiet"], catch_exceptions=False)

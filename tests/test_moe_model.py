@@ -12,6 +12,9 @@ from sift_jax.moe.model import MoEConfig, combine, init_model, tiny_config
 
 B, T = 2, 16
 
+# one xdist worker per file: the module fixtures (trained models, compilations) are shared
+pytestmark = pytest.mark.xdist_group("test_moe_model")
+
 
 @pytest.fixture(scope="module")
 def model():

@@ -10,6 +10,9 @@ from sift_jax.moe import data as data_lib
 from sift_jax.moe.model import tiny_config
 from sift_jax.moe.train import TINY_VAL_LOSS_THRESHOLD, load_checkpoint, save_checkpoint, tiny_train_config, train
 
+# one xdist worker per file: the module fixtures (trained models, compilations) are shared
+pytestmark = pytest.mark.xdist_group("test_moe_train")
+
 
 @pytest.fixture(scope="module")
 def corpus():

@@ -29,6 +29,7 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from sift_jax.errors import ConfigError
@@ -252,9 +253,9 @@ class MoELM(nnx.Module):
             want = (cfg.n_layers, b, t, cfg.top_k)
             if tuple(selection.shape) != want:
                 raise ConfigError("selection", f"shape {tuple(selection.shape)}", f"an int array of shape {want}")
-            if not isinstance(selection, jax.core.Tracer):
-                s = jnp.asarray(selection)
-                if bool(jnp.any((s < -1) | (s >= cfg.n_experts))):
+            s = _concrete(selection)
+            if s is not None:
+                if bool(np.any((s < -1) | (s >= cfg.n_experts))):
                     raise ConfigError("selection", "out-of-range entries", f"integers in [-1, {cfg.n_experts - 1}]")
         x = self.embed(tokens) + self.pos[...][:t]
         keep = {k: [] for k in ("expert_outputs", "gates", "topk", "selection", "router_probs", "router_logits",
@@ -292,6 +293,14 @@ class MoELM(nnx.Module):
             aux["hidden"] = jnp.stack(hidden)
             aux["final_hidden"] = h
         return out, aux
+
+
+def _concrete(x):
+    """`x` as a NumPy array, or None when it is traced (inside jit/vmap)."""
+    try:
+        return np.asarray(x)
+    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+        return None
 
 
 def init_model(cfg: MoEConfig, seed: int = 0) -> MoELM:

@@ -34,6 +34,16 @@ Measurements (all per token and layer, at the perturbed run's own layer input z~
 Vectorisation: one jitted call per batch of test windows runs every (eta, draw) pair of SiftMoE and
 every draw of the baselines with `lax.map` (batched vmap) over the grid.
 
+Measured on the default model (`sift-jax moe train`, calibrate and tightness with defaults: 32 test windows =
+4,096 tokens, 4 channel draws, 9 etas; 37 s of CPU time): Prop. 1 with exact F holds everywhere (max ratio
+1.000001, float32 rounding; the ratio is exactly 1 whenever a single slot changes); with the table the ratio
+has median 0.92, p90 1.61, max 5.8; the Thm. 1 ratio e^(L)/bound has median 5.5e-4 and max 6.3e-3 (the
+2 B_max terms dominate). Accuracy: ideal Top-2 0.528, practical Top-2 0.510 (21% of layer decisions lose an
+expert); SiftMoE 0.510 for eta <= 0.5 falling to 0.476 at eta = 4.87 while its energy per token falls from
+2.79 J to 0.38 J. In this small model no expert is a better substitute than a skip on average (every
+Fbar[i, j] > Fbar[i, skip]), so SiftMoE saves energy mostly by skipping, and it cannot beat practical Top-K
+in accuracy as the paper reports for its larger models.
+
 The eta grid defaults to fractions of `eta_scale` = the mean over layers and experts of the skip
 column Fbar[:, i, N] (the mean expert-output norm), since the deviation of skipping a whole token's
 Top-K set is about that much (gates sum to 1). Pass `etas` for absolute values.
