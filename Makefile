@@ -23,11 +23,11 @@ run: $(STAMP_RUN)
 	$(BIN)/sift-jax reproduce --quick --out results/quick
 
 test: $(STAMP_TEST)
-	$(BIN)/python -m pytest -n 2 --dist loadgroup tests
-	$(BIN)/python -m pytest --doctest-modules sift_jax -q
+	$(BIN)/python -m pytest -n 2 --dist loadgroup --durations=15 tests sift_jax --doctest-modules
+	SIFT_QUICK=1 $(BIN)/python -m pytest -n 2 --nbmake notebooks
 
 bench: $(STAMP_RUN)
-	$(BIN)/python benchmarks/run.py
+	$(BIN)/sift-jax bench
 
 clean:
 	rm -rf $(VENV) results

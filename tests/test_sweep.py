@@ -151,3 +151,26 @@ def test_sharded_over_four_cpu_devices_equals_one_device(tmp_path):
     assert outs[0]["devices"] == 1 and outs[1]["devices"] == 4
     assert outs[0]["mean"] == outs[1]["mean"] and outs[0]["p99"] == outs[1]["p99"]
     assert outs[1]["shard_map"] == pytest.approx(outs[0]["mean"][0][0], rel=1e-6)
+
+
+def test_every_paper_spec_exists_and_validates():
+    from sift_jax.reproduce import PAPER_SPECS, default_spec_dir
+
+    for name in PAPER_SPECS:
+        spec = sweeps.load_spec(default_spec_dir() / f"{name}.toml")
+        assert spec.name == name and len(spec.points()) >= 4
+        for point in spec.points():
+            sweeps.scenario_of(spec, point, quick=True)
+
+
+def test_reproduce_quick_writes_expected_files(tmp_path):
+    from sift_jax.reproduce import reproduce
+
+    report = reproduce(out=tmp_path, quick=True, only=["fig5b", "fig7b"], echo=None, with_lab=False)
+    for name in ("fig5b", "fig7b"):
+        assert (tmp_path / f"{name}.nc").exists() and (tmp_path / f"{name}.png").stat().st_size > 1000
+        ds = xr.load_dataset(tmp_path / f"{name}.nc")
+        assert int(ds.attrs["quick"]) == 1 and (ds["energy_per_token_j_n"].values
+                                                + ds["energy_per_token_j_n_invalid"].values == 32).all()
+    text = report.read_text()
+    assert "Quick mode" in text and "fig5b" in text and "fig7b" in text and "| figure | claim |" in text
