@@ -1,0 +1,76 @@
+"""Structural checks of the notebooks (fast); executing them is `pytest --nbmake notebooks/`.
+
+Set SIFT_RUN_NOTEBOOKS=1 to also execute each notebook here with nbclient at quick sizes (SIFT_QUICK=1);
+CI executes them through nbmake instead, so this is off by default.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import re
+
+import pytest
+
+nbformat = pytest.importorskip("nbformat")
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent / "notebooks"
+NOTEBOOKS = ("01_quickstart.ipynb", "02_reproduce_paper.ipynb", "03_bound_tightness.ipynb", "04_fast_fading.ipynb",
+             "05_custom_sweep.ipynb")
+NETWORK = re.compile(r"https?://|urllib|requests\.|urlretrieve|wget|curl |pip install|snapshot_download|hf_hub_download|datasets\.load")
+
+
+def _read(name):
+    return nbformat.read(str(ROOT / name), as_version=4)
+
+
+def _code(nb) -> str:
+    return "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+
+
+def test_every_notebook_is_listed_and_present():
+    assert sorted(p.name for p in ROOT.glob("*.ipynb")) == sorted(NOTEBOOKS)
+    readme = (ROOT / "README.md").read_text()
+    for name in NOTEBOOKS:
+        assert name in readme
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebook_is_valid_and_committed_without_outputs(name):
+    nb = _read(name)
+    nbformat.validate(nb)
+    assert nb.metadata["kernelspec"]["name"] == "python3"
+    assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith("# ")
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            assert cell.outputs == [], f"{name}: committed with outputs"
+            assert cell.execution_count is None
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebook_reads_sift_quick_and_stays_offline(name):
+    code = _code(_read(name))
+    assert 'os.environ.get("SIFT_QUICK"' in code
+    assert "QUICK" in code.split('os.environ.get("SIFT_QUICK"', 1)[1]  # used after being read
+    assert not NETWORK.search(code), f"{name}: looks like it reaches the network"
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebook_writes_only_to_temporary_directories(name):
+    code = _code(_read(name))
+    writes = re.findall(r"(?:out|path)\s*=\s*[\"'][^\"']+[\"']|\.to_netcdf\(|savefig\(|open\([^)]*[\"']w", code)
+    assert not writes, f"{name}: writes outside a tempfile directory: {writes}"
+    if re.search(r"sweep\.run\(|reproduce\(|plot_dataset\(|write_text\(", code):
+        assert "tempfile.mkdtemp" in code
+
+
+@pytest.mark.skipif(os.environ.get("SIFT_RUN_NOTEBOOKS", "0") in ("", "0"), reason="set SIFT_RUN_NOTEBOOKS=1")
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebook_executes_quick(name, monkeypatch, tmp_path):
+    from nbclient import NotebookClient
+
+    monkeypatch.setenv("SIFT_QUICK", "1")
+    nb = _read(name)
+    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
+    assert not errors
