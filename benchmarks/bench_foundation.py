@@ -22,7 +22,7 @@ from benchmarks import numpy_reference as ref  # noqa: E402
 from benchmarks.common import best_time, machine  # noqa: E402
 
 
-def jax_batch(sc, n: int):
+def jax_batch(sc, n: int, impl: str = "threefry2x32"):
     def one(key):
         ch = sj.channel.draw(key, sc)
         _, r_dn = jax.vmap(lambda g: sj.channel.rates(sc, ch.distance_m, g))(ch.gain)
@@ -31,7 +31,7 @@ def jax_batch(sc, n: int):
 
     @jax.jit
     def run(seed):
-        keys = jax.random.split(jax.random.key(seed), n)
+        keys = jax.random.split(jax.random.key(seed, impl=impl), n)
         return jax.vmap(one)(keys).sum()
 
     return run
@@ -58,14 +58,15 @@ def main(argv=None):
     if args.quick:
         args.samples = 2048
     print(f"Machine: {machine()}\n")
-    print("| preset | L x (N-1) | JAX samples/s | NumPy samples/s | ratio |")
-    print("|---|---|---|---|---|")
+    print("| preset | L x (N-1) | JAX samples/s | NumPy samples/s | ratio | JAX rbg keys samples/s | ratio |")
+    print("|---|---|---|---|---|---|---|")
     for name in sj.presets.names():
         sc = sj.presets.get(name)
         t_jax = best_time(jax_batch(sc, args.samples), 0)
         t_np = best_time(numpy_batch(sc, args.samples), repeats=3)
+        t_rbg = best_time(jax_batch(sc, args.samples, "rbg"), 0)
         print(f"| {name} | {sc.n_layers} x {sc.n_helpers} | {args.samples / t_jax:.3g} | {args.samples / t_np:.3g} "
-              f"| {t_np / t_jax:.1f}x |")
+              f"| {t_np / t_jax:.1f}x | {args.samples / t_rbg:.3g} | {t_np / t_rbg:.1f}x |")
 
 
 if __name__ == "__main__":
