@@ -230,29 +230,62 @@ def do_tightness(ckpt, out=None, preset: str = "mixtral-8x7b", overrides: dict |
     return doc
 
 
-def quick_lab(out_dir, seed: int = 0) -> dict:
-    """Train a tiny model (well under a minute on 2 CPU cores), calibrate it and run a small tightness lab.
+def _cached_train(ckpt: pathlib.Path, cfg, tc) -> dict | None:
+    """The saved training summary when `ckpt` already holds a model trained with exactly (cfg, tc)."""
+    try:
+        meta = json.loads((ckpt / "config.json").read_text())
+        if meta.get("model") == cfg.to_dict() and meta.get("train") == tc.to_dict() and (ckpt / "params").is_dir():
+            return json.loads((ckpt / "train_summary.json").read_text())
+    except (OSError, ValueError):
+        pass
+    return None
 
-    Writes `out_dir/checkpoint/` (checkpoint, calibration, figures) and `out_dir/tightness/` (JSON and
-    figures); returns {"train": ..., "calibration": ..., "tightness": ..., "paths": ...}.
+
+def quick_lab(out_dir, seed: int = 0, quick: bool = True) -> dict:
+    """Train, calibrate and run the tightness lab in one call (used by `sift-jax reproduce`).
+
+    quick=True: the tiny model (`tiny_config`, `tiny_train_config`: about 30 s of CPU time to train,
+    about a minute for everything on 2 CPU cores) and a small tightness run (8 test windows, 2 channel
+    draws). quick=False: the default model and settings (about 5 minutes of CPU time to train). A checkpoint
+    already in `out_dir/checkpoint` that was trained with the same configurations is reused (cached).
+
+    Writes `out_dir/checkpoint/` (checkpoint, calibration, train curve, table heatmaps),
+    `out_dir/tightness/` (tightness.json and figures) and `out_dir/summary.json`.
+
+    Returns:
+        {"train", "calibration", "tightness": summaries, "paths": {...}, "figures": {name: path relative
+        to the parent of out_dir (where a report next to out_dir links them)}, "figures_abs": {name: path}}.
     """
     from sift_jax.moe import data as data_lib
     from sift_jax.moe import tightness as tight_lib
-    from sift_jax.moe.model import tiny_config
-    from sift_jax.moe.train import tiny_train_config
+    from sift_jax.moe.model import MoEConfig, tiny_config
+    from sift_jax.moe.train import TrainConfig, tiny_train_config
 
     out = pathlib.Path(out_dir)
     ckpt = out / "checkpoint"
-    tc = tiny_train_config(seed=seed)
+    if quick:
+        cfg, tc = tiny_config(), tiny_train_config(seed=seed)
+        cal_kw = dict(n_windows=32, n_lipschitz_points=64, n_power_points=4, power_iters=20)
+        tcfg = tight_lib.TightnessConfig(n_windows=8, batch_windows=8, n_draws=2, seed=seed, grid_batch=2)
+    else:
+        cfg, tc = MoEConfig(), TrainConfig(seed=seed)
+        cal_kw = {}
+        tcfg = tight_lib.TightnessConfig(seed=seed)
     corpus = data_lib.load_corpus(max_bytes_per_split=tc.max_bytes_per_split)
-    train_summary = do_train(ckpt, tiny_config(), tc, corpus=corpus)
-    cal = do_calibrate(ckpt, n_windows=32, seed=seed, corpus=corpus, n_lipschitz_points=64, n_power_points=4,
-                       power_iters=20)
-    tight = do_tightness(ckpt, out / "tightness", corpus=corpus,
-                         tc=tight_lib.TightnessConfig(n_windows=8, batch_windows=8, n_draws=2, seed=seed,
-                                                      grid_batch=2))
-    summary = {"train": train_summary, "calibration": cal, "tightness": tight,
-               "paths": {"checkpoint": str(ckpt), "tightness": str(out / "tightness")}}
+    train_summary = _cached_train(ckpt, cfg, tc)
+    if train_summary is None:
+        train_summary = do_train(ckpt, cfg, tc, corpus=corpus)
+    else:
+        train_summary = dict(train_summary, cached=True)
+    cal = do_calibrate(ckpt, seed=seed, corpus=corpus, **cal_kw)
+    tight = do_tightness(ckpt, out / "tightness", corpus=corpus, tc=tcfg)
+    files = {"train_curve": ckpt / "train_curve.png", "calibration_tables": ckpt / "calibration_tables.png"}
+    files.update({pathlib.Path(name).stem: out / "tightness" / name for name in tight["figures"]})
+    base = out.resolve().parent
+    summary = {"train": train_summary, "calibration": cal, "tightness": tight, "quick": quick,
+               "paths": {"checkpoint": str(ckpt), "tightness": str(out / "tightness")},
+               "figures": {k: str(v.resolve().relative_to(base)) for k, v in files.items()},
+               "figures_abs": {k: str(v.resolve()) for k, v in files.items()}}
     _write_json(out / "summary.json", summary)
     return summary
 
@@ -334,7 +367,7 @@ def train_cmd(out, tiny, steps, batch_size, lr, seed, d_model, d_ff, n_layers, n
 @click.option("--power-iters", type=int, default=50, show_default=True)
 @click.option("--quiet", is_flag=True)
 def calibrate_cmd(checkpoint, windows, seed, lipschitz_points, power_points, power_iters, quiet):
-    """Write Fbar tables, B_max / beta estimates and gate statistics next to CHECKPOINT."""
+    """Write Fbar tables, B_max and beta estimates and gate statistics next to CHECKPOINT."""
     for name, v in (("windows", windows), ("lipschitz_points", lipschitz_points), ("power_points", power_points),
                     ("power_iters", power_iters)):
         if v < 1:
@@ -360,7 +393,7 @@ def calibrate_cmd(checkpoint, windows, seed, lipschitz_points, power_points, pow
 @click.option("--quiet", is_flag=True)
 def tightness_cmd(checkpoint, out, preset, sets, windows, draws, etas, eta_fractions, fallback, grid_batch, seed,
                   quiet):
-    """Prop. 1 / Thm. 1 tightness and accuracy vs eta on the test split (figures + JSON)."""
+    """Bound tightness (Proposition 1, Theorem 1) and accuracy vs eta on the test split (figures + JSON)."""
     from sift_jax.moe.tightness import DEFAULT_ETA_FRACTIONS, TightnessConfig
 
     tc = TightnessConfig(n_windows=windows, n_draws=draws, etas=_floats(etas, "etas"),
