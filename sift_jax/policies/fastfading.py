@@ -210,6 +210,7 @@ def allocate_bits(sc: Scenario, distance_m, loads, slot_gain, bits: str = "close
 
     Returns:
         (gamma float[N-1, Q] bits per slot (sum over slots = b D_n, all >= 0; 0 beyond Q_n), SlotPlan).
+        A helper whose load leaves no uplink time (T_up <= 0) gets no bits; `realised_energy` flags it.
 
     >>> sc = Scenario(n_nodes=2, deadline_s=0.05, slot_s=0.01, n_slots=8, hidden_bits=1e4)
     >>> gamma, plan = allocate_bits(sc, jnp.array([60.0]), jnp.array([2]), jnp.ones((1, 8)), "uniform")
@@ -313,6 +314,9 @@ def layer_decision_with_info(sc: Scenario, distance_m, slot_gain, g, topk, table
     opts = dict(options)
     mine = {k: opts.pop(k) for k in OPTIONS if k in opts}
     iota_opt, h_rep = mine.get("inv_gain_mean"), mine.get("downlink_gain", 1.0)
+    if not isinstance(h_rep, jax.core.Tracer) and not (isinstance(h_rep, (int, float)) and not isinstance(h_rep, bool)
+                                                       and math.isfinite(h_rep) and h_rep > 0):
+        raise ConfigError("downlink_gain", h_rep, "a finite number > 0 (the representative downlink power gain)")
     inverse_gain_mean(sc, iota_opt)  # raise early for families without a finite E[1/h]
     if bits == "dp":
         _dp_tables(sc, mine.get("dp_grid", fb.DP_GRID), mine.get("dp_quad", fb.DP_QUAD))  # checks, cached
