@@ -19,35 +19,43 @@ Slot mapping of a node set J (the same rule as `policies/prefill.py`):
     share_substitutes=False: phi is a matching (no node serves two slots), chosen to minimise the
     deviation; again at least one slot is served.
 
-Algorithm (exact; fixed shapes; vmappable). Write e_i(v) = g_i Fbar[topk_i, v], s_i = g_i Fbar[topk_i, N].
-    1. Single-node sets: closed form over all N nodes (including the forced-serve rule).
-    2. Multi-node sets. In an optimal multi-node J every node is *strictly useful* (e_i(v) < s_i for the
+Algorithm (exact; fixed shapes; vmappable). Write e_i(v) = g_i Fbar[topk_i, v], s_i = g_i Fbar[topk_i, N],
+cap_i(v) = min(e_i(v), s_i). Candidates are compared by the key (energy, deviation, node count).
+    1. Single-node sets: closed form over all N nodes (with the forced-serve rule). For K = 1 this is all.
+    2. Multi-node sets. In an optimal multi-node J every node is *strictly useful* (e_i(v) < s_i for a
        slot it serves; otherwise dropping it lowers the energy or, at equal energy and deviation, the
-       node count). Only strictly useful nodes with finite cost are candidates.
-       - "direct": enumerate every subset of 2..K candidates (static subset table, dense).
-       - "pruned": dominance pruning, then a dense enumeration over short per-slot candidate lists:
-         * share: node u dominates v if f_u <= f_v and min(e_i(u), s_i) <= min(e_i(v), s_i) for every
-           slot i (strict somewhere, or u < v on exact ties). Replacing v by u in any set never raises
-           the energy or the deviation, so the dominated nodes can be dropped (exchange argument; the
-           dominance order is a strict partial order, so every dropped node has an undominated
-           dominator). Each remaining candidate is listed under the slots it is strictly useful for.
-           Every node of an optimal set is the strict best of J for some slot (its "owned" slot), so
-           enumerating one owner (or none) per slot from its list covers every optimal set.
-         * matching: v is dropped from slot i's list when at least K nodes dominate it on that slot
-           alone (f_u <= f_v, e_i(u) <= e_i(v)): one of them is outside the other <= K-1 nodes of J and
-           can take v's slot. The enumeration is over one server (or none) per slot, all distinct.
-         The lists hold `per_slot_candidates` = R entries (static); the enumeration is (R+1)^K dense
-         combinations. If some list overflows R, an exact fallback (the "direct" enumeration of every
-         subset, chunked with `lax.scan`) runs instead. The fallback sits in a `lax.while_loop` that runs
-         at most once, so under `vmap` it is executed only when some element of the batch overflows.
-       "auto" (default) uses "direct" when there are at most 256 multi-node subsets (e.g. N = 8, K <= 3)
-       and "pruned" otherwise (GPT-OSS: N = 32, K = 4, 625 combinations instead of 41,448 subsets).
-    3. The lexicographic minimum of (energy, deviation, node count) over both parts.
+       node count), so only strictly useful nodes with finite cost take part.
+       - "direct": dense grids over ordered j-tuples of nodes, j = 2..K (no gathers). A tuple with a
+         repeated node stands for a smaller set with its energy counted twice, which that set beats;
+         for j = K every slot has its own node, so the deviation of "slot i -> i-th member" is additive.
+       - "pruned": dominance pruning, then one list entry (or none) per slot:
+         * sharing: u dominates v if f_u <= f_v and cap_i(u) <= cap_i(v) for every slot (strict
+           somewhere, or u < v on exact ties). Replacing v by u never raises the energy or the
+           deviation (exchange argument; the order is a strict partial order, so every dropped node has
+           an undominated dominator). Every node of an optimal set is the strict best of the set for
+           some slot (its "owner" slot), so choosing, per slot, an owner from the undominated nodes
+           strictly useful for that slot (or none) covers every optimal set.
+         * matching: v leaves slot i's list when at least K nodes dominate it on slot i alone
+           (f_u <= f_v, e_i(u) <= e_i(v)): one of them is outside the other <= K-1 nodes of J and can
+           take v's slot. One server (or none) per slot, all distinct.
+         The lists hold R = `per_slot_candidates` entries (static). The (R+1)^K choices are evaluated
+         meet-in-the-middle: half grids over slots [0, K/2) and [K/2, K), combined on a 2-D grid
+         (GPT-OSS, R = 4: 25 x 25 cells instead of 41,448 node sets). If some list holds more than R
+         nodes, an exact fallback (every node set of size 2..K, chunked with `lax.scan`, member values
+         selected by one-hot matrix products) runs instead. It sits in a `lax.while_loop` that runs at
+         most once, so under `vmap` it is executed only when some element of the batch overflows.
+       "auto" (default) uses "direct" when sum_(j=2..K) N^j <= 4096 (e.g. N = 8 with K <= 3, N = 64
+       with K = 2) and "pruned" otherwise.
+    3. The lexicographic minimum over all parts. The energy of a set is summed in ascending order of
+       the costs (a sorting network), so every listing of one set gives bit-equal energies and the
+       deviation tie-break cannot be overridden by rounding.
 
-Performance notes. With the synthetic GPT-OSS tables (4 experts per cluster) a per-slot list never
-exceeds 4 entries, so the default R = 4 never falls back. With tables where many nodes are strictly
-useful for one expert (e.g. uniformly random tables) the fallback runs: still exact, much slower.
-Raise `per_slot_candidates` for such tables ((R+1)^K grows fast).
+Performance notes. Under `vmap` on CPU, reductions over tiny minor axes, gathers and broadcasts over
+many small axes are what costs, so the code reduces small static axes row by row, uses 2-pass
+lexicographic minima and dense grids. With the synthetic GPT-OSS tables (4 experts per cluster) a list
+never exceeds 4 entries, so the default R = 4 never falls back. With tables where many nodes are
+strictly useful for one expert (e.g. uniformly random tables) the fallback runs: still exact, about a
+hundred times slower. Raise `per_slot_candidates` for such tables ((R+1)^K grows fast).
 
 Infeasible tokens (no feasible set) return feasible = False with every slot -1 and zero loads, energy,
 deviation, n_replaced and n_skipped (the convention of the prefill solvers).
@@ -104,12 +112,7 @@ def canonical_sum(xs) -> jax.Array:
     listings of one set must give bit-equal energies, or the deviation tie-break could be overridden
     by one ulp of rounding. Works elementwise on broadcastable arrays; inf sorts last.
     """
-    xs = list(jnp.broadcast_arrays(*xs))
-    m = len(xs)
-    pairs = _NETWORKS.get(m) or tuple((i, i + 1) for r in range(m) for i in range(r % 2, m - 1, 2))
-    for a, b in pairs:
-        xs[a], xs[b] = jnp.minimum(xs[a], xs[b]), jnp.maximum(xs[a], xs[b])
-    return functools.reduce(operator.add, xs)
+    return functools.reduce(operator.add, _sorted_network(xs))
 
 
 def slot_values(g: jax.Array, topk: jax.Array, table: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -117,13 +120,6 @@ def slot_values(g: jax.Array, topk: jax.Array, table: jax.Array) -> tuple[jax.Ar
     n = table.shape[0]
     rows = table[topk]  # [K, N + 1]
     return g[:, None] * rows[:, :n], g * rows[:, n]
-
-
-def slot_deviation(e: jax.Array, s: jax.Array, assign: jax.Array) -> jax.Array:
-    """Deviation sum_i g_i Fbar[topk_i, assign_i] (assign -1 = skip) from `slot_values`: float[]."""
-    n = e.shape[1]
-    picked = jnp.take_along_axis(e, jnp.clip(assign, 0, n - 1)[:, None], axis=1)[:, 0]
-    return seq_sum(jnp.where(assign >= 0, picked, s))
 
 
 def loads_of(assign: jax.Array, n: int) -> jax.Array:
@@ -170,12 +166,15 @@ def check_inputs(sc: Scenario, f, g, topk, table):
     return f.astype(dt), g.astype(dt), topk.astype(jnp.int32), table.astype(dt)
 
 
-def _lazy(pred, fn, default):
-    """`fn()` if pred else `default`, evaluating fn only when needed (also under vmap: then only if
-    some batch element needs it). A while_loop that runs at most once."""
+def _lazy(pred, fn, operands, default):
+    """`fn(*operands)` if pred else `default`, evaluating fn only when needed (under vmap: only if some
+    batch element needs it). A while_loop that runs at most once. The operands travel in the loop
+    carry behind an optimization barrier so that XLA cannot hoist fn out of the loop as loop-invariant
+    code (which would run it unconditionally)."""
     def body(carry):
-        return jnp.zeros_like(carry[0]), fn()
-    return jax.lax.while_loop(lambda carry: carry[0], body, (pred, default))[1]
+        ops = jax.lax.optimization_barrier(carry[1])
+        return jnp.zeros_like(carry[0]), ops, fn(*ops)
+    return jax.lax.while_loop(lambda carry: carry[0], body, (pred, tuple(operands), default))[2]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -384,49 +383,109 @@ def _subset_search(fu, cap, s, eta, share: bool, n: int, k: int, chunk: int):
 
 
 def _candidate_lists(mask, r: int):
-    """Compact each row of bool[K, N] into int32[K, R] node lists (padded with N); overflow flag."""
+    """Compact each row of bool[K, N] into int32[K, R] node lists (ascending, padded with N) by R
+    first-set-bit passes (no cumsum, no gathers); overflow flag: some row has more than R entries."""
     k, n = mask.shape
-    pos = jnp.cumsum(mask, axis=1) - 1
-    sel = mask[:, None, :] & (pos[:, None, :] == jnp.arange(r)[None, :, None])  # [K, R, N]
-    nodes = jnp.min(jnp.where(sel, jnp.arange(n)[None, None, :], n), axis=2).astype(jnp.int32)
-    return nodes, jnp.any(jnp.sum(mask, axis=1) > r)
+    node = jnp.arange(n)
+    left, lists = mask, []
+    for _ in range(r):
+        first = jnp.min(jnp.where(left, node[None, :], n), axis=1)  # [K]
+        lists.append(first)
+        left = left & (node[None, :] != first[:, None])
+    return jnp.stack(lists, axis=1).astype(jnp.int32), jnp.any(left)
+
+
+def _sorted_network(xs):
+    """Sort a short Python list of equally shaped arrays elementwise (ascending)."""
+    xs = list(jnp.broadcast_arrays(*xs))
+    m = len(xs)
+    pairs = _NETWORKS.get(m) or tuple((i, i + 1) for r in range(m) for i in range(r % 2, m - 1, 2))
+    for p, q in pairs:
+        xs[p], xs[q] = jnp.minimum(xs[p], xs[q]), jnp.maximum(xs[p], xs[q])
+    return xs
+
+
+def _half_grid(slots, opt, fo, vo, share: bool, n: int):
+    """Flat grid over the options of `slots` (one option per slot, the last one = none), built by
+    broadcasting the per-slot option vectors (no gathers, no one-hot selections).
+
+    Returns node picks [|H|] x int32[C], sorted pick costs (ascending list of float[C]), the minimum
+    (sharing) or own (matching) capped value per slot (list over K, None for other slots' own
+    values), count int32[C] and validity bool[C] (matching: distinct picks within the half).
+    """
+    h, r1 = len(slots), opt.shape[1]
+
+    def grid(x, q):  # option vector of slot slots[q] on axis q of an [R+1]^h grid, flattened
+        return jnp.broadcast_to(jnp.reshape(x, tuple(r1 if a == q else 1 for a in range(h))), (r1,) * h).reshape(-1)
+
+    picks = [grid(opt[j], q) for q, j in enumerate(slots)]
+    costs = _sorted_network([grid(fo[j], q) for q, j in enumerate(slots)]) if h > 1 else [grid(fo[slots[0]], 0)]
+    k = vo.shape[0]
+    if share:
+        vals = [functools.reduce(jnp.minimum, [grid(vo[i, j], q) for q, j in enumerate(slots)]) for i in range(k)]
+    else:
+        vals = [grid(vo[i, i], slots.index(i)) if i in slots else None for i in range(k)]
+    count = functools.reduce(operator.add, [(p < n).astype(jnp.int32) for p in picks])
+    ok = jnp.ones(count.shape, bool)
+    if not share:
+        for p, q in itertools.combinations(range(h), 2):
+            ok = ok & ((picks[p] != picks[q]) | (picks[p] == n))
+    return picks, costs, vals, count, ok
+
+
+def _merge_sum(xs, ys):
+    """Sum of the union of two ascending lists of arrays in ascending order (canonical)."""
+    if len(xs) == 2 and len(ys) == 2:  # Batcher's merge of two sorted pairs: 3 comparators
+        a, b = jnp.minimum(xs[0], ys[0]), jnp.maximum(xs[0], ys[0])
+        c, d = jnp.minimum(xs[1], ys[1]), jnp.maximum(xs[1], ys[1])
+        b, c = jnp.minimum(b, c), jnp.maximum(b, c)
+        return ((a + b) + c) + d
+    return functools.reduce(operator.add, _sorted_network(list(xs) + list(ys)))
 
 
 def _owner_grid(lists, fu, cap, s, eta, share: bool, n: int):
-    """Dense grid over one list entry (or none) per slot: (R+1)^K cells.
+    """One list entry (or none) per slot, (R+1)^K combinations, evaluated meet-in-the-middle: half
+    grids over the slots [0, K/2) and [K/2, K) combined on a 2-D [C1, C2] grid.
 
-    Returns flat keys (energy, dev, count) and opt int32[K, R+1] (the node of each option, N = none).
+    Returns flat keys (energy, dev, count) over C1 * C2 cells and `picks_of(index)` -> int32[K], the
+    slot-aligned node picks of a cell (N = none).
     """
     k, r = lists.shape
-    opt = jnp.concatenate([lists, jnp.full((k, 1), n, jnp.int32)], axis=1)  # [K, R+1]
-    onehot = opt[:, :, None] == jnp.arange(n + 1)[None, None, :]  # [K, R+1, N+1]
-    fo = _pick(jnp.concatenate([fu, jnp.zeros((1,), fu.dtype)]), onehot)  # [K, R+1], none -> 0
-    capx = jnp.concatenate([cap, s[:, None]], axis=1)  # [K, N+1], none -> s
-    vo = _pick(capx[:, None, :], onehot[None])  # [K slot i, K owner j, R+1]
-    dims = k
-    energy = canonical_sum([_grid_axis(fo[j], j, dims) for j in range(k)])
-    count = functools.reduce(operator.add, [_grid_axis((opt[j] < n).astype(jnp.int32), j, dims) for j in range(k)])
-    valid = count >= 2
+    opt = jnp.concatenate([lists, jnp.full((k, 1), n, jnp.int32)], axis=1)  # [K, R+1], last = none
+    fx = jnp.concatenate([fu, jnp.zeros((1,), fu.dtype)])  # none -> 0
+    capx = jnp.concatenate([cap, s[:, None]], axis=1)  # none -> s
+    fo = fx[opt]  # [K, R+1] (a small gather)
+    vo = capx[:, opt]  # [K slot i, K owner j, R+1]
+    h = k // 2
+    halves = (_half_grid(list(range(h)), opt, fo, vo, share, n), _half_grid(list(range(h, k)), opt, fo, vo, share, n))
+    # materialise the half grids: otherwise XLA recomputes them inside every [C1, C2] fusion with
+    # costly index arithmetic (measured 10x slower on CPU)
+    (p1, c1, v1, n1, ok1), (p2, c2, v2, n2, ok2) = jax.lax.optimization_barrier(halves)
+    col, row = (lambda x: x[:, None]), (lambda x: x[None, :])
+    energy = _merge_sum([col(x) for x in c1], [row(x) for x in c2])
     if share:
-        best = [functools.reduce(jnp.minimum, [_grid_axis(vo[i, j], j, dims) for j in range(k)]) for i in range(k)]
-        dev = seq_sum(jnp.stack(jnp.broadcast_arrays(*best)))
+        dev = functools.reduce(operator.add, [jnp.minimum(col(v1[i]), row(v2[i])) for i in range(k)])
     else:
-        dev = seq_sum(jnp.stack(jnp.broadcast_arrays(*[_grid_axis(vo[i, i], i, dims) for i in range(k)])))
-        for a, b in itertools.combinations(range(k), 2):
-            na, nb = _grid_axis(opt[a], a, dims), _grid_axis(opt[b], b, dims)
-            valid = valid & ((na != nb) | (na == n))
-    shape = (r + 1,) * k
-    energy, dev, count, valid = (jnp.broadcast_to(x, shape).reshape(-1) for x in (energy, dev, count, valid))
-    valid = valid & jnp.isfinite(energy) & (dev <= eta)
-    return (jnp.where(valid, energy, jnp.inf), jnp.where(valid, dev, jnp.inf),
-            jnp.where(valid, count, _BIG).astype(jnp.int32)), opt
+        dev = functools.reduce(operator.add, [col(v1[i]) if i < h else row(v2[i]) for i in range(k)])
+    count = col(n1) + row(n2)
+    valid = (count >= 2) & (dev <= eta)
+    if not share:
+        valid = valid & col(ok1) & row(ok2)
+        for x in p1:
+            for y in p2:
+                valid = valid & ((col(x) != row(y)) | col(x == n))
+    shape = (n1.shape[0], n2.shape[0])
+    keys = (jnp.where(valid, energy, jnp.inf).reshape(-1), jnp.broadcast_to(dev, shape).reshape(-1),
+            jnp.where(valid, count, _BIG).astype(jnp.int32).reshape(-1))
 
+    def picks_of(idx):  # slot-aligned picks of the flat grid index, int32[K]
+        a, b = idx // shape[1], idx % shape[1]
+        sel1, sel2 = jnp.arange(shape[0]) == a, jnp.arange(shape[1]) == b
+        first = [jnp.max(jnp.where(sel1, x, -1)) for x in p1]
+        second = [jnp.max(jnp.where(sel2, y, -1)) for y in p2]
+        return jnp.stack(first + second).astype(jnp.int32)
 
-def _grid_members(local, opt):
-    """Slot-aligned picks of flat owner-grid index `local`: int32[K] (N = none)."""
-    k, r1 = opt.shape
-    digits = jnp.stack([(local // r1 ** (k - 1 - j)) % r1 for j in range(k)])
-    return jnp.max(jnp.where(jnp.arange(r1)[None, :] == digits[:, None], opt, -1), axis=1).astype(jnp.int32)
+    return keys, picks_of
 
 
 def _resolve_strategy(strategy: str, n: int, k: int) -> str:
@@ -527,32 +586,37 @@ def decode(sc: Scenario, f, g, topk, table, share_substitutes: bool = True, stra
                 a = _map_shared(members, e, s, topk, n) if share else _map_matching(members, e, s, n)
                 results.append((bj_e, bj_d, bj_c, a))
         else:
-            f_le, f_lt = f[:, None] <= f[None, :], f[:, None] < f[None, :]
-            tie = node[:, None] < node[None, :]
+            # dominance matrices indexed [v, u]: does u dominate v? (reductions over the minor axis u)
+            f_le, f_lt = f[None, :] <= f[:, None], f[None, :] < f[:, None]
+            tie = node[None, :] < node[:, None]
             if share:
-                c_le = jnp.all(cap[:, :, None] <= cap[:, None, :], axis=0)  # [u, v]
-                c_lt = jnp.any(cap[:, :, None] < cap[:, None, :], axis=0)
-                dominated = jnp.any(useful[:, None] & f_le & c_le & (f_lt | c_lt | tie), axis=0)
+                c_le = functools.reduce(operator.and_, [cap[i][None, :] <= cap[i][:, None] for i in range(k)])
+                c_lt = functools.reduce(operator.or_, [cap[i][None, :] < cap[i][:, None] for i in range(k)])
+                dominated = jnp.any(useful[None, :] & f_le & c_le & (f_lt | c_lt | tie), axis=1)
                 lists, overflow = _candidate_lists(useful_slot & ~dominated[None, :], r)
             else:
-                e_le, e_lt = e[:, :, None] <= e[:, None, :], e[:, :, None] < e[:, None, :]  # [K, u, v]
-                dom = useful_slot[:, :, None] & f_le[None] & e_le & (f_lt[None] | e_lt | tie[None])
-                dom = dom & (node[:, None] != node[None, :])[None]
-                lists, overflow = _candidate_lists(useful_slot & (jnp.sum(dom, axis=1) < k), r)
-            (eg, dg, cg), opt = _owner_grid(lists, fu, cap, s, eta, share, n)
+                other = node[None, :] != node[:, None]
+                keep = []
+                for i in range(k):  # v stays in slot i's list unless >= K nodes dominate it on slot i
+                    ei = e[i]
+                    dom = useful_slot[i][None, :] & f_le & (ei[None, :] <= ei[:, None]) & other & \
+                        (f_lt | (ei[None, :] < ei[:, None]) | tie)
+                    keep.append(jnp.sum(dom, axis=1) < k)
+                lists, overflow = _candidate_lists(useful_slot & jnp.stack(keep), r)
+            (eg, dg, cg), picks_of = _owner_grid(lists, fu, cap, s, eta, share, n)
             idx, bg_e, bg_d, bg_c = lex_argmin(eg, dg, cg)
-            picks = _grid_members(idx, opt)  # slot-aligned
+            picks = picks_of(idx)  # slot-aligned
             a = _map_shared(picks, e, s, topk, n) if share else jnp.where(picks < n, picks, -1).astype(jnp.int32)
             results.append((bg_e, bg_d, bg_c, a))
 
-            def full_search():
+            def full_search(fu, cap, e, s, topk, eta):
                 f_e, f_d, f_c, members = _subset_search(fu, cap, s, eta, share, n, k, _CHUNK)
                 a = _map_shared(members, e, s, topk, n) if share else _map_matching(members, e, s, n)
                 return f_e, f_d, f_c, a
 
             no_result = (jnp.asarray(jnp.inf, f.dtype), jnp.asarray(jnp.inf, f.dtype), jnp.asarray(_BIG, jnp.int32),
                          jnp.full((k,), -1, jnp.int32))
-            results.append(_lazy(overflow, full_search, no_result))
+            results.append(_lazy(overflow, full_search, (fu, cap, e, s, topk, eta), no_result))
         for r_e, r_d, r_c, r_a in results:
             better = lex_better((r_e, r_d, r_c), (best_e, best_d, best_c))
             best_e, best_d = jnp.where(better, r_e, best_e), jnp.where(better, r_d, best_d)
