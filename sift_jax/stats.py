@@ -141,9 +141,14 @@ class Accumulator:
         return float(min(value, self.max))
 
     def _tail_share(self, total: float) -> float:
+        """Share of the sum carried by the top ceil(0.1% n) samples, from the histogram: whole bins from the
+        top, and the needed fraction of the last bin (its samples taken at their mean value)."""
         if total <= 0:
             return 0.0
         need = max(1, math.ceil(TAIL_FRACTION * self.n))
-        counts_desc = self.counts[::-1]
-        top = int(np.searchsorted(np.cumsum(counts_desc), need, side="left")) + 1
-        return float(min(self.sums[::-1][:top].sum() / total, 1.0))
+        counts, sums = self.counts[::-1], self.sums[::-1]
+        cum = np.cumsum(counts)
+        last = int(np.searchsorted(cum, need, side="left"))
+        before = int(cum[last - 1]) if last > 0 else 0
+        part = sums[:last].sum() + sums[last] * (need - before) / counts[last]
+        return float(min(part / total, 1.0))

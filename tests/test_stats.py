@@ -102,3 +102,8 @@ def test_runner_bad_arguments(kw):
     with pytest.raises(ConfigError) as err:
         montecarlo.check_run_args(args["samples"], args["seed"], args["chunk_size"])
     assert err.value.field == next(iter(kw))
+
+
+def test_constant_metric_is_reliable():
+    s = _stat(np.full(5000, 0.148))
+    assert s.tail_share == pytest.approx(5 / 5000) and s.reliable
