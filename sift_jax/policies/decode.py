@@ -207,6 +207,9 @@ def _first_arg(better, rows):
 def _singletons(f, e, s, cap, eta, share: bool):
     """Single-node sets for every node: keys (energy, dev) float[N] each and use bool[K, N]."""
     k, n = e.shape
+    if k == 1:  # the single slot is always served (a token runs at least one expert)
+        valid = jnp.isfinite(f) & (e[0] <= eta)
+        return (jnp.where(valid, f, jnp.inf), e[0]), jnp.ones((1, n), bool)
     if share:
         use = [e[i] <= s[i] for i in range(k)]
         forced = _first_arg(operator.lt, [e[i] - s[i] for i in range(k)])  # served when no slot prefers v
