@@ -57,7 +57,8 @@ def get(name: str) -> Callable[..., Decision]:
     >>> get("greedy")
     Traceback (most recent call last):
     ...
-    sift_jax.errors.ConfigError: policy = 'greedy' is invalid: allowed is one of siftmoe, topk-ideal, topk, wdmoe, oracle
+    sift_jax.errors.ConfigError: policy = 'greedy' is invalid: allowed is one of siftmoe, topk-ideal, topk,
+    wdmoe, oracle
     """
     if not isinstance(name, str) or name not in _DECODE:
         raise ConfigError("policy", name, "one of " + ", ".join(_DECODE))

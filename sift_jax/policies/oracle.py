@@ -84,7 +84,8 @@ def oracle(sc: Scenario, f, g, topk, table, share_substitutes: bool = True) -> D
     fm = jnp.where(first & (maps < n), f[jnp.minimum(maps, n - 1)], 0.0)  # each used node once
     energy = canonical_sum([fm[:, i] for i in range(k)]) if k > 1 else fm[:, 0]
     count = jnp.sum(used_j, axis=1)
-    valid = jnp.asarray(ok) & jnp.all(~used_j | jnp.isfinite(f)[None, :], axis=1) & (dev <= jnp.asarray(sc.eta, f.dtype))
+    finite = jnp.all(~used_j | jnp.isfinite(f)[None, :], axis=1)
+    valid = jnp.asarray(ok) & finite & (dev <= jnp.asarray(sc.eta, f.dtype))
     idx, e_min, d_min, _ = lex_argmin(jnp.where(valid, energy, jnp.inf), jnp.where(valid, dev, jnp.inf),
                                       jnp.where(valid, count, _BIG))
     feasible = jnp.any(valid)
