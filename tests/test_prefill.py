@@ -219,9 +219,10 @@ def test_exact_k1_equals_lsa_and_brute_force(x64):
     check_decisions(inst, dec)
 
 
-def test_exact_k1_token_classes_equal_lsa(x64):
+@pytest.mark.parametrize("use_bitmask", [True, False])
+def test_exact_k1_token_classes_equal_lsa(x64, use_bitmask):
     m, n = 40, 5  # N (N + 1) = 30 < M: the search runs over token classes (M = 6 above: over tokens)
-    inst, (dec, _) = cached("exact", 12, 300, m, n, 1)
+    inst, (dec, _) = cached("exact", 12, 300, m, n, 1, use_bitmask=use_bitmask)
     ref = np.array([lsa_k1(one(inst, b)) for b in range(300)])
     assert np.all(same(energies(dec), ref))
     assert np.isfinite(ref).sum() >= 60
