@@ -313,7 +313,7 @@ def prefill(sc: Scenario, dE, cap, g, topk, table, method: str = "exact", **opti
     >>> table = jnp.array([[0.0, 0.2, 0.9, 1.0], [0.3, 0.0, 0.2, 1.0], [0.9, 0.2, 0.0, 1.0]])
     >>> d = prefill(sc, dE, jnp.array([3, 3, 2]), jnp.ones((3, 1)), jnp.array([[1], [1], [2]]), table)
     >>> d.assign[:, 0].tolist(), d.loads.tolist(), float(d.energy_j)
-    ([1, 2, 2], [0, 1, 2], 6.0)
+    ([1, 1, 2], [0, 2, 1], 5.0)
     """
     return prefill_with_info(sc, dE, cap, g, topk, table, method, **options)[0]
 
