@@ -287,6 +287,19 @@ def test_fast_gap_to_dp_and_lower_bound(x64):
     assert gaps.mean() <= 0.01 and gaps.max() <= 0.05
 
 
+def test_fast_truncated_candidate_lists_keep_a_valid_bound(x64):
+    # C = 25 sets for N = 5, K = 3; keep only 6 per token: the search is restricted, the bound is not.
+    inst, opt, _, _ = fast_vs_dp(5, 5, 3, 500)
+    dec, info = solve("fast", inst, max_cand=6)
+    fin = np.isfinite(opt)
+    assert np.all(info.lower_bound <= opt * (1 + 1e-9))
+    assert np.all(dec.energy_j[dec.feasible] >= opt[dec.feasible] * (1 - 1e-9))
+    assert np.sum(dec.feasible) >= 0.95 * np.sum(fin) and not np.any(dec.feasible & ~fin)
+    ok = dec.feasible
+    assert np.mean((dec.energy_j[ok] - opt[ok]) / opt[ok]) <= 0.01
+    check_decisions(inst, dec)
+
+
 # ----------------------------------------------------------------------------- baselines
 
 @pytest.mark.parametrize("method,shape", [("exact", (6, 5, 1, 2000)), ("dp", (4, 4, 2, 1200)),

@@ -1,25 +1,32 @@
 """Scalable prefill for any K: greedy construction + local search, with a Lagrangian lower bound.
 
-Primal. Tokens are inserted one at a time (fewest candidate sets first), each taking the candidate set
-of least current marginal energy sum_{v in J} dE_v(D_v + 1) (inf at capacity). Local search then
-re-inserts every token in turn with the others fixed (remove it, pick its best set again) until no
-token moves or `n_passes` passes are done; each move never raises the energy. Four starts run
-side by side and the cheapest result is kept: construction under the true costs, under the user's
-prepaid costs (one-off load energy shared, see prefill.user_prepaid), with the user switched off, and
-from the practical Top-K assignment (re-insertion also repairs its overloads). Whenever Top-K is
-feasible the result therefore costs no more than Top-K.
+Candidates. Each token keeps the list of its minimal feasible node sets (prefill.candidate_mask); when
+C = sum_{k <= K} binom(N, k) exceeds `max_cand` (N = 32, K = 4: C = 41,449) the list keeps the
+`max_cand` sets of least first-unit energy, built token by token (`candidate_lists`).
 
-Lower bound. Relaxing the coupling "node v serves D_v >= #{m : v in J_m}" with multipliers lam >= 0:
+Primal. Tokens are inserted one at a time (fewest candidates first), each taking the candidate of least
+current marginal energy sum_{v in J} dE_v(D_v + 1) (inf at capacity). Re-insertion passes then take
+every token out in turn and put it back at its best candidate until none moves (`n_passes` at most);
+a move never raises the energy. Five starts run side by side, each searched under its own cost model:
+greedy with the user's one-off load energy prepaid (prefill.user_prepaid), empty with the user
+switched off, the Lagrangian choices (below) under "off" and under "prepaid", and the practical Top-K
+assignment under the true costs (re-insertion also repairs its overloads, so whenever Top-K is
+feasible the result costs no more than Top-K). Pair moves (`_pair_search`: two tokens taken out and
+put back jointly, which also realises ejection chains of depth one) then run on the best starts; the
+cheapest true energy wins.
+
+Lower bound. Relaxing "node v serves D_v >= #{m : v in J_m}" with multipliers lam >= 0,
     L(lam) = sum_m min_{J in cand_m} sum_{v in J} lam_v + sum_v min_{0 <= d <= cap_v} (E_v(d) - lam_v d)
-is <= the optimum for every lam >= 0 (weak duality; the node term is minimised by enumeration, so the
-user's non-convex E_0 is handled exactly). lam starts at the primal's marginal prices and follows
-projected subgradient steps (Polyak step towards the primal energy, step scale halved after 5
-non-improving iterations) for `n_dual` iterations; the best value, lowered by a floating-point safety
-margin (M + N + 2) eps sum |terms|, is returned as `PrefillInfo.lower_bound`.
+is <= the optimum for every lam >= 0 (weak duality; the node term is minimised by enumeration, so it is
+exact for any E_v). Because the user's E_0 is not convex, the relaxation is applied twice, to the
+problem with the user off and to the one with the user on (prepaid costs, plus the one-off energy),
+and the smaller value is the bound; each is maximised by `lagrangian_bound` (smoothed dual, Adam) and
+lowered by a floating-point safety margin. Measured: within about 1% of the optimum on random
+instances (tests/test_prefill.py, benchmarks/bench_prefill.py).
 
-Cost per instance: O((n_passes + 1) M C K) for the search and O(n_dual M C) for the bound, with
-C = sum_{k <= K} binom(N, k) candidate sets (36 for N = 8, K = 2; 41,449 for N = 32, K = 4) and memory
-O(M C) for the candidate mask.
+Cost per instance: O((n_passes + 1) M Cm K) for re-insertion, O(n_pair_passes M P R^2 N) for pair moves
+(P = n_partners, R = n_cand) and O(n_dual (M Cm + N D)) for the bound, Cm = min(C, max_cand);
+memory O(M Cm) (plus O(K C) per token while building truncated lists).
 """
 
 from __future__ import annotations
@@ -32,9 +39,12 @@ from sift_jax.policies.prefill import (PrefillInfo, candidate_mask, combo_index,
                                        decision_from_combos, effective_caps, layer_energy, user_prepaid)
 
 
-def _reinsert(cost, combo, mask, ind, members, cap_eff, order, n_passes):
-    """Construction (tokens without a set are inserted) and re-insertion passes under `cost`."""
+def _reinsert(cost, combo, cand, members, ind, cap_eff, order, n_passes):
+    """Construction (tokens without a set are inserted) and re-insertion passes under `cost`.
+
+    cand: int32[M, Cm] each token's candidate sets (combo indices, -1 = none)."""
     n, width = cost.shape
+    k = members.shape[1]
 
     def one_pass(combo):
         def body(i, s):
@@ -45,10 +55,14 @@ def _reinsert(cost, combo, mask, ind, members, cap_eff, order, n_passes):
             loads = loads - jnp.where(cur >= 0, ind[curc], 0)
             p = cost[jnp.arange(n), jnp.minimum(loads, width - 1)]
             p = jnp.concatenate([jnp.where(loads < cap_eff, p, jnp.inf), jnp.zeros((1,), p.dtype)])
-            cc = jnp.where(mask[m], sum(p[members[:, j]] for j in range(members.shape[1])), jnp.inf)
-            c = jnp.argmin(cc).astype(jnp.int32)
-            ok = jnp.isfinite(cc[c])
-            keep = (cur >= 0) & mask[m, curc] & (cc[curc] <= cc[c])
+            row = cand[m]
+            mem = members[jnp.maximum(row, 0)]  # [Cm, K]
+            cc = jnp.where(row >= 0, sum(p[mem[:, j]] for j in range(k)), jnp.inf)
+            best = jnp.argmin(cc)
+            c = row[best]
+            ok = jnp.isfinite(cc[best])
+            cur_cost = sum(p[members[curc, j]] for j in range(k))
+            keep = (cur >= 0) & jnp.any(row == cur) & (cur_cost <= cc[best])
             c = jnp.where(keep, cur, jnp.where(ok, c, -1))
             loads = loads + jnp.where(c >= 0, ind[jnp.maximum(c, 0)], 0)
             return combo.at[m].set(c), loads, moved | (c != cur)
@@ -65,15 +79,57 @@ def _reinsert(cost, combo, mask, ind, members, cap_eff, order, n_passes):
     return combo
 
 
-def _pair_search(dE, combo, mask, ind, cap_eff, order, n_cand: int, n_partners: int, n_passes: int):
-    """Pair moves. For token a (in `order`) and its `n_partners` likeliest partners b (tokens whose
+def candidate_lists(sc, cap_eff, g, topk, table, dE, max_cand: int | None):
+    """Each token's minimal feasible node sets as a list: (int32[M, Cm] combo indices, -1 padded;
+    bool[M] list complete).
+
+    With C = sum_{k <= K} binom(N, k) <= max_cand (or max_cand None) the lists hold every set (dense mask,
+    memory O(M K C)). Otherwise a token keeps its max_cand sets of least first-unit energy
+    sum_{v in J} dE_v(1), computed token by token (memory O(K C)); the search then only uses those, and
+    the lower bound is still evaluated over all sets.
+    """
+    m, k = g.shape
+    n = table.shape[0]
+    tab = combo_table(n, k)
+    n_combos = len(tab.members)
+    if max_cand is None or n_combos <= max_cand:
+        mask = candidate_mask(sc, cap_eff, g, topk, table)
+        return jnp.where(mask, jnp.arange(n_combos, dtype=jnp.int32)[None, :], -1), jnp.ones((m,), bool)
+    first = jnp.concatenate([jnp.where(cap_eff >= 1, dE[:, 0], jnp.inf), jnp.zeros((1,), dE.dtype)])
+    static = sum(first[tab.members[:, j]] for j in range(k))  # [C]
+
+    def one(args):
+        gm, tm = args
+        row = candidate_mask(sc, cap_eff, gm[None], tm[None], table)[0]
+        neg, idx = jax.lax.top_k(jnp.where(row, -static, -jnp.inf), max_cand)
+        return jnp.where(neg > -jnp.inf, idx, -1).astype(jnp.int32), jnp.sum(row) <= max_cand
+
+    return jax.lax.map(one, (g, topk))
+
+
+def _full_token_min(sc, cap_eff, g, topk, table, ind, lam, no_user):
+    """min over ALL minimal feasible sets of sum_{v in J} lam_v, token by token: float[M]."""
+    cc = ind.astype(lam.dtype) @ lam
+    cc = jnp.where(no_user & (ind[:, 0] > 0), jnp.inf, cc)
+
+    def one(args):
+        gm, tm = args
+        row = candidate_mask(sc, cap_eff, gm[None], tm[None], table)[0]
+        return jnp.min(jnp.where(row, cc, jnp.inf))
+
+    return jax.lax.map(one, (g, topk))
+
+
+def _pair_search(dE, combo, cand, ind, cap_eff, order, n_cand: int, n_partners: int, n_passes: int):
+    """Pair moves (combos must be from the lists `cand`, as `_reinsert` leaves them). For token a (in
+    `order`) and its `n_partners` likeliest partners b (tokens whose
     current set shares the most nodes with a's candidates, full nodes counted thrice), remove both and
     re-insert them jointly at least cost over each one's `n_cand` cheapest candidate sets plus its
     current one; apply the best pair. Partners that share no node with a's candidates cannot gain
     over single moves. Unassigned tokens are re-placed first (an ejection chain of depth one)."""
     m = combo.shape[0]
     n, width = dE.shape
-    r = min(n_cand, ind.shape[0])
+    r = min(n_cand, cand.shape[1])
     n_p = min(n_partners, m - 1)
     nodes = jnp.arange(n)
 
@@ -84,24 +140,22 @@ def _pair_search(dE, combo, mask, ind, cap_eff, order, n_cand: int, n_partners: 
     def ind_of(c):
         return jnp.where((c >= 0)[..., None], ind[jnp.maximum(c, 0)], 0)
 
-    def valid(c, rows):
-        return (c >= 0) & jnp.take_along_axis(rows, jnp.maximum(c, 0), -1)
-
     def one_pass(combo):
         loads = ind_of(combo).sum(0)
         q = dE[nodes, jnp.clip(jnp.minimum(loads, cap_eff - 1), 0, width - 1)]  # price, capacity ignored
         q = jnp.where(cap_eff >= 1, q, jnp.inf)
-        score = jnp.where(mask, jnp.where(ind > 0, q[None, :], 0.0).sum(-1), jnp.inf)
-        neg, cand = jax.lax.top_k(-score, r)
-        cand = jnp.where(jnp.isfinite(neg), cand, -1).astype(jnp.int32)  # [M, r]
+        qc = jnp.where(ind > 0, q[None, :], 0.0).sum(-1)  # [C]
+        score = jnp.where(cand >= 0, qc[jnp.maximum(cand, 0)], jnp.inf)  # [M, Cm]
+        neg, pos = jax.lax.top_k(-score, r)
+        best_r = jnp.where(jnp.isfinite(neg), jnp.take_along_axis(cand, pos, 1), -1)  # [M, r]
 
         def body(i, s):
             combo, loads, improved = s
             a = order[i]
             ja = combo[a]
-            ca = jnp.concatenate([cand[a], ja[None]])  # [r + 1]
+            ca = jnp.concatenate([best_r[a], ja[None]])  # [r + 1]
             ia = ind_of(ca) > 0  # [r + 1, N]
-            wanted = jnp.any(ia & valid(ca, mask[a])[:, None], 0)
+            wanted = jnp.any(ia, 0)
             weight = wanted * (1 + 2 * (loads >= cap_eff))
             overlap = jnp.where(combo >= 0, (ind @ weight)[jnp.maximum(combo, 0)], 0)  # [M]
             overlap = jnp.where((jnp.arange(m) == a) | (overlap == 0), -1, overlap)
@@ -111,9 +165,9 @@ def _pair_search(dE, combo, mask, ind, cap_eff, order, n_cand: int, n_partners: 
             lb = base[None, :] - ind_of(jb)  # loads without a and b
             p0, p1 = price(lb), price(lb + 1)
             delta = jnp.where(jnp.isfinite(p1), p1 - p0, jnp.inf)
-            cb = jnp.concatenate([cand[partner], jb[:, None]], 1)  # [P, r + 1]
+            cb = jnp.concatenate([best_r[partner], jb[:, None]], 1)  # [P, r + 1]
             ib = ind_of(cb) > 0  # [P, r + 1, N]
-            va, vb = valid(ca, mask[a]), valid(cb, mask[partner])
+            va, vb = ca >= 0, cb >= 0  # current sets come from the lists too (after `_reinsert`)
             cost_a = jnp.where(ia[None], p0[:, None, :], 0.0).sum(-1)  # [P, r + 1]
             cost_b = jnp.where(ib, p0[:, None, :], 0.0).sum(-1)
             inter = jnp.where(ia[None, :, None, :] & ib[:, None, :, :], delta[:, None, None, :], 0.0).sum(-1)
@@ -148,7 +202,7 @@ def _pair_search(dE, combo, mask, ind, cap_eff, order, n_cand: int, n_partners: 
     return combo
 
 
-def lagrangian_bound(dE, cap_eff, mask, ind, lam0, n_dual: int = 120, lr: float = 0.1):
+def lagrangian_bound(dE, cap_eff, cand, ind, lam0, n_dual: int = 120, lr: float = 0.1, full_min=None):
     """Lagrangian lower bound L(lam) maximised over lam >= 0 (module docstring).
 
     L is concave but not smooth, and plain subgradient or coordinate ascent stall on its kinks, so
@@ -159,25 +213,31 @@ def lagrangian_bound(dE, cap_eff, mask, ind, lam0, n_dual: int = 120, lr: float 
 
     Args:
         dE: float[N, D] marginal costs (the cost model to bound). cap_eff: int32[N].
-        mask: bool[M, C] candidate sets. ind: int[C, N] membership. lam0: float[N] starting prices.
+        cand: int32[M, Cm] candidate sets (-1 = none). ind: int[C, N] membership. lam0: float[N] start.
         n_dual: iterations. lr: Adam step on log(lam).
+        full_min: lam -> float[M] exact token minima over all sets, when `cand` lists are truncated (the
+            search uses the lists; the returned bound uses full_min at its multipliers).
 
     Returns:
         (float[] lower bound, inf if some token has no candidate set; float[N] its multipliers).
     """
     n, width = dE.shape
-    m = mask.shape[0]
+    m = cand.shape[0]
+    mask = cand >= 0
     d = jnp.arange(width + 1)
     e_cum = jnp.concatenate([jnp.zeros((n, 1), dE.dtype), jnp.cumsum(dE, 1)], 1)
     e_cum = jnp.where(d[None, :] <= cap_eff[:, None], e_cum, jnp.inf)
     indf = ind.astype(dE.dtype)
     dead = ~jnp.all(jnp.any(mask, 1))
     eps = jnp.finfo(dE.dtype).eps
+    df = d.astype(dE.dtype)
     dtype = dE.dtype
-    df = d.astype(dtype)
 
-    def exact(lam):
-        tok = jnp.min(jnp.where(mask, (indf @ lam)[None, :], jnp.inf), 1)
+    def costs(lam):
+        return jnp.where(mask, (indf @ lam)[jnp.maximum(cand, 0)], jnp.inf)  # [M, Cm]
+
+    def exact(lam, full=False):
+        tok = full_min(lam) if full else jnp.min(costs(lam), 1)
         node = jnp.min(e_cum - lam[:, None] * df[None, :], 1)
         margin = (m + n + 2) * eps * (jnp.abs(tok).sum() + jnp.abs(node).sum())
         return tok.sum() + node.sum() - margin
@@ -189,10 +249,11 @@ def lagrangian_bound(dE, cap_eff, mask, ind, lam0, n_dual: int = 120, lr: float 
 
     def grad(mu, tau):
         lam = jnp.exp(mu)
-        cc = jnp.where(mask, (indf @ lam)[None, :], jnp.inf)
+        cc = costs(lam)
         p = jax.nn.softmax(-(cc - jnp.min(cc, 1, keepdims=True)) / tau, axis=1)
         p = jnp.where(mask, p, 0.0)
-        count = (p @ indf).sum(0)
+        per_set = jnp.zeros((indf.shape[0],), dtype).at[jnp.maximum(cand, 0).ravel()].add(p.ravel())
+        count = per_set @ indf
         node = e_cum - lam[:, None] * df[None, :]
         q = jax.nn.softmax(-(node - jnp.min(node, 1, keepdims=True)) / tau, axis=1)
         q = jnp.where(jnp.isfinite(node), q, 0.0)
@@ -215,11 +276,14 @@ def lagrangian_bound(dE, cap_eff, mask, ind, lam0, n_dual: int = 120, lr: float 
     zeros = jnp.zeros((n,), dtype)
     init = (mu0, zeros, zeros, exact(jnp.exp(mu0)), mu0)
     _, _, _, best, best_mu = jax.lax.fori_loop(0, n_dual, body, init)
+    if full_min is not None:  # the lists are truncated: the bound needs the minima over all sets
+        best = exact(jnp.exp(best_mu), full=True)
     return jnp.where(dead, jnp.inf, jnp.maximum(best, 0.0)), jnp.exp(best_mu)
 
 
 def solve_fast(sc, dE, cap, g, topk, table, n_passes: int = 4, n_pair_passes: int = 3, n_cand: int = 6,
-               n_partners: int = 12, n_pair_starts: int | None = None, n_dual: int = 120):
+               n_partners: int = 12, n_pair_starts: int | None = None, n_dual: int = 120,
+               max_cand: int | None = 1024):
     """Heuristic prefill for any K with a lower bound (module docstring). Returns (Decision, PrefillInfo).
 
     Args:
@@ -230,6 +294,8 @@ def solve_fast(sc, dE, cap, g, topk, table, n_passes: int = 4, n_pair_passes: in
         n_pair_starts: how many starts get the pair passes (the best of each cost model first);
             default all 5 for M <= 16 (small instances, where single moves stall most), else 1.
         n_dual: iterations of the Lagrangian bound (`lagrangian_bound`).
+        max_cand: most candidate sets per token in the search (`candidate_lists`; None = all). Only
+            binds when sum_{k <= K} binom(N, k) > max_cand (e.g. N = 32, K = 4: 41,449 sets).
     """
     m, k = g.shape
     n, width = dE.shape
@@ -237,8 +303,9 @@ def solve_fast(sc, dE, cap, g, topk, table, n_passes: int = 4, n_pair_passes: in
     members = jnp.asarray(tab.members)
     ind = jax.nn.one_hot(members, n + 1, dtype=jnp.int32)[..., :n].sum(1)  # [C, N]
     cap_eff = effective_caps(dE, cap)
-    mask = candidate_mask(sc, cap_eff, g, topk, table)
-    order = jnp.argsort(mask.sum(1), stable=True).astype(jnp.int32)
+    cand, _ = candidate_lists(sc, cap_eff, g, topk, table, dE, max_cand)  # [M, Cm]
+    truncated = cand.shape[1] < len(tab.members)
+    order = jnp.argsort((cand >= 0).sum(1), stable=True).astype(jnp.int32)
     prepaid, prepaid_l = user_prepaid(dE)
     off = dE.at[0].set(jnp.inf)
     empty = jnp.full((m,), -1, jnp.int32)
@@ -249,7 +316,7 @@ def solve_fast(sc, dE, cap, g, topk, table, n_passes: int = 4, n_pair_passes: in
         return jnp.where(jnp.all(combo >= 0), e, jnp.inf), loads
 
     # A quick greedy for the dual's starting prices.
-    greedy = _reinsert(prepaid, empty, mask, ind, members, cap_eff, order, 0)
+    greedy = _reinsert(prepaid, empty, cand, members, ind, cap_eff, order, 0)
     _, ld = energy_of(greedy)
     nodes = jnp.arange(n)
     nxt = jnp.where(ld < cap_eff, dE[nodes, jnp.minimum(ld, width - 1)], jnp.inf)
@@ -258,19 +325,25 @@ def solve_fast(sc, dE, cap, g, topk, table, n_passes: int = 4, n_pair_passes: in
     lam0 = jnp.where(jnp.isfinite(lam0), lam0, jnp.where(jnp.isfinite(dE[:, 0]), dE[:, 0], 0.0))
     # Bound: the user's one-off cost is not convex, so bound the problems "user off" and "user on"
     # (prepaid costs + L) separately; the optimum is the smaller of the two.
-    has_user = ind[:, 0] > 0
-    masks = jnp.stack([mask & ~has_user[None, :], mask])
-    bounds, lams = jax.vmap(lambda c, mk: lagrangian_bound(c, cap_eff, mk, ind, lam0, n_dual))(
-        jnp.stack([off, prepaid]), masks)
+    cand_off = jnp.where((cand >= 0) & (ind[jnp.maximum(cand, 0), 0] == 0), cand, -1)
+    bounds, lams = [], []
+    for costs_v, cand_v, no_user in ((off, cand_off, True), (prepaid, cand, False)):
+        full = (lambda lam, nu=no_user: _full_token_min(sc, cap_eff, g, topk, table, ind, lam, nu)) if truncated else None
+        b, lam = lagrangian_bound(costs_v, cap_eff, cand_v, ind, lam0, n_dual, full_min=full)
+        bounds.append(b)
+        lams.append(lam)
     lb = jnp.minimum(bounds[0], bounds[1] + prepaid_l)
 
     # Starts, each searched under its own cost model; the best true energy wins.
-    price = jnp.where(masks, jnp.einsum("cn,sn->sc", ind.astype(dE.dtype), lams)[:, None, :], jnp.inf)
-    lagr = jnp.where(masks.any(2), jnp.argmin(price, 2), -1).astype(jnp.int32)  # [2, M]
-    start_cost = jnp.stack([prepaid, off, off, prepaid, dE])
-    start_combo = jnp.stack([greedy, empty, lagr[0], lagr[1], combo_index(topk, n, k).astype(jnp.int32)])
+    def lagr_start(cand_v, lam):
+        price = jnp.where(cand_v >= 0, (ind.astype(dE.dtype) @ lam)[jnp.maximum(cand_v, 0)], jnp.inf)
+        pick = jnp.take_along_axis(cand_v, jnp.argmin(price, 1)[:, None], 1)[:, 0]
+        return jnp.where(jnp.isfinite(price.min(1)), pick, -1).astype(jnp.int32)
 
-    combos = jax.vmap(lambda c, x: _reinsert(c, x, mask, ind, members, cap_eff, order, n_passes))(
+    start_cost = jnp.stack([prepaid, off, off, prepaid, dE])
+    start_combo = jnp.stack([greedy, empty, lagr_start(cand_off, lams[0]), lagr_start(cand, lams[1]),
+                             combo_index(topk, n, k).astype(jnp.int32)])
+    combos = jax.vmap(lambda c, x: _reinsert(c, x, cand, members, ind, cap_eff, order, n_passes))(
         start_cost, start_combo)
     energies, _ = jax.vmap(energy_of)(combos)
     if n_pair_starts is None:
@@ -282,7 +355,7 @@ def solve_fast(sc, dE, cap, g, topk, table, n_passes: int = 4, n_pair_passes: in
         pos = jnp.argsort(jnp.argsort(energies))  # rank by energy
         key = jnp.where(jnp.any(jnp.arange(5)[:, None] == first[None, :], 1), pos, pos + 5)
         top = jnp.argsort(key)[:n_pair_starts]
-        more = jax.vmap(lambda c, x: _pair_search(c, x, mask, ind, cap_eff, order, n_cand, n_partners,
+        more = jax.vmap(lambda c, x: _pair_search(c, x, cand, ind, cap_eff, order, n_cand, n_partners,
                                                   n_pair_passes))(start_cost[top], combos[top])
         combos = jnp.concatenate([combos, more])
         energies = jnp.concatenate([energies, jax.vmap(energy_of)(more)[0]])
