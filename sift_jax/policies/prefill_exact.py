@@ -11,10 +11,11 @@ path (the Hungarian row-by-row scheme), which keeps the partial assignment optim
 optimal because every node's marginal cost is non-decreasing (Prop. 2).
 
 Correction of the paper's Prop. 2: the user's one-off load energy P_load T_load makes E_UE affine with
-a jump at 0, not convex, so Algorithm 1 alone can be suboptimal. We solve twice, with the user node
-off, and with it on and its load cost prepaid (first marginal = the constant per-token cost, L added),
-and keep the cheaper true energy. Exact: every solution with D_UE = 0 is feasible for the first
-problem; every solution with D_UE >= 1 has the same energy in the second.
+a jump at 0, not convex, so Algorithm 1 alone can be suboptimal. We solve with the user on and its
+load cost prepaid (first marginal = the constant per-token cost, L added), and with the user node off,
+and keep the cheaper true energy. Exact: every solution with D_UE = 0 is feasible for the "off"
+problem; every solution with D_UE >= 1 has the same energy in the "on" one. The "off" run is skipped
+when the "on" optimum leaves the user idle (it is then also the best "off" solution) or is infeasible.
 
 Interchangeable tokens: token m's feasible set is {v : g_m Fbar[t_m, v] <= eta, v available}, the first
 k_m nodes of expert t_m's nodes sorted by Fbar[t_m, .] (ties kept together). So tokens fall in at most
@@ -23,9 +24,8 @@ matrix classes x nodes instead of tokens x nodes, and tokens of a class are hand
 index order at the end.
 
 Cost per instance: O(M (N^2 + h C)) with h the path length and C the number of classes
-(min(M, N (N + 1))); for N <= 32 node sets are uint32 bitmasks (`_ssap_bits`). Both runs (user off /
-on) are one vmapped call. Measured on a 2-core CPU (benchmarks/bench_prefill.py): M = 64, N = 8 about
-0.15 ms per instance in a batch.
+(min(M, N (N + 1))); for N <= 32 node sets are uint32 bitmasks (`_ssap_bits`), for larger N boolean
+matrices (`_ssap`). See benchmarks/bench_prefill.py for measured throughput.
 """
 
 from __future__ import annotations
@@ -143,11 +143,26 @@ def _ssap_bits(omega, cls, cost, cap):
 
         zero = jnp.zeros((hops,), jnp.int32)
         cur, _, frm, to, c2 = jax.lax.while_loop(lambda s: found & (s[1] > 0), walk_body, (w, lvl, zero, zero, zero))
-        act = (jnp.arange(hops) < jnp.where(found, lvl, 0)).astype(jnp.int32)
+        n_hops = jnp.where(found, lvl, 0)
+        # Scatters cost per update whether active or not, and paths are short (measured, N = 8: 85% of
+        # tokens need no move, 15% one, 0.6% two), so the first `short` hops are one scatter and any
+        # further ones a loop that runs only when some instance (of a vmapped batch) needs it.
+        short = min(2, hops)
+        act = (jnp.arange(short) < n_hops).astype(jnp.int32)
         f = found.astype(jnp.int32)
-        x = x.at[c2, frm].add(-act).at[c2, to].add(act).at[c, cur].add(f)
-        moved = om[c2] * act[:, None]
-        cnt = cnt.at[frm].add(-moved).at[to].add(moved).at[cur].add(om[c] * f)
+        ci = jnp.concatenate([c2[:short], c2[:short], c[None]])
+        vi = jnp.concatenate([frm[:short], to[:short], cur[None]])
+        dv = jnp.concatenate([-act, act, f[None]])
+        x = x.at[ci, vi].add(dv)
+        cnt = cnt.at[vi].add(om[ci] * dv[:, None])
+
+        def long_hop(s):
+            j, x, cnt = s
+            x = x.at[c2[j], frm[j]].add(-1).at[c2[j], to[j]].add(1)
+            cnt = cnt.at[frm[j]].add(-om[c2[j]]).at[to[j]].add(om[c2[j]])
+            return j + 1, x, cnt
+
+        _, x, cnt = jax.lax.while_loop(lambda s: s[0] < n_hops, long_hop, (jnp.int32(short), x, cnt))
         loads = loads.at[w].add(f)
         return x, cnt, loads, ok & found
 
@@ -201,14 +216,23 @@ def solve_exact(sc, dE, cap, g, topk, table, use_classes: bool | None = None, us
         cls = jnp.arange(m, dtype=jnp.int32)
         omega = feasible_nodes(sc, cap_eff, g, topk, table)
     prepaid, _ = user_prepaid(dE)
-    omegas = jnp.stack([omega & (jnp.arange(n) != 0), omega])
-    costs = jnp.stack([dE, prepaid])
     if use_bitmask is None:
         use_bitmask = n <= 32
     if use_bitmask and n > 32:
         raise ConfigError("use_bitmask", True, "False for n_nodes > 32")
     ssap = _ssap_bits if use_bitmask else _ssap
-    x, loads, ok = jax.vmap(ssap, in_axes=(0, None, 0, None))(omegas, cls, costs, cap_eff)
+    # User on (prepaid) first. The user-off run can only win when the first one uses the user (else the
+    # first solution already is the best with the user off) and is feasible (else so is not the second);
+    # a while loop runs it at most once, and under vmap only when some instance in the batch needs it.
+    x_on, loads_on, ok_on = ssap(omega, cls, prepaid, cap_eff)
+    need_off = ok_on & (loads_on[0] > 0)
+    omega_off = omega & (jnp.arange(n) != 0)
+    _, x_off, loads_off, ok_off = jax.lax.while_loop(
+        lambda s: need_off & s[0], lambda s: (jnp.zeros((), bool),) + ssap(omega_off, cls, dE, cap_eff),
+        (jnp.ones((), bool), jnp.zeros_like(x_on), jnp.zeros_like(loads_on), jnp.zeros((), bool)))
+    x = jnp.stack([x_off, x_on])
+    ok = jnp.stack([ok_off & need_off, ok_on])
+    loads = jnp.stack([loads_off, loads_on])
     energy = jnp.where(ok, jax.vmap(layer_energy, in_axes=(None, 0))(dE, loads), jnp.inf)
     best = jnp.argmin(energy)
     node = _token_nodes(x[best], cls) if use_classes else jnp.argmax(x[best], 1).astype(jnp.int32)
