@@ -31,6 +31,7 @@ cap int32[N]; g float[M, K]; topk int32[M, K]; table float[N, N+1] (column N = s
 from __future__ import annotations
 
 import functools
+import inspect
 import itertools
 import math
 from typing import NamedTuple
@@ -270,24 +271,27 @@ def prefill_with_info(sc: Scenario, dE, cap, g, topk, table, method: str = "exac
                       **options) -> tuple[Decision, PrefillInfo]:
     """`prefill` that also returns a `PrefillInfo` (method used, lower bound, relative gap).
 
-    Options: dp: `max_work` (states x combos limit); fast: `n_passes`, `n_dual`, see prefill_fast.
+    Options: exact: `use_classes`, `use_bitmask`; dp: `max_work` (states x combos limit); fast: `n_passes`,
+    `n_pair_passes`, `n_cand`, `n_partners`, `n_pair_starts`, `n_dual`, `max_cand` (see prefill_*.py).
+    With method="auto" each solver receives only the options it accepts.
     """
     dE, cap, g, topk, table = (jnp.asarray(a) for a in (dE, cap, g, topk, table))
     _check(sc, dE, cap, g, topk, table)
-    if method == "auto":
+    auto = method == "auto"
+    if auto:
         method = choose_method(sc, g.shape[0], dE.shape[1], options.get("max_work"))
-        if method != "dp":
-            options.pop("max_work", None)
     if method == "exact":
-        from sift_jax.policies.prefill_exact import solve_exact
-        return solve_exact(sc, dE, cap, g, topk, table, **options)
-    if method == "dp":
-        from sift_jax.policies.prefill_dp import solve_dp
-        return solve_dp(sc, dE, cap, g, topk, table, **options)
-    if method == "fast":
-        from sift_jax.policies.prefill_fast import solve_fast
-        return solve_fast(sc, dE, cap, g, topk, table, **options)
-    raise ConfigError("method", method, "one of " + ", ".join(METHODS))
+        from sift_jax.policies.prefill_exact import solve_exact as solver
+    elif method == "dp":
+        from sift_jax.policies.prefill_dp import solve_dp as solver
+    elif method == "fast":
+        from sift_jax.policies.prefill_fast import solve_fast as solver
+    else:
+        raise ConfigError("method", method, "one of " + ", ".join(METHODS))
+    if auto:  # options may address any of the solvers: pass each its own
+        accepted = inspect.signature(solver).parameters
+        options = {key: value for key, value in options.items() if key in accepted}
+    return solver(sc, dE, cap, g, topk, table, **options)
 
 
 def prefill(sc: Scenario, dE, cap, g, topk, table, method: str = "exact", **options) -> Decision:
