@@ -2,6 +2,7 @@
 
 Run: .venv/bin/python benchmarks/bench_sweep.py [--samples 2048] [--quick]
 Mixtral decode (M = 1, L = 4), practical Top-K, 100 bandwidth values; both paths see the same samples.
+"cold" includes compilation (first call in the process), "warm" is a second identical run (compiled).
 """
 
 from __future__ import annotations
@@ -33,20 +34,31 @@ def main(argv=None):
         f'samples = {args.samples}\npoints_per_call = {args.points}\n'
         '[fixed]\nn_tokens = 1\nn_layers = 4\n[[axes]]\nfield = "bandwidth_hz"\n'
         f'values = [{", ".join(repr(float(v)) for v in values)}]\n')
-    t0 = time.perf_counter()
-    ds = sj.sweep.run(spec, out=None)
-    t_sweep = time.perf_counter() - t0
     base = sj.presets.get("mixtral-8x7b").replace(n_tokens=1, n_layers=4)
-    t0 = time.perf_counter()
-    loop = [sj.simulate(base.replace(bandwidth_hz=float(v)), policy="topk", samples=args.samples, seed=0)
-            .metrics["energy_per_token_j"].mean for v in values]
-    t_loop = time.perf_counter() - t0
-    assert np.allclose(ds["energy_per_token_j_mean"].values[0], loop, rtol=1e-6)
-    print(f"Machine: {machine()}\n")
-    print("| points x samples | sweep (s, incl. compile) | simulate loop (s, incl. compile) | ratio |")
-    print("|---|---|---|---|")
-    print(f"| {args.points} x {args.samples} | {t_sweep:.2f} | {t_loop:.2f} | {t_loop / t_sweep:.1f}x |")
 
+    def sweep():
+        return sj.sweep.run(spec, out=None)["energy_per_token_j_mean"].values[0]
+
+    def loop():
+        return [sj.simulate(base.replace(bandwidth_hz=float(v)), policy="topk", samples=args.samples, seed=0)
+                .metrics["energy_per_token_j"].mean for v in values]
+
+    times = {}
+    for name, fn in (("sweep", sweep), ("loop", loop)):
+        t0 = time.perf_counter()
+        first = fn()
+        t1 = time.perf_counter()
+        again = fn()
+        times[name] = (t1 - t0, time.perf_counter() - t1)
+        assert np.array_equal(np.asarray(first), np.asarray(again))
+        times[name + "_values"] = np.asarray(first)
+    assert np.allclose(times["sweep_values"], times["loop_values"], rtol=1e-6)
+    (s_cold, s_warm), (l_cold, l_warm) = times["sweep"], times["loop"]
+    print(f"Machine: {machine()}\n")
+    print("| points x samples | sweep cold (s) | loop cold (s) | ratio cold | sweep warm (s) | loop warm (s) | ratio warm |")
+    print("|---|---|---|---|---|---|---|")
+    print(f"| {args.points} x {args.samples} | {s_cold:.2f} | {l_cold:.2f} | {l_cold / s_cold:.1f}x | {s_warm:.2f} | "
+          f"{l_warm:.2f} | {l_warm / s_warm:.1f}x |")
 
 if __name__ == "__main__":
     main()

@@ -212,14 +212,14 @@ def reproduce(quick, out, spec_dir, only, quiet):
 
 @cli.command()
 @click.option("--quick", is_flag=True, help="small batches (a smoke run, not a measurement)")
-@click.option("--only", default=None, help="comma list: foundation, decode, prefill, fastfading")
+@click.option("--only", default=None, help="comma list: foundation, decode, prefill, fastfading, sweep, memory")
 def bench(quick, only):
     """Run the benchmarks in the repository's benchmarks/ folder (markdown tables on stdout)."""
     import pathlib
     import runpy
 
     root = pathlib.Path(__file__).resolve().parent.parent / "benchmarks"
-    names = only.split(",") if only else ["foundation", "decode", "prefill", "fastfading"]
+    names = only.split(",") if only else ["foundation", "decode", "prefill", "fastfading", "sweep", "memory"]
     for name in names:
         script = root / f"bench_{name}.py"
         if not script.exists():

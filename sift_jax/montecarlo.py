@@ -32,41 +32,50 @@ def sample_keys(seed, idx) -> jax.Array:
     return jax.vmap(functools.partial(jax.random.fold_in, base))(jnp.asarray(idx, jnp.uint32))
 
 
-def inner_batch() -> int:
-    """Samples per vmapped block: 256 on CPU, 16384 on accelerators (which want wide batches)."""
-    return 256 if jax.default_backend() == "cpu" else 16384
+def inner_batch(samples: int | None = None) -> int:
+    """Samples per vmapped block: 256 on CPU, 16384 on accelerators (which want wide batches).
+
+    With `samples` given and smaller, the next power of two >= samples (at least 8), so that short runs
+    (quick sweeps, tests) are not padded to a full block. It depends on the sample count only, never on
+    the chunk size or device count, so those still leave results bit-identical.
+    """
+    base = 256 if jax.default_backend() == "cpu" else 16384
+    if samples is None:
+        return base
+    return min(base, max(8, 1 << (int(samples) - 1).bit_length()))
 
 
-def _metrics_of(metric_fn: MetricFn, params, idx, seed):
+def _metrics_of(metric_fn: MetricFn, width: int, params, idx, seed):
     """{name: (float[P, S], bool[P, S])} for sample indices idx uint32[S] and P stacked points.
 
-    S is a multiple of `inner_batch()`: samples are computed in blocks of that fixed width under
+    S is a multiple of `width` (`inner_batch(samples)`): samples are computed in blocks of that fixed width under
     `lax.map`, so XLA compiles the same per-block code whatever the chunk size or device count; this is
     what makes results bit-identical across chunk sizes and devices (XLA's CPU code for a vmapped
     batch depends on the batch width, down to the last ulp of exp/log).
     """
     TRACES["count"] += 1  # Python side effect: runs at trace time only
-    width = inner_batch()
     per_sample = jax.vmap(metric_fn, in_axes=(0, None))
     per_block = lambda block: jax.vmap(per_sample, in_axes=(None, 0))(sample_keys(seed, block), params)  # noqa: E731
     out = jax.lax.map(per_block, idx.reshape(-1, width))  # {name: ([B, P, width], [B, P, width])}
     return jax.tree.map(lambda a: jnp.moveaxis(a, 0, 1).reshape(a.shape[1], -1), out)
 
 
-@functools.partial(jax.jit, static_argnames=("metric_fn", "size"))
-def _chunk(metric_fn: MetricFn, params, start, size: int, seed):
-    """Metrics of samples start..start+size-1 on one device: {name: (float[P, size], bool[P, size])}."""
+@functools.partial(jax.jit, static_argnames=("metric_fn", "size", "width"))
+def _chunk(metric_fn: MetricFn, params, start, size: int, seed, width: int | None = None):
+    """Metrics of samples start..start+size-1 on one device: {name: (float[P, size], bool[P, size])}.
+
+    width: samples per vmapped block (default `inner_batch()`); size must be a multiple of it."""
     idx = jnp.asarray(start, jnp.uint32) + jnp.arange(size, dtype=jnp.uint32)
-    return _metrics_of(metric_fn, params, idx, seed)
+    return _metrics_of(metric_fn, width or inner_batch(), params, idx, seed)
 
 
-@functools.partial(jax.jit, static_argnames=("metric_fn", "size"))
-def _chunk_shard_map(metric_fn: MetricFn, params, start, size: int, seed):
+@functools.partial(jax.jit, static_argnames=("metric_fn", "size", "width"))
+def _chunk_shard_map(metric_fn: MetricFn, params, start, size: int, seed, width: int):
     """`_chunk` with the sample axis split over all devices by `jax.shard_map` on a 1-D mesh."""
     idx = jnp.asarray(start, jnp.uint32) + jnp.arange(size, dtype=jnp.uint32)
     mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ("samples",))
     spec = jax.sharding.PartitionSpec
-    sharded = jax.shard_map(functools.partial(_metrics_of, metric_fn), mesh=mesh,
+    sharded = jax.shard_map(functools.partial(_metrics_of, metric_fn, width), mesh=mesh,
                             in_specs=(spec(), spec("samples"), spec()), out_specs=spec(None, "samples"))
     return sharded(params, idx, seed)
 
@@ -74,7 +83,7 @@ def _chunk_shard_map(metric_fn: MetricFn, params, start, size: int, seed):
 SHARDING_MODES = ("dispatch", "shard_map")
 
 
-def _launch(metric_fn, device_params, start: int, size: int, seed: int, mode: str):
+def _launch(metric_fn, device_params, start: int, size: int, seed: int, mode: str, width: int):
     """Start one chunk asynchronously; returns what `_collect` turns into host arrays.
 
     One device: `_chunk`. Several devices, mode "dispatch" (default): the same single-device program
@@ -85,11 +94,11 @@ def _launch(metric_fn, device_params, start: int, size: int, seed: int, mode: st
     """
     n_dev = len(device_params)
     if n_dev == 1:
-        return [_chunk(metric_fn, device_params[0], start, size, seed)]
+        return [_chunk(metric_fn, device_params[0], start, size, seed, width)]
     if mode == "shard_map":
-        return [_chunk_shard_map(metric_fn, device_params[0], start, size, seed)]
+        return [_chunk_shard_map(metric_fn, device_params[0], start, size, seed, width)]
     share = size // n_dev
-    return [_chunk(metric_fn, p, start + i * share, share, seed) for i, p in enumerate(device_params)]
+    return [_chunk(metric_fn, p, start + i * share, share, seed, width) for i, p in enumerate(device_params)]
 
 
 def _collect(parts) -> dict:
@@ -111,7 +120,7 @@ def check_run_args(samples, seed, chunk_size) -> int:
         raise ConfigError("chunk_size", chunk_size, "an integer in [1, 2^24]")
     else:
         size = int(min(chunk_size, samples))
-    unit = jax.device_count() * inner_batch()
+    unit = jax.device_count() * inner_batch(samples)
     return -(-size // unit) * unit  # a multiple of (devices x inner block); see _metrics_of
 
 
@@ -136,11 +145,12 @@ def run(metric_fn: MetricFn, params, n_points: int, samples: int, seed: int = 0,
     devices = jax.devices() if sharding == "dispatch" else jax.devices()[:1]
     device_params = [jax.device_put(params, d) for d in devices] if len(devices) > 1 else [params]
     accs: list[dict[str, Accumulator]] | None = None
-    pending = _launch(metric_fn, device_params, 0, size, seed, sharding)  # ahead: host merges overlap compute
+    width = inner_batch(samples)
+    pending = _launch(metric_fn, device_params, 0, size, seed, sharding, width)  # ahead: host merges overlap compute
     for start in range(0, samples, size):
         out = pending
         if start + size < samples:
-            pending = _launch(metric_fn, device_params, start + size, size, seed, sharding)
+            pending = _launch(metric_fn, device_params, start + size, size, seed, sharding, width)
         host = _collect(out)
         take = min(size, samples - start)
         if accs is None:

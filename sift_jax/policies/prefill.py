@@ -171,9 +171,10 @@ def _deviation(g, best, skip):
 
 
 def candidate_mask(sc: Scenario, cap_eff: jax.Array, g: jax.Array, topk: jax.Array, table: jax.Array,
-                   user_off: bool | jax.Array = False) -> jax.Array:
+                   user_off: bool | jax.Array = False, minimal: bool = True) -> jax.Array:
     """bool[M, C]: combo c is a minimal feasible node set for token m (all nodes available, dev <= eta).
 
+    minimal=False: every feasible set (supersets included; enough for minima of non-negative prices).
     Memory O(M K C); C = sum_{k <= K} binom(N, k).
     """
     n, k = table.shape[0], topk.shape[-1]
@@ -184,6 +185,8 @@ def candidate_mask(sc: Scenario, cap_eff: jax.Array, g: jax.Array, topk: jax.Arr
     avail = (cap_eff >= 1) & ~((jnp.arange(n) == 0) & user_off)
     avail_c = jnp.all(jnp.concatenate([avail, jnp.ones((1,), bool)])[tab.members], -1)
     feas = (dev <= sc.eta) & avail_c
+    if not minimal:
+        return feas
     sub = jnp.asarray(tab.sub)
     sub_feas = jnp.where(sub >= 0, feas[..., jnp.maximum(sub, 0)], False)  # [M, C, K]
     return feas & ~jnp.any(sub_feas, -1)

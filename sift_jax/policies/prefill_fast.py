@@ -107,20 +107,24 @@ def candidate_lists(sc, cap_eff, g, topk, table, dE, max_cand: int | None):
     return jax.lax.map(one, (g, topk))
 
 
-def _full_token_min(sc, cap_eff, g, topk, table, ind, lam, no_user):
-    """min over ALL minimal feasible sets of sum_{v in J} lam_v, token by token: float[M]."""
-    cc = ind.astype(lam.dtype) @ lam
-    cc = jnp.where(no_user & (ind[:, 0] > 0), jnp.inf, cc)
+def _full_token_min(sc, cap_eff, g, topk, table, ind, lams):
+    """min over ALL feasible sets of sum_{v in J} lam_v, token by token, for the multipliers lams[0]
+    (user off: sets with the user excluded) and lams[1] (user on): float[M, 2].
+
+    One feasibility pass over the C sets per token serves both (supersets never lower a minimum of
+    non-negative prices, so minimality is not needed)."""
+    cc = ind.astype(lams.dtype) @ lams.T  # [C, 2]
+    cc = cc.at[:, 0].set(jnp.where(ind[:, 0] > 0, jnp.inf, cc[:, 0]))
 
     def one(args):
         gm, tm = args
-        row = candidate_mask(sc, cap_eff, gm[None], tm[None], table)[0]
-        return jnp.min(jnp.where(row, cc, jnp.inf))
+        row = candidate_mask(sc, cap_eff, gm[None], tm[None], table, minimal=False)[0]
+        return jnp.min(jnp.where(row[:, None], cc, jnp.inf), 0)
 
     return jax.lax.map(one, (g, topk))
 
 
-def _pair_search(dE, combo, cand, ind, cap_eff, order, n_cand: int, n_partners: int, n_passes: int):
+def _pair_search(dE, combo, cand, members, ind, cap_eff, order, n_cand: int, n_partners: int, n_passes: int):
     """Pair moves (combos must be from the lists `cand`, as `_reinsert` leaves them). For token a (in
     `order`) and its `n_partners` likeliest partners b (tokens whose
     current set shares the most nodes with a's candidates, full nodes counted thrice), remove both and
@@ -144,8 +148,7 @@ def _pair_search(dE, combo, cand, ind, cap_eff, order, n_cand: int, n_partners: 
         loads = ind_of(combo).sum(0)
         q = dE[nodes, jnp.clip(jnp.minimum(loads, cap_eff - 1), 0, width - 1)]  # price, capacity ignored
         q = jnp.where(cap_eff >= 1, q, jnp.inf)
-        qc = jnp.where(ind > 0, q[None, :], 0.0).sum(-1)  # [C]
-        score = jnp.where(cand >= 0, qc[jnp.maximum(cand, 0)], jnp.inf)  # [M, Cm]
+        score = _set_prices(q, members, cand)  # [M, Cm]
         neg, pos = jax.lax.top_k(-score, r)
         best_r = jnp.where(jnp.isfinite(neg), jnp.take_along_axis(cand, pos, 1), -1)  # [M, r]
 
@@ -157,7 +160,8 @@ def _pair_search(dE, combo, cand, ind, cap_eff, order, n_cand: int, n_partners: 
             ia = ind_of(ca) > 0  # [r + 1, N]
             wanted = jnp.any(ia, 0)
             weight = wanted * (1 + 2 * (loads >= cap_eff))
-            overlap = jnp.where(combo >= 0, (ind @ weight)[jnp.maximum(combo, 0)], 0)  # [M]
+            w_ext = jnp.concatenate([weight, jnp.zeros((1,), weight.dtype)])
+            overlap = jnp.where(combo >= 0, w_ext[members[jnp.maximum(combo, 0)]].sum(-1), 0)  # [M]
             overlap = jnp.where((jnp.arange(m) == a) | (overlap == 0), -1, overlap)
             ov, partner = jax.lax.top_k(overlap, n_p)  # [P]
             jb = combo[partner]
@@ -202,7 +206,29 @@ def _pair_search(dE, combo, cand, ind, cap_eff, order, n_cand: int, n_partners: 
     return combo
 
 
-def lagrangian_bound(dE, cap_eff, cand, ind, lam0, n_dual: int = 120, lr: float = 0.1, full_min=None):
+def _set_prices(lam, members, cand):
+    """sum_{v in J} lam_v for each listed set J = cand[m, c] (inf where -1): float[M, Cm].
+
+    Gathers through members (int[C, K], pad N): O(M Cm K), never O(C N)."""
+    lam_ext = jnp.concatenate([lam, jnp.zeros((1,), lam.dtype)])
+    return jnp.where(cand >= 0, lam_ext[members[jnp.maximum(cand, 0)]].sum(-1), jnp.inf)
+
+
+def dual_value(dE, cap_eff, tok_min, lam):
+    """L(lam) given each token's minimum set price tok_min float[M], lowered by a floating-point safety
+    margin (M + N + 2) eps sum |terms|; inf when a token has no set (the problem is infeasible)."""
+    n, width = dE.shape
+    d = jnp.arange(width + 1)
+    e_cum = jnp.concatenate([jnp.zeros((n, 1), dE.dtype), jnp.cumsum(dE, 1)], 1)
+    e_cum = jnp.where(d[None, :] <= cap_eff[:, None], e_cum, jnp.inf)
+    node = jnp.min(e_cum - lam[:, None] * d.astype(dE.dtype)[None, :], 1)
+    dead = ~jnp.all(jnp.isfinite(tok_min))
+    tok = jnp.where(dead, 0.0, tok_min)
+    margin = (tok.shape[0] + n + 2) * jnp.finfo(dE.dtype).eps * (jnp.abs(tok).sum() + jnp.abs(node).sum())
+    return jnp.where(dead, jnp.inf, tok.sum() + node.sum() - margin)
+
+
+def lagrangian_bound(dE, cap_eff, cand, members, lam0, n_dual: int = 120, lr: float = 0.1):
     """Lagrangian lower bound L(lam) maximised over lam >= 0 (module docstring).
 
     L is concave but not smooth, and plain subgradient or coordinate ascent stall on its kinks, so
@@ -213,34 +239,25 @@ def lagrangian_bound(dE, cap_eff, cand, ind, lam0, n_dual: int = 120, lr: float 
 
     Args:
         dE: float[N, D] marginal costs (the cost model to bound). cap_eff: int32[N].
-        cand: int32[M, Cm] candidate sets (-1 = none). ind: int[C, N] membership. lam0: float[N] start.
-        n_dual: iterations. lr: Adam step on log(lam).
-        full_min: lam -> float[M] exact token minima over all sets, when `cand` lists are truncated (the
-            search uses the lists; the returned bound uses full_min at its multipliers).
+        cand: int32[M, Cm] candidate sets (-1 = none). members: int[C, K] set members (pad N).
+        lam0: float[N] start. n_dual: iterations. lr: Adam step on log(lam).
+        When the lists are truncated the value is a bound only for the listed sets: re-evaluate the
+        returned multipliers with `dual_value` and the minima over all sets (`_full_token_min`).
 
     Returns:
         (float[] lower bound, inf if some token has no candidate set; float[N] its multipliers).
     """
     n, width = dE.shape
-    m = cand.shape[0]
     mask = cand >= 0
     d = jnp.arange(width + 1)
     e_cum = jnp.concatenate([jnp.zeros((n, 1), dE.dtype), jnp.cumsum(dE, 1)], 1)
     e_cum = jnp.where(d[None, :] <= cap_eff[:, None], e_cum, jnp.inf)
-    indf = ind.astype(dE.dtype)
-    dead = ~jnp.all(jnp.any(mask, 1))
-    eps = jnp.finfo(dE.dtype).eps
     df = d.astype(dE.dtype)
     dtype = dE.dtype
+    mem = members[jnp.maximum(cand, 0)]  # [M, Cm, K]
 
-    def costs(lam):
-        return jnp.where(mask, (indf @ lam)[jnp.maximum(cand, 0)], jnp.inf)  # [M, Cm]
-
-    def exact(lam, full=False):
-        tok = full_min(lam) if full else jnp.min(costs(lam), 1)
-        node = jnp.min(e_cum - lam[:, None] * df[None, :], 1)
-        margin = (m + n + 2) * eps * (jnp.abs(tok).sum() + jnp.abs(node).sum())
-        return tok.sum() + node.sum() - margin
+    def exact(lam):
+        return dual_value(dE, cap_eff, jnp.min(_set_prices(lam, members, cand), 1), lam)
 
     finite0 = jnp.isfinite(lam0) & (lam0 > 0)
     scale = jnp.where(jnp.any(finite0), jnp.exp(jnp.sum(jnp.where(finite0, jnp.log(jnp.where(finite0, lam0, 1.0)), 0.0))
@@ -249,11 +266,10 @@ def lagrangian_bound(dE, cap_eff, cand, ind, lam0, n_dual: int = 120, lr: float 
 
     def grad(mu, tau):
         lam = jnp.exp(mu)
-        cc = costs(lam)
+        cc = _set_prices(lam, members, cand)
         p = jax.nn.softmax(-(cc - jnp.min(cc, 1, keepdims=True)) / tau, axis=1)
         p = jnp.where(mask, p, 0.0)
-        per_set = jnp.zeros((indf.shape[0],), dtype).at[jnp.maximum(cand, 0).ravel()].add(p.ravel())
-        count = per_set @ indf
+        count = jnp.zeros((n + 1,), dtype).at[mem].add(jnp.broadcast_to(p[..., None], mem.shape))[:n]
         node = e_cum - lam[:, None] * df[None, :]
         q = jax.nn.softmax(-(node - jnp.min(node, 1, keepdims=True)) / tau, axis=1)
         q = jnp.where(jnp.isfinite(node), q, 0.0)
@@ -276,9 +292,7 @@ def lagrangian_bound(dE, cap_eff, cand, ind, lam0, n_dual: int = 120, lr: float 
     zeros = jnp.zeros((n,), dtype)
     init = (mu0, zeros, zeros, exact(jnp.exp(mu0)), mu0)
     _, _, _, best, best_mu = jax.lax.fori_loop(0, n_dual, body, init)
-    if full_min is not None:  # the lists are truncated: the bound needs the minima over all sets
-        best = exact(jnp.exp(best_mu), full=True)
-    return jnp.where(dead, jnp.inf, jnp.maximum(best, 0.0)), jnp.exp(best_mu)
+    return jnp.maximum(best, 0.0), jnp.exp(best_mu)
 
 
 def solve_fast(sc, dE, cap, g, topk, table, n_passes: int = 4, n_pair_passes: int = 3, n_cand: int = 6,
@@ -327,11 +341,13 @@ def solve_fast(sc, dE, cap, g, topk, table, n_passes: int = 4, n_pair_passes: in
     # (prepaid costs + L) separately; the optimum is the smaller of the two.
     cand_off = jnp.where((cand >= 0) & (ind[jnp.maximum(cand, 0), 0] == 0), cand, -1)
     bounds, lams = [], []
-    for costs_v, cand_v, no_user in ((off, cand_off, True), (prepaid, cand, False)):
-        full = (lambda lam, nu=no_user: _full_token_min(sc, cap_eff, g, topk, table, ind, lam, nu)) if truncated else None
-        b, lam = lagrangian_bound(costs_v, cap_eff, cand_v, ind, lam0, n_dual, full_min=full)
+    for costs_v, cand_v in ((off, cand_off), (prepaid, cand)):
+        b, lam = lagrangian_bound(costs_v, cap_eff, cand_v, members, lam0, n_dual)
         bounds.append(b)
         lams.append(lam)
+    if truncated:  # the lists leave sets out: evaluate the multipliers with the minima over all sets
+        tok = _full_token_min(sc, cap_eff, g, topk, table, ind, jnp.stack(lams))
+        bounds = [jnp.maximum(dual_value(c, cap_eff, tok[:, i], lams[i]), 0.0) for i, c in enumerate((off, prepaid))]
     lb = jnp.minimum(bounds[0], bounds[1] + prepaid_l)
 
     # Starts, each searched under its own cost model; the best true energy wins.
@@ -355,7 +371,7 @@ def solve_fast(sc, dE, cap, g, topk, table, n_passes: int = 4, n_pair_passes: in
         pos = jnp.argsort(jnp.argsort(energies))  # rank by energy
         key = jnp.where(jnp.any(jnp.arange(5)[:, None] == first[None, :], 1), pos, pos + 5)
         top = jnp.argsort(key)[:n_pair_starts]
-        more = jax.vmap(lambda c, x: _pair_search(c, x, cand, ind, cap_eff, order, n_cand, n_partners,
+        more = jax.vmap(lambda c, x: _pair_search(c, x, cand, members, ind, cap_eff, order, n_cand, n_partners,
                                                   n_pair_passes))(start_cost[top], combos[top])
         combos = jnp.concatenate([combos, more])
         energies = jnp.concatenate([energies, jax.vmap(energy_of)(more)[0]])
