@@ -45,9 +45,16 @@ def inner_batch(samples: int | None = None) -> int:
     return min(base, max(8, 1 << (int(samples) - 1).bit_length()))
 
 
-def _metrics_of(metric_fn: MetricFn, width: int, params, idx, seed):
+def _in_axes(params, axes: tuple | None):
+    """vmap in_axes over points: 0 for every leaf, or the per-leaf tuple `axes` (0 or None)."""
+    return 0 if axes is None else jax.tree.unflatten(jax.tree.structure(params), list(axes))
+
+
+def _metrics_of(metric_fn: MetricFn, width: int, axes: tuple | None, params, idx, seed):
     """{name: (float[P, S], bool[P, S])} for sample indices idx uint32[S] and P stacked points.
 
+    Leaves of `params` with axis None in `axes` are shared by all points: whatever depends only on them
+    and on the sample key (random draws, gates, tables) is computed once per sample, not once per point.
     S is a multiple of `width` (`inner_batch(samples)`): samples are computed in blocks of that fixed width under
     `lax.map`, so XLA compiles the same per-block code whatever the chunk size or device count; this is
     what makes results bit-identical across chunk sizes and devices (XLA's CPU code for a vmapped
@@ -55,27 +62,28 @@ def _metrics_of(metric_fn: MetricFn, width: int, params, idx, seed):
     """
     TRACES["count"] += 1  # Python side effect: runs at trace time only
     per_sample = jax.vmap(metric_fn, in_axes=(0, None))
-    per_block = lambda block: jax.vmap(per_sample, in_axes=(None, 0))(sample_keys(seed, block), params)  # noqa: E731
+    in_axes = _in_axes(params, axes)
+    per_block = lambda block: jax.vmap(per_sample, in_axes=(None, in_axes))(sample_keys(seed, block), params)  # noqa: E731
     out = jax.lax.map(per_block, idx.reshape(-1, width))  # {name: ([B, P, width], [B, P, width])}
     return jax.tree.map(lambda a: jnp.moveaxis(a, 0, 1).reshape(a.shape[1], -1), out)
 
 
-@functools.partial(jax.jit, static_argnames=("metric_fn", "size", "width"))
-def _chunk(metric_fn: MetricFn, params, start, size: int, seed, width: int | None = None):
+@functools.partial(jax.jit, static_argnames=("metric_fn", "size", "width", "axes"))
+def _chunk(metric_fn: MetricFn, params, start, size: int, seed, width: int | None = None, axes: tuple | None = None):
     """Metrics of samples start..start+size-1 on one device: {name: (float[P, size], bool[P, size])}.
 
     width: samples per vmapped block (default `inner_batch()`); size must be a multiple of it."""
     idx = jnp.asarray(start, jnp.uint32) + jnp.arange(size, dtype=jnp.uint32)
-    return _metrics_of(metric_fn, width or inner_batch(), params, idx, seed)
+    return _metrics_of(metric_fn, width or inner_batch(), axes, params, idx, seed)
 
 
-@functools.partial(jax.jit, static_argnames=("metric_fn", "size", "width"))
-def _chunk_shard_map(metric_fn: MetricFn, params, start, size: int, seed, width: int):
+@functools.partial(jax.jit, static_argnames=("metric_fn", "size", "width", "axes"))
+def _chunk_shard_map(metric_fn: MetricFn, params, start, size: int, seed, width: int, axes: tuple | None):
     """`_chunk` with the sample axis split over all devices by `jax.shard_map` on a 1-D mesh."""
     idx = jnp.asarray(start, jnp.uint32) + jnp.arange(size, dtype=jnp.uint32)
     mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ("samples",))
     spec = jax.sharding.PartitionSpec
-    sharded = jax.shard_map(functools.partial(_metrics_of, metric_fn, width), mesh=mesh,
+    sharded = jax.shard_map(functools.partial(_metrics_of, metric_fn, width, axes), mesh=mesh,
                             in_specs=(spec(), spec("samples"), spec()), out_specs=spec(None, "samples"))
     return sharded(params, idx, seed)
 
@@ -83,7 +91,7 @@ def _chunk_shard_map(metric_fn: MetricFn, params, start, size: int, seed, width:
 SHARDING_MODES = ("dispatch", "shard_map")
 
 
-def _launch(metric_fn, device_params, start: int, size: int, seed: int, mode: str, width: int):
+def _launch(metric_fn, device_params, start: int, size: int, seed: int, mode: str, width: int, axes):
     """Start one chunk asynchronously; returns what `_collect` turns into host arrays.
 
     One device: `_chunk`. Several devices, mode "dispatch" (default): the same single-device program
@@ -94,11 +102,11 @@ def _launch(metric_fn, device_params, start: int, size: int, seed: int, mode: st
     """
     n_dev = len(device_params)
     if n_dev == 1:
-        return [_chunk(metric_fn, device_params[0], start, size, seed, width)]
+        return [_chunk(metric_fn, device_params[0], start, size, seed, width, axes)]
     if mode == "shard_map":
-        return [_chunk_shard_map(metric_fn, device_params[0], start, size, seed, width)]
+        return [_chunk_shard_map(metric_fn, device_params[0], start, size, seed, width, axes)]
     share = size // n_dev
-    return [_chunk(metric_fn, p, start + i * share, share, seed, width) for i, p in enumerate(device_params)]
+    return [_chunk(metric_fn, p, start + i * share, share, seed, width, axes) for i, p in enumerate(device_params)]
 
 
 def _collect(parts) -> dict:
@@ -125,16 +133,19 @@ def check_run_args(samples, seed, chunk_size) -> int:
 
 
 def run(metric_fn: MetricFn, params, n_points: int, samples: int, seed: int = 0, chunk_size: int | None = None,
-        progress: Callable[[int], None] | None = None, sharding: str = "dispatch") -> list[dict[str, Stat]]:
+        progress: Callable[[int], None] | None = None, sharding: str = "dispatch",
+        axes: tuple | None = None) -> list[dict[str, Stat]]:
     """Stream `samples` samples of `metric_fn` for each of `n_points` stacked parameter sets.
 
     Args:
         metric_fn: hashable callable (key, params_of_one_point) -> {name: (value, valid)} (scalars).
-        params: pytree whose leaves carry a leading axis of size `n_points`.
+        params: pytree whose leaves carry a leading axis of size `n_points` (those with axis 0 in `axes`).
         samples: samples per point. seed: run seed. chunk_size: samples per compiled call.
         progress: optional callback with the number of samples finished per point.
         sharding: how samples are split over several local devices: "dispatch" (bit-identical to one
             device) or "shard_map" (one SPMD program; use with `jax.distributed.initialize` on several hosts).
+        axes: per leaf of params (flattened order) 0 (stacked over points) or None (one value shared by
+            all points, without the point axis); default: every leaf stacked.
 
     Returns:
         One {name: Stat} per point.
@@ -146,11 +157,13 @@ def run(metric_fn: MetricFn, params, n_points: int, samples: int, seed: int = 0,
     device_params = [jax.device_put(params, d) for d in devices] if len(devices) > 1 else [params]
     accs: list[dict[str, Accumulator]] | None = None
     width = inner_batch(samples)
-    pending = _launch(metric_fn, device_params, 0, size, seed, sharding, width)  # ahead: host merges overlap compute
+    if axes is not None and (len(axes) != len(jax.tree.leaves(params)) or 0 not in axes):
+        raise ConfigError("axes", axes, "one entry (0 or None) per leaf of params, at least one 0")
+    pending = _launch(metric_fn, device_params, 0, size, seed, sharding, width, axes)  # ahead: host merges overlap compute
     for start in range(0, samples, size):
         out = pending
         if start + size < samples:
-            pending = _launch(metric_fn, device_params, start + size, size, seed, sharding, width)
+            pending = _launch(metric_fn, device_params, start + size, size, seed, sharding, width, axes)
         host = _collect(out)
         take = min(size, samples - start)
         if accs is None:

@@ -180,15 +180,40 @@ def _static_signature(sc: Scenario) -> tuple:
     return tuple(getattr(sc, f) for f in STATIC_FIELDS)
 
 
-def stack_scenarios(scs: list[Scenario]) -> Scenario:
-    """Stack scenarios with equal static fields into one with a leading point axis on every leaf."""
+def stack_scenarios(scs: list[Scenario], varying: set[str] | None = None) -> Scenario:
+    """Stack scenarios with equal static fields into one with a leading point axis on every leaf
+    (varying None), or only on the dynamic fields in `varying` (the others keep the first point's value)."""
     first = scs[0]
     leaves = {}
     for name in DYNAMIC_FIELDS:
         vals = [np.asarray(getattr(sc, name), np.float64) for sc in scs]
         shape = (first.n_helpers,) if name in PER_HELPER_FIELDS and any(v.ndim for v in vals) else ()
-        leaves[name] = jnp.asarray(np.stack([np.broadcast_to(v, shape) for v in vals]), jnp.result_type(float))
+        stacked = np.stack([np.broadcast_to(v, shape) for v in vals])
+        leaves[name] = jnp.asarray(stacked if varying is None or name in varying else stacked[0],
+                                   jnp.result_type(float))
     return dataclasses.replace(first, **leaves)
+
+
+TABLE_FIELDS = frozenset({"output_norm", "output_norm_sigma", "intra_cluster_cosine"})  # read by synthetic_tables
+
+
+def point_params(scs: list[Scenario], varying: set[str]) -> tuple[tuple, tuple]:
+    """(params (Scenario, tables), per-leaf point axes) for `montecarlo.run`: only the `varying` dynamic
+    fields (and the tables, if a field they depend on varies) carry the point axis; the rest is shared,
+    so draws and gates that do not depend on a varying field are computed once per sample."""
+    varying = set(varying) & set(DYNAMIC_FIELDS)
+    if not varying:  # a batch of one point (padded): stack one field so vmap has an axis
+        varying = {DYNAMIC_FIELDS[0]}
+    stacked = stack_scenarios(scs, varying)
+    marks = dataclasses.replace(stacked, **{f: (0 if f in varying else -1) for f in DYNAMIC_FIELDS})
+    sc_axes = tuple(None if a == -1 else 0 for a in jax.tree.leaves(marks))
+    vary_tables = bool(varying & TABLE_FIELDS)
+    if vary_tables:
+        in_axes = jax.tree.unflatten(jax.tree.structure(stacked), list(sc_axes))
+        tables = jax.vmap(similarity.synthetic_tables, in_axes=(in_axes,))(stacked)
+    else:
+        tables = similarity.synthetic_tables(stacked)
+    return (stacked, tables), sc_axes + ((0 if vary_tables else None),)
 
 
 def _code_hash() -> str:
@@ -288,13 +313,12 @@ def _evaluate(spec: Spec, curve: Curve, scs: list[Scenario], n_samples: int, siz
     """One batch: pad to points_per_call, stack, one compiled call per chunk."""
     n_real = len(scs)
     padded = scs + [scs[-1]] * (spec.points_per_call - n_real)
-    stacked = stack_scenarios(padded)
-    tables = jax.vmap(similarity.synthetic_tables)(stacked)
+    params, axes = point_params(padded, {field for field, _ in spec.axes})
     fn = TaskMetrics(policy=curve.policy, regime=spec.fading, bits=curve.bits,
                      options=tuple(sorted(spec.options.items())))
     base = k * n_samples * spec.points_per_call
     cb = None if progress is None else (lambda done: progress(base + done * spec.points_per_call, total))
-    stats = montecarlo.run(fn, (stacked, tables), spec.points_per_call, n_samples, spec.seed, size, cb)
+    stats = montecarlo.run(fn, params, spec.points_per_call, n_samples, spec.seed, size, cb, axes=axes)
     return stats[:n_real]
 
 

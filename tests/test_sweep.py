@@ -75,6 +75,24 @@ def test_two_static_groups_compile_exactly_twice_and_match_simulate():
     assert int(got["energy_per_token_j_n"]) == alone.n
 
 
+def test_only_axis_fields_carry_the_point_axis_and_results_match_simulate():
+    spec = _spec('[[axes]]\nfield = "output_norm"\nvalues = [2.0, 8.0]')
+    scs = [sweeps.scenario_of(spec, p, quick=False) for p in spec.points()]
+    (stacked, tables), axes = sweeps.point_params(scs, {"output_norm"})
+    assert stacked.output_norm.shape == (2,) and np.ndim(stacked.eta) == 0 and tables.shape[0] == 2
+    assert axes.count(0) == 2 and len(axes) == len(jax.tree.leaves((stacked, tables)))
+    (_, shared), axes_bw = sweeps.point_params(scs, {"bandwidth_hz"})
+    assert shared.ndim == 3 and axes_bw.count(0) == 1  # tables computed once when no table field varies
+    with pytest.raises(sj.ConfigError, match="axes"):
+        montecarlo.run(lambda k, p: {}, (stacked, tables), 2, 8, axes=(None,) * len(axes))
+    ds = sweeps.run(spec, out=None)
+    for norm in (2.0, 8.0):  # the table (and so the deviation bound) differs per point
+        alone = sj.simulate(scs[0].replace(output_norm=norm), policy="topk", samples=300, seed=2, chunk_size=128)
+        got = ds.sel(curve="topk", output_norm=norm)
+        for metric in ("energy_per_token_j", "deviation_bound"):
+            assert float(got[f"{metric}_mean"]) == pytest.approx(alone.metrics[metric].mean, rel=1e-6)
+
+
 def test_dataset_attrs_and_netcdf_roundtrip(tmp_path):
     spec = _spec('[[axes]]\nfield = "eta"\nvalues = [0.5, 2.0]')
     ds = sweeps.run(spec, out=tmp_path)
