@@ -206,10 +206,19 @@ def _pair_search(dE, combo, cand, members, ind, cap_eff, order, n_cand: int, n_p
     return combo
 
 
+DENSE_SETS = 4096  # up to this many node sets, prices of all sets by one [C, N] matvec beat per-list gathers
+
+
 def _set_prices(lam, members, cand):
     """sum_{v in J} lam_v for each listed set J = cand[m, c] (inf where -1): float[M, Cm].
 
-    Gathers through members (int[C, K], pad N): O(M Cm K), never O(C N)."""
+    Few sets (C <= DENSE_SETS): every set's price by a membership matvec, then looked up. Many sets
+    (N = 32, K = 4: C = 41,449): gathers through members (int[C, K], pad N), O(M Cm K), never O(C N)."""
+    c, n = members.shape[0], lam.shape[0]
+    if c <= DENSE_SETS:
+        ind = jax.nn.one_hot(members, n + 1, dtype=jnp.int32)[..., :n].sum(1) > 0  # [C, N], a constant
+        price = jnp.where(ind, lam[None, :], 0.0).sum(-1)  # not a matvec: lam may hold inf (0 * inf = nan)
+        return jnp.where(cand >= 0, price[jnp.maximum(cand, 0)], jnp.inf)
     lam_ext = jnp.concatenate([lam, jnp.zeros((1,), lam.dtype)])
     return jnp.where(cand >= 0, lam_ext[members[jnp.maximum(cand, 0)]].sum(-1), jnp.inf)
 
@@ -254,7 +263,8 @@ def lagrangian_bound(dE, cap_eff, cand, members, lam0, n_dual: int = 120, lr: fl
     e_cum = jnp.where(d[None, :] <= cap_eff[:, None], e_cum, jnp.inf)
     df = d.astype(dE.dtype)
     dtype = dE.dtype
-    mem = members[jnp.maximum(cand, 0)]  # [M, Cm, K]
+    n_sets = members.shape[0]
+    indf = jax.nn.one_hot(members, n + 1, dtype=dtype)[..., :n].sum(1) if n_sets <= DENSE_SETS else None
 
     def exact(lam):
         return dual_value(dE, cap_eff, jnp.min(_set_prices(lam, members, cand), 1), lam)
@@ -269,7 +279,11 @@ def lagrangian_bound(dE, cap_eff, cand, members, lam0, n_dual: int = 120, lr: fl
         cc = _set_prices(lam, members, cand)
         p = jax.nn.softmax(-(cc - jnp.min(cc, 1, keepdims=True)) / tau, axis=1)
         p = jnp.where(mask, p, 0.0)
-        count = jnp.zeros((n + 1,), dtype).at[mem].add(jnp.broadcast_to(p[..., None], mem.shape))[:n]
+        if indf is not None:  # few sets: mass per set, then a [C, N] matvec
+            count = jnp.zeros((n_sets,), dtype).at[jnp.maximum(cand, 0).ravel()].add(p.ravel()) @ indf
+        else:  # many sets: scatter each listed set's mass onto its K members
+            mem = members[jnp.maximum(cand, 0)]  # [M, Cm, K]
+            count = jnp.zeros((n + 1,), dtype).at[mem].add(jnp.broadcast_to(p[..., None], mem.shape))[:n]
         node = e_cum - lam[:, None] * df[None, :]
         q = jax.nn.softmax(-(node - jnp.min(node, 1, keepdims=True)) / tau, axis=1)
         q = jnp.where(jnp.isfinite(node), q, 0.0)
