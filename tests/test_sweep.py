@@ -2,6 +2,7 @@
 
 import os
 import pathlib
+import re
 import signal
 import subprocess
 import sys
@@ -181,14 +182,22 @@ def test_every_paper_spec_exists_and_validates():
             sweeps.scenario_of(spec, point, quick=True)
 
 
+@pytest.mark.xdist_group("reproduce")
 def test_reproduce_quick_writes_expected_files(tmp_path):
-    from sift_jax.reproduce import reproduce
+    # the whole `sift-jax reproduce --quick` (every paper spec and the MoE lab), as `make run` does it
+    from sift_jax.reproduce import PAPER_SPECS, reproduce
 
-    report = reproduce(out=tmp_path, quick=True, only=["fig5b", "fig7b"], echo=None, with_lab=False)
-    for name in ("fig5b", "fig7b"):
-        assert (tmp_path / f"{name}.nc").exists() and (tmp_path / f"{name}.png").stat().st_size > 1000
-        ds = xr.load_dataset(tmp_path / f"{name}.nc")
-        assert int(ds.attrs["quick"]) == 1 and (ds["energy_per_token_j_n"].values
-                                                + ds["energy_per_token_j_n_invalid"].values == 32).all()
+    report = reproduce(out=tmp_path, quick=True, echo=None)
     text = report.read_text()
-    assert "Quick mode" in text and "fig5b" in text and "fig7b" in text and "| figure | claim |" in text
+    for name in PAPER_SPECS:
+        spec = sweeps.load_spec(ROOT / "sweeps" / f"{name}.toml")
+        assert (tmp_path / f"{name}.png").stat().st_size > 1000, name
+        ds = xr.load_dataset(tmp_path / f"{name}.nc")
+        assert int(ds.attrs["quick"]) == 1 and list(ds["curve"].values) == [c.label for c in spec.curves]
+        counted = ds["energy_per_token_j_n"].values + ds["energy_per_token_j_n_invalid"].values
+        assert (counted == spec.quick_samples).all(), name
+        assert f"![{name}]({name}.png)" in text
+    assert "Quick mode" in text and "| figure | claim |" in text and "## Flax MoE lab" in text
+    lab_figures = re.findall(r"!\[[^\]]*\]\((moe_lab/[^)]+)\)", text)
+    assert lab_figures and all((tmp_path / f).stat().st_size > 1000 for f in lab_figures)
+    assert (tmp_path / "moe_lab" / "summary.json").exists()
