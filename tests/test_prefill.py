@@ -300,6 +300,57 @@ def test_fast_truncated_candidate_lists_keep_a_valid_bound(x64):
     check_decisions(inst, dec)
 
 
+def _numpy_minimal_sets(x, k):
+    """Minimal feasible node sets per token from the NumPy formulation of benchmarks/bench_prefill.py."""
+    from benchmarks.bench_prefill import feasible_sets
+
+    member, ok = feasible_sets(x, k)  # [S, N] membership of the sets of available nodes, [M, S] feasible
+    n = member.shape[1]
+    lists = np.array([np.flatnonzero(row).tolist() + [n] * (k - row.sum()) for row in member]).reshape(-1, k)
+    ids = np.asarray(P.combo_index(jnp.asarray(lists), n, k))
+    subset = np.all(member[:, None, :] <= member[None, :, :], -1) & (member.sum(1)[:, None] < member.sum(1)[None, :])
+    minimal = ok & ~np.any(ok[:, :, None] & subset[None], 1)  # no feasible proper subset
+    return [set(ids[np.flatnonzero(row)].tolist()) for row in minimal]
+
+
+@pytest.mark.parametrize("n_useful", [9, 3])
+def test_token_sets_hold_every_minimal_feasible_set(x64, n_useful):
+    from sift_jax.policies.prefill_fast import _token_sets
+
+    m, n, k, batch = 6, 9, 3, 24
+    inst = instances(5, batch, m, n, k)
+    cap_eff = np.asarray(P.effective_caps(inst["dE"], inst["cap"]))
+    fn = jax.jit(jax.vmap(jax.vmap(lambda ce, g, t, tab, eta: _token_sets(Scenario(n_nodes=n, top_k=k, n_tokens=m, eta=eta),
+                                                                        ce, g, t, tab, n_useful),
+                                   in_axes=(None, 0, 0, None, None))))
+    ids, feasible, minimal, overflow = map(np.asarray, fn(cap_eff, inst["g"], inst["topk"], inst["table"], inst["eta"]))
+    n_over = 0
+    for b in range(batch):
+        x = one(inst, b)
+        ref = _numpy_minimal_sets(x, k)
+        rows = x["table"][x["topk"]]  # [M, K, N + 1]
+        useful = np.any(rows[..., :n] <= rows[..., n:], 1) & (cap_eff[b] >= 1)
+        for t in range(m):
+            got = ids[b, t][minimal[b, t]]
+            assert len(set(got.tolist())) == len(got)  # no set listed twice
+            assert overflow[b, t] == (useful[t].sum() > n_useful)
+            if overflow[b, t]:
+                n_over += 1
+                assert set(got.tolist()) <= ref[t]
+            else:
+                assert set(got.tolist()) == ref[t]
+    assert (n_over > 0) == (n_useful < n)
+
+
+def test_fast_bound_valid_when_tokens_have_more_useful_nodes_than_enumerated(x64):
+    inst, opt, _, _ = fast_vs_dp(5, 5, 3, 500)
+    dec, info = solve("fast", inst, max_cand=6, n_useful=2)
+    fin = np.isfinite(opt)
+    assert np.all(info.lower_bound <= opt * (1 + 1e-9))
+    assert np.all(dec.energy_j[dec.feasible] >= opt[dec.feasible] * (1 - 1e-9)) and not np.any(dec.feasible & ~fin)
+    check_decisions(inst, dec)
+
+
 # ----------------------------------------------------------------------------- baselines
 
 @pytest.mark.parametrize("method,shape", [("exact", (6, 5, 1, 2000)), ("dp", (4, 4, 2, 1200)),

@@ -2,7 +2,9 @@
 
 Candidates. Each token keeps the list of its minimal feasible node sets (prefill.candidate_mask); when
 C = sum_{k <= K} binom(N, k) exceeds `max_cand` (N = 32, K = 4: C = 41,449) the list keeps the
-`max_cand` sets of least first-unit energy, built token by token (`candidate_lists`).
+`max_cand` sets of least first-unit energy, built token by token (`candidate_lists`) from the sets that
+can be minimal: subsets of the token's "useful" nodes (those that beat some slot's skip mismatch, ~K x
+cluster size of them) and singletons (`_token_sets`, proof in its docstring), not from all C sets.
 
 Primal. Tokens are inserted one at a time (fewest candidates first), each taking the candidate of least
 current marginal energy sum_{v in J} dE_v(D_v + 1) (inf at capacity). Re-insertion passes then take
@@ -26,10 +28,10 @@ instances (tests/test_prefill.py, benchmarks/bench_prefill.py).
 
 Cost per instance: O((n_passes + 1) M Cm K) for re-insertion, O(n_pair_passes M P R^2 N) for pair moves
 (P = n_partners, R = n_cand) and O(n_dual (M Cm K + N D)) for the bound, Cm = min(C, max_cand), plus, when
-the lists are truncated, two feasibility passes over all C sets per token (building the lists, and the
-bound's minima over all sets); memory O(M Cm) (plus O(K C) per token for those passes). Measured on a
-2-core CPU (benchmarks/bench_prefill.py): GPT-OSS-20B instances (N = 32, K = 4) take ~20 ms per token
-(dominated by the C = 41,449-set feasibility passes); 5 s per instance at M = 512.
+the lists are truncated, two feasibility passes per token (building the lists, and the bound's minima
+over all sets), each over S = sum_{k <= K} binom(n_useful, k) + N sets (n_useful = 16:
+S = 2,548 instead of C = 41,449); memory O(M Cm) (plus O(K S) per token for those passes). Measured on a
+2-core CPU (benchmarks/bench_prefill.py): GPT-OSS-20B instances (N = 32, K = 4) at M = 128 take 0.6 s.
 """
 
 from __future__ import annotations
@@ -38,7 +40,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sift_jax.policies.prefill import (PrefillInfo, candidate_mask, combo_index, combo_table,
+import functools
+
+from sift_jax.policies.prefill import (PrefillInfo, _deviation, _slot_rows, candidate_mask, combo_index, combo_table,
                                        decision_from_combos, effective_caps, layer_energy, user_prepaid)
 
 
@@ -82,14 +86,57 @@ def _reinsert(cost, combo, cand, members, ind, cap_eff, order, n_passes):
     return combo
 
 
-def candidate_lists(sc, cap_eff, g, topk, table, dE, max_cand: int | None):
+def _token_sets(sc, cap_eff, gm, tm, table, n_useful: int):
+    """One token's node sets that can be minimal and feasible, enumerated without the C = sum binom(N, k) sweep.
+
+    A node is useful for the token when it is available and some slot's mismatch with it is <= that slot's
+    skip mismatch. A minimal feasible set of two or more nodes holds useful nodes only (a node that beats no
+    slot's skip is never a used slot's best, so dropping it keeps the deviation; a set of such nodes only is
+    all-skipped and its forced slot's cost is that of its best single node). So the sets are: every subset
+    of size <= K of the token's first `n_useful` useful nodes (a static local combo table) and the singletons
+    of the other nodes.
+
+    Args: gm float[K], tm int[K] the token's gates and experts; n_useful R (static).
+
+    Returns:
+        ids int32[S] global combo indices (S = sum_{k<=K} binom(R, k) + N; duplicates are masked out),
+        feasible bool[S], minimal bool[S] (feasible and no feasible subset), overflow bool[] (more than R
+        useful nodes: then some minimal sets are missing).
+    """
+    n, k = table.shape[0], tm.shape[0]
+    r = min(n_useful, n)
+    fp, skip = _slot_rows(gm[None], tm[None], table)
+    fp, skip = fp[0], skip[0]  # [K, N + 1] (column N = inf pad), [K]
+    avail = cap_eff >= 1
+    useful = jnp.any(fp[:, :n] <= skip[:, None], 0) & avail
+    count = jnp.sum(useful)
+    nodes = jnp.argsort(~useful, stable=True)[:r]  # the first R useful nodes, ascending
+    nodes = jnp.concatenate([jnp.where(jnp.arange(r) < count, nodes, n), jnp.array([n])]).astype(jnp.int32)
+    local = combo_table(r, k)
+    pos = jnp.asarray(local.members)  # [S_loc, K] positions, pad r
+    valid = jnp.all((pos == r) | (pos < count), -1)
+    mem = jnp.concatenate([nodes[pos], jnp.full((n, k), n, jnp.int32).at[:, 0].set(jnp.arange(n, dtype=jnp.int32))])  # [S, K]
+    best = functools.reduce(jnp.minimum, [fp[:, mem[:, j]] for j in range(k)])  # [K, S]
+    dev, _ = _deviation(gm, best, skip[:, None])
+    avail_ext = jnp.concatenate([avail, jnp.ones((1,), bool)])
+    feasible = (dev <= sc.eta) & jnp.all(avail_ext[mem], -1)
+    keep = jnp.concatenate([valid, ~useful])  # useful singletons are local combos already
+    feasible = feasible & keep
+    sub = jnp.asarray(local.sub)
+    n_loc = pos.shape[0]
+    sub_feas = jnp.any(jnp.where(sub >= 0, feasible[:n_loc][jnp.maximum(sub, 0)], False), -1)
+    minimal = feasible & jnp.concatenate([~sub_feas, jnp.ones((n,), bool)])
+    return combo_index(mem, n, k).astype(jnp.int32), feasible, minimal, count > r
+
+
+def candidate_lists(sc, cap_eff, g, topk, table, dE, max_cand: int | None, n_useful: int = 16):
     """Each token's minimal feasible node sets as a list: (int32[M, Cm] combo indices, -1 padded;
     bool[M] list complete).
 
     With C = sum_{k <= K} binom(N, k) <= max_cand (or max_cand None) the lists hold every set (dense mask,
     memory O(M K C)). Otherwise a token keeps its max_cand sets of least first-unit energy
-    sum_{v in J} dE_v(1), computed token by token (memory O(K C)); the search then only uses those, and
-    the lower bound is still evaluated over all sets.
+    sum_{v in J} dE_v(1) among the sets of `_token_sets` (memory O(K S) per token); the search then only
+    uses those, and the lower bound still covers all sets (`_full_token_min`).
     """
     m, k = g.shape
     n = table.shape[0]
@@ -99,30 +146,39 @@ def candidate_lists(sc, cap_eff, g, topk, table, dE, max_cand: int | None):
         mask = candidate_mask(sc, cap_eff, g, topk, table)
         return jnp.where(mask, jnp.arange(n_combos, dtype=jnp.int32)[None, :], -1), jnp.ones((m,), bool)
     first = jnp.concatenate([jnp.where(cap_eff >= 1, dE[:, 0], jnp.inf), jnp.zeros((1,), dE.dtype)])
-    static = sum(first[tab.members[:, j]] for j in range(k))  # [C]
+    members = jnp.asarray(tab.members)
 
     def one(args):
         gm, tm = args
-        row = candidate_mask(sc, cap_eff, gm[None], tm[None], table)[0]
-        neg, idx = jax.lax.top_k(jnp.where(row, -static, -jnp.inf), max_cand)
-        return jnp.where(neg > -jnp.inf, idx, -1).astype(jnp.int32), jnp.sum(row) <= max_cand
+        ids, _, minimal, overflow = _token_sets(sc, cap_eff, gm, tm, table, n_useful)
+        width = min(max_cand, ids.shape[0])
+        static = first[members[ids]].sum(-1)
+        neg, idx = jax.lax.top_k(jnp.where(minimal, -static, -jnp.inf), width)
+        row = jnp.where(neg > -jnp.inf, ids[idx], -1)
+        return row, (jnp.sum(minimal) <= width) & ~overflow
 
     return jax.lax.map(one, (g, topk))
 
 
-def _full_token_min(sc, cap_eff, g, topk, table, ind, lams):
+def _full_token_min(sc, cap_eff, g, topk, table, ind, lams, n_useful: int = 16):
     """min over ALL feasible sets of sum_{v in J} lam_v, token by token, for the multipliers lams[0]
     (user off: sets with the user excluded) and lams[1] (user on): float[M, 2].
 
-    One feasibility pass over the C sets per token serves both (supersets never lower a minimum of
-    non-negative prices, so minimality is not needed)."""
+    For lam >= 0 the minimum is attained at a minimal feasible set, and `_token_sets` lists all of those
+    unless the token has more than `n_useful` useful nodes; for such a token the value falls back to the
+    least price of one available node, a valid (weaker) lower bound."""
+    n = table.shape[0]
     cc = ind.astype(lams.dtype) @ lams.T  # [C, 2]
     cc = cc.at[:, 0].set(jnp.where(ind[:, 0] > 0, jnp.inf, cc[:, 0]))
+    avail = cap_eff >= 1
+    floor = jnp.stack([jnp.min(jnp.where(avail & (jnp.arange(n) != 0), lams[0], jnp.inf)),
+                       jnp.min(jnp.where(avail, lams[1], jnp.inf))])
 
     def one(args):
         gm, tm = args
-        row = candidate_mask(sc, cap_eff, gm[None], tm[None], table, minimal=False)[0]
-        return jnp.min(jnp.where(row[:, None], cc, jnp.inf), 0)
+        ids, feasible, _, overflow = _token_sets(sc, cap_eff, gm, tm, table, n_useful)
+        exact = jnp.min(jnp.where(feasible[:, None], cc[ids], jnp.inf), 0)
+        return jnp.where(overflow, floor, exact)
 
     return jax.lax.map(one, (g, topk))
 
@@ -314,7 +370,7 @@ def lagrangian_bound(dE, cap_eff, cand, members, lam0, n_dual: int = 120, lr: fl
 
 def solve_fast(sc, dE, cap, g, topk, table, n_passes: int = 4, n_pair_passes: int = 3, n_cand: int = 6,
                n_partners: int = 12, n_pair_starts: int | None = None, n_dual: int = 120,
-               max_cand: int | None = 1024):
+               max_cand: int | None = 1024, n_useful: int = 16):
     """Heuristic prefill for any K with a lower bound (module docstring). Returns (Decision, PrefillInfo).
 
     Args:
@@ -327,6 +383,8 @@ def solve_fast(sc, dE, cap, g, topk, table, n_passes: int = 4, n_pair_passes: in
         n_dual: iterations of the Lagrangian bound (`lagrangian_bound`).
         max_cand: most candidate sets per token in the search (`candidate_lists`; None = all). Only
             binds when sum_{k <= K} binom(N, k) > max_cand (e.g. N = 32, K = 4: 41,449 sets).
+        n_useful: with truncated lists, the useful nodes per token enumerated exactly (`_token_sets`); a
+            token with more gets a weaker bound term and its lists miss some sets.
     """
     m, k = g.shape
     n, width = dE.shape
@@ -334,7 +392,7 @@ def solve_fast(sc, dE, cap, g, topk, table, n_passes: int = 4, n_pair_passes: in
     members = jnp.asarray(tab.members)
     ind = jax.nn.one_hot(members, n + 1, dtype=jnp.int32)[..., :n].sum(1)  # [C, N]
     cap_eff = effective_caps(dE, cap)
-    cand, _ = candidate_lists(sc, cap_eff, g, topk, table, dE, max_cand)  # [M, Cm]
+    cand, _ = candidate_lists(sc, cap_eff, g, topk, table, dE, max_cand, n_useful)  # [M, Cm]
     truncated = cand.shape[1] < len(tab.members)
     order = jnp.argsort((cand >= 0).sum(1), stable=True).astype(jnp.int32)
     prepaid, prepaid_l = user_prepaid(dE)
@@ -363,7 +421,7 @@ def solve_fast(sc, dE, cap, g, topk, table, n_passes: int = 4, n_pair_passes: in
         bounds.append(b)
         lams.append(lam)
     if truncated:  # the lists leave sets out: evaluate the multipliers with the minima over all sets
-        tok = _full_token_min(sc, cap_eff, g, topk, table, ind, jnp.stack(lams))
+        tok = _full_token_min(sc, cap_eff, g, topk, table, ind, jnp.stack(lams), n_useful)
         bounds = [jnp.maximum(dual_value(c, cap_eff, tok[:, i], lams[i]), 0.0) for i, c in enumerate((off, prepaid))]
     lb = jnp.minimum(bounds[0], bounds[1] + prepaid_l)
 
