@@ -74,6 +74,7 @@ import numpy as np
 
 from sift_jax.errors import ConfigError
 from sift_jax.policies.decision import Decision
+from sift_jax.policies.lazy import lazy
 from sift_jax.scenario import Scenario
 
 STRATEGIES = ("auto", "direct", "pruned")
@@ -164,17 +165,6 @@ def check_inputs(sc: Scenario, f, g, topk, table):
         raise ConfigError("table", f"array of shape {table.shape}", f"float[N={n}, N+1={n + 1}]")
     dt = jnp.result_type(f.dtype, g.dtype, table.dtype, float)
     return f.astype(dt), g.astype(dt), topk.astype(jnp.int32), table.astype(dt)
-
-
-def _lazy(pred, fn, operands, default):
-    """`fn(*operands)` if pred else `default`, evaluating fn only when needed (under vmap: only if some
-    batch element needs it). A while_loop that runs at most once. The operands travel in the loop
-    carry behind an optimization barrier so that XLA cannot hoist fn out of the loop as loop-invariant
-    code (which would run it unconditionally)."""
-    def body(carry):
-        ops = jax.lax.optimization_barrier(carry[1])
-        return jnp.zeros_like(carry[0]), ops, fn(*ops)
-    return jax.lax.while_loop(lambda carry: carry[0], body, (pred, tuple(operands), default))[2]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -619,7 +609,7 @@ def decode(sc: Scenario, f, g, topk, table, share_substitutes: bool = True, stra
 
             no_result = (jnp.asarray(jnp.inf, f.dtype), jnp.asarray(jnp.inf, f.dtype), jnp.asarray(_BIG, jnp.int32),
                          jnp.full((k,), -1, jnp.int32))
-            results.append(_lazy(overflow, full_search, (fu, cap, e, s, topk, eta), no_result))
+            results.append(lazy(overflow, full_search, (fu, cap, e, s, topk, eta), no_result))
         for r_e, r_d, r_c, r_a in results:
             better = lex_better((r_e, r_d, r_c), (best_e, best_d, best_c))
             best_e, best_d = jnp.where(better, r_e, best_e), jnp.where(better, r_d, best_d)

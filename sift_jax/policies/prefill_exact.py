@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 
 from sift_jax.errors import ConfigError
+from sift_jax.policies.lazy import lazy
 from sift_jax.policies.prefill import (PrefillInfo, decision_from_combos, effective_caps, layer_energy,
                                        user_prepaid)
 
@@ -227,15 +228,8 @@ def solve_exact(sc, dE, cap, g, topk, table, use_classes: bool | None = None, us
     x_on, loads_on, ok_on = ssap(omega, cls, prepaid, cap_eff)
     need_off = ok_on & (loads_on[0] > 0)
     omega_off = omega & (jnp.arange(n) != 0)
-    # (the operands pass an optimization barrier with the loop flag: otherwise XLA hoists the loop-invariant
-    # search out of the loop and always runs it)
-    def off_run(s):
-        ops = jax.lax.optimization_barrier((s[0], (omega_off, cls, dE, cap_eff)))[1]
-        return (jnp.zeros((), bool),) + ssap(*ops)
-
-    _, x_off, loads_off, ok_off = jax.lax.while_loop(
-        lambda s: need_off & s[0], off_run,
-        (jnp.ones((), bool), jnp.zeros_like(x_on), jnp.zeros_like(loads_on), jnp.zeros((), bool)))
+    none = (jnp.zeros_like(x_on), jnp.zeros_like(loads_on), jnp.zeros((), bool))
+    x_off, loads_off, ok_off = lazy(need_off, ssap, (omega_off, cls, dE, cap_eff), none)
     x = jnp.stack([x_off, x_on])
     ok = jnp.stack([ok_off & need_off, ok_on])
     loads = jnp.stack([loads_off, loads_on])

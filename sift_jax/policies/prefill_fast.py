@@ -43,6 +43,7 @@ import numpy as np
 
 import functools
 
+from sift_jax.policies.lazy import lazy
 from sift_jax.policies.prefill import (PrefillInfo, _deviation, _slot_rows, candidate_mask, combo_index, combo_table,
                                        decision_from_combos, effective_caps, layer_energy, user_prepaid)
 
@@ -131,21 +132,10 @@ def _token_sets(sc, cap_eff, gm, tm, table, n_useful: int):
 
 
 def _compact_unless_overflow(compact, full, operands):
-    """compact(operands) -> (value, overflow bool[M]); if some token overflows, full(operands) instead.
-
-    A while loop, not a cond: under vmap a cond would run both branches for every instance, while the
-    loop runs `full` only when some instance of the batch needs it (and keeps `compact` for the others).
-    The operands pass an optimization barrier with the loop flag, or XLA would hoist the loop-invariant
-    `full` out of the loop and run it always (measured: 29 ms instead of ~1 ms per GPT-OSS instance)."""
+    """compact(operands) -> (value, overflow bool[M]); full(operands) instead when some token overflows
+    (run only then: `lazy`)."""
     value, overflow = compact(operands)
-
-    def body(s):
-        flag, _ = s
-        ops = jax.lax.optimization_barrier((flag, operands))[1]
-        return jnp.zeros((), bool), full(ops)
-
-    _, value = jax.lax.while_loop(lambda s: s[0], body, (jnp.any(overflow), value))
-    return value
+    return lazy(jnp.any(overflow), lambda *ops: full(ops), operands, value)
 
 
 def candidate_lists(sc, cap_eff, g, topk, table, dE, max_cand: int | None, n_useful: int = 16):
