@@ -111,7 +111,8 @@ def _run_sweep_process(spec_path, out, resume, env=None):
 
 
 def test_resume_after_sigkill_equals_uninterrupted(tmp_path):
-    text = BASE.replace('samples = 300', 'samples = 2000').replace("points_per_call = 2", "points_per_call = 1")
+    # enough samples that each part takes ~0.3 s (the kill must land between the 2nd and the 6th part)
+    text = BASE.replace('samples = 300', 'samples = 100000').replace("points_per_call = 2", "points_per_call = 1")
     text += '[[axes]]\nfield = "bandwidth_hz"\nvalues = [1e6, 1.5e6, 2e6, 2.5e6, 3e6, 3.5e6]\n'
     spec_path = tmp_path / "t.toml"
     spec_path.write_text(text)
@@ -120,7 +121,7 @@ def test_resume_after_sigkill_equals_uninterrupted(tmp_path):
     parts = out / "t.parts"
     deadline = time.time() + 300
     while time.time() < deadline and len(list(parts.glob("topk__*.json"))) < 2:
-        time.sleep(0.2)
+        time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     done_before = len(list(parts.glob("topk__*.json")))
