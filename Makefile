@@ -4,6 +4,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP_RUN := $(VENV)/.installed-run
 STAMP_TEST := $(VENV)/.installed-test
+# XLA's compiled programs are cached on disk and shared by the test workers, the notebook kernels and the
+# subprocess tests (the same programs compile in several processes); `make clean` removes the cache.
+export JAX_COMPILATION_CACHE_DIR ?= $(CURDIR)/.jax_cache
+export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS ?= 0.5
 
 .PHONY: run test bench clean
 
@@ -30,4 +34,4 @@ bench: $(STAMP_RUN)
 	$(BIN)/sift-jax bench
 
 clean:
-	rm -rf $(VENV) results
+	rm -rf $(VENV) results .jax_cache

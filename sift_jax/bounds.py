@@ -23,6 +23,11 @@ import jax.numpy as jnp
 
 from sift_jax.errors import ConfigError
 
+__all__ = [
+    "estimate_b_max", "exact_deviation", "final_bound", "layer_bound", "layer_budgets",
+    "lipschitz_finite_difference", "lipschitz_power_iteration", "replace_beats_skip",
+]
+
 
 def _check_table(table) -> jax.Array:
     table = jnp.asarray(table)
@@ -53,8 +58,11 @@ def layer_bound(g: jax.Array, topk: jax.Array, mapping: jax.Array, table: jax.Ar
     Example:
         >>> import jax.numpy as jnp
         >>> table = jnp.array([[0.0, 1.0, 5.0], [1.0, 0.0, 3.0]])
-        >>> float(layer_bound(jnp.array([0.7, 0.3]), jnp.array([0, 1]), jnp.array([1, -1]), table))
+        >>> # slot 0: expert 0 replaced by node 1 (Fbar[0, 1] = 1); slot 1: expert 1 skipped (Fbar[1, 2] = 3)
+        >>> float(layer_bound(jnp.array([0.7, 0.3]), jnp.array([0, 1]), jnp.array([1, -1]), table))  # 0.7 + 0.9
         1.6
+        >>> float(layer_bound(jnp.array([0.7, 0.3]), jnp.array([0, 1]), jnp.array([0, 1]), table))  # retain all
+        0.0
     """
     table = _check_table(table)
     cols = _columns(mapping, table.shape[0])
@@ -78,8 +86,10 @@ def exact_deviation(g: jax.Array, topk: jax.Array, mapping: jax.Array, outputs: 
     Example:
         >>> import jax.numpy as jnp
         >>> out = jnp.array([[3.0, 0.0], [0.0, 4.0]])   # N=2, d=2
-        >>> float(exact_deviation(jnp.array([1.0]), jnp.array([0]), jnp.array([1]), out))
+        >>> float(exact_deviation(jnp.array([1.0]), jnp.array([0]), jnp.array([1]), out))   # ||(0, 4) - (3, 0)||
         5.0
+        >>> float(exact_deviation(jnp.array([0.5]), jnp.array([1]), jnp.array([-1]), out))  # skip: 0.5 ||(0, 4)||
+        2.0
     """
     outputs = jnp.asarray(outputs)
     n = outputs.shape[-2]
@@ -116,8 +126,18 @@ def replace_beats_skip(table: jax.Array) -> jax.Array:
     allowed[i, j] = Fbar[i, j] < Fbar[i, N] (mismatch factor < 1); the diagonal (retain) is True.
     Policies use it to prune substitutes that a skip dominates.
 
+    Args:
+        table: float[N, N+1] mismatch table of one layer (column N = skip).
+
+    Returns:
+        bool[N, N], row i = original expert, column j = substitute node.
+
+    Raises:
+        ConfigError: `table` is not of shape [N, N+1].
+
     Example:
         >>> import jax.numpy as jnp
+        >>> # row 0: Fbar[0, 1] = 1 < skip 2; row 1: Fbar[1, 0] = 1 >= skip 0.5
         >>> replace_beats_skip(jnp.array([[0.0, 1.0, 2.0], [1.0, 0.0, 0.5]]))
         Array([[ True,  True],
                [False,  True]], dtype=bool)
@@ -152,6 +172,7 @@ def final_bound(delta: jax.Array, b_max: jax.Array, beta_max: jax.Array) -> jax.
 
     Example:
         >>> import jax.numpy as jnp
+        >>> # 2 B + delta = 2 per layer: e1 = 2, e2 = 2 e1 + 2 = 6, e3 = 2 e2 + 2 = 14
         >>> final_bound(jnp.array([1.0, 1.0, 1.0]), 0.5, 2.0)
         Array([ 2.,  6., 14.], dtype=float32)
     """
@@ -227,7 +248,7 @@ def layer_budgets(theta, kappa, b_max, beta_max, split=None, delta_prev=None) ->
     Example:
         >>> import jax.numpy as jnp
         >>> eta = layer_budgets(3.0, jnp.inf, jnp.array([0.1, 0.1, 0.1]), 1.0)
-        >>> [round(float(x), 4) for x in eta]
+        >>> [round(float(x), 4) for x in eta]      # theta / L - 2 B = 3 / 3 - 0.2 with beta = 1
         [0.8, 0.8, 0.8]
         >>> round(float(final_bound(eta, 0.1, 1.0)[-1]), 4)    # plugged into Thm. 1: meets theta
         3.0
@@ -296,6 +317,7 @@ def estimate_b_max(fn: Callable[[jax.Array], jax.Array], zs: jax.Array, batch_si
     Example:
         >>> import jax.numpy as jnp
         >>> W = jnp.stack([jnp.eye(2), 2 * jnp.eye(2)])        # two linear experts
+        >>> # largest input norm ||(3, 4)|| = 5, scaled by 1 and 2
         >>> estimate_b_max(lambda z: W @ z, jnp.array([[3.0, 4.0], [1.0, 0.0]]))
         Array([ 5., 10.], dtype=float32)
     """
@@ -358,9 +380,13 @@ def lipschitz_power_iteration(fn: Callable[[jax.Array], jax.Array], z: jax.Array
     Returns:
         float[...] per leading output index (per expert).
 
+    Raises:
+        ConfigError: `z` is neither float[d] nor float[S, d].
+
     Example:
         >>> import jax, jax.numpy as jnp
-        >>> W = jnp.array([[[2.0, 0.0], [0.0, 1.0]], [[0.0, 0.5], [0.0, 0.0]]])   # two linear experts
+        >>> # two linear experts with spectral norms 2 (diag(2, 1)) and 0.5
+        >>> W = jnp.array([[[2.0, 0.0], [0.0, 1.0]], [[0.0, 0.5], [0.0, 0.0]]])
         >>> lipschitz_power_iteration(lambda z: W @ z, jnp.ones(2), jax.random.key(0))
         Array([2. , 0.5], dtype=float32)
     """

@@ -12,14 +12,22 @@ from flax import struct
 
 from sift_jax.scenario import Scenario
 
+__all__ = ["ChannelState", "draw", "draw_fading", "rates"]
+
 
 @struct.dataclass
 class ChannelState:
-    """One channel realisation.
+    """One channel realisation, as returned by `draw` (a pytree: vmap over samples works).
 
     Attributes:
         distance_m: float[N-1], user-helper distances (m).
         gain: float[L, N-1] (slow) or float[L, N-1, Q] (fast), unit-mean linear power gains.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> ch = ChannelState(distance_m=jnp.array([20.0, 80.0]), gain=jnp.ones((3, 2)))
+        >>> ch.replace(gain=2 * ch.gain).gain.shape
+        (3, 2)
     """
 
     distance_m: jax.Array
@@ -48,6 +56,23 @@ def draw_fading(key: jax.Array, sc: Scenario, shape: tuple[int, ...]) -> jax.Arr
     per gain (a product of m <= 5 uniforms >= 2^-23 stays a normal float32; larger m sums the logs);
     nakagami: Gamma(m, 1/m) for any m (general sampler); rayleigh: Exp(1);
     rician: |LoS + scatter|^2 with K-factor `rician_k`; lognormal: exp(s Z - s^2/2), s = sigma_dB ln10/10.
+    The draws always come from float32 random numbers, so float32 and float64 runs see the same samples.
+
+    Args:
+        key: a typed PRNG key.
+        sc: the scenario; uses `fading`, `fading_shape`, `rician_k`, `shadowing_db`.
+        shape: output shape (static), e.g. (L, N-1) or (L, N-1, Q).
+
+    Returns:
+        float[*shape] linear power gains h >= 0 with E[h] = 1 (dimensionless), default float dtype.
+
+    Example:
+        >>> import jax
+        >>> from sift_jax.scenario import Scenario
+        >>> sc = Scenario(fading="gamma", fading_shape=2.0)
+        >>> h = jax.jit(draw_fading, static_argnums=2)(jax.random.key(0), sc, (20000,))
+        >>> h.shape, bool((h >= 0).all()), bool(abs(h.mean() - 1.0) < 0.05)   # unit mean
+        ((20000,), True, True)
     """
     return _draw_fading(key, sc, shape).astype(_float())
 
@@ -83,16 +108,29 @@ def _draw_fading(key, sc, shape):
 def draw(key: jax.Array, sc: Scenario, fast: bool = False) -> ChannelState:
     """Draw distances and gains for one sample.
 
+    Distances are uniform over the annulus area between `min_distance_m` and `max_distance_m`
+    (P(d <= r) = (r^2 - dmin^2) / (dmax^2 - dmin^2)); gains come from `draw_fading`.
+
     Args:
         key: a typed PRNG key.
         sc: the scenario (static dims set the shapes).
         fast: per-slot gains [L, N-1, Q] (fast fading) instead of per-layer gains [L, N-1].
 
-    >>> import jax
-    >>> from sift_jax.scenario import Scenario
-    >>> ch = draw(jax.random.key(0), Scenario(n_nodes=4, n_layers=2))
-    >>> ch.distance_m.shape, ch.gain.shape
-    ((3,), (2, 3))
+    Returns:
+        ChannelState: distance_m float[N-1] (m); gain float[L, N-1] or, with `fast`, float[L, N-1, Q]
+        (unit-mean linear power gains).
+
+    Example:
+        >>> import jax
+        >>> from sift_jax.scenario import Scenario
+        >>> sc = Scenario(n_nodes=4, n_layers=2, n_slots=5)
+        >>> ch = jax.jit(draw)(jax.random.key(0), sc)     # jitted, as in the simulator (or call it eagerly)
+        >>> ch.distance_m.shape, ch.gain.shape
+        ((3,), (2, 3))
+        >>> bool(((ch.distance_m >= sc.min_distance_m) & (ch.distance_m <= sc.max_distance_m)).all())
+        True
+        >>> jax.eval_shape(lambda k: draw(k, sc, fast=True), jax.random.key(0)).gain.shape   # [L, N-1, Q]
+        (2, 3, 5)
     """
     k_dist, k_fade = jax.random.split(key)
     shape = (sc.n_layers, sc.n_helpers) + ((sc.n_slots,) if fast else ())
@@ -113,21 +151,31 @@ def uplink_snr_per_watt(sc: Scenario, distance_m: jax.Array, gain: jax.Array) ->
 def rates(sc: Scenario, distance_m: jax.Array, gain: jax.Array, uplink_power_w=None):
     """Uplink and downlink rates, eqs. (4)-(5), in bit/s.
 
+    R = B_n log2(1 + P d^-alpha G h / (N0 B_n)), with P = `uplink_power_w` and G = `gain_up` on the
+    uplink, P = `helper_power_w` and G = `gain_down` on the downlink.
+
     Args:
+        sc: the scenario (bandwidth_hz in Hz, powers in W, noise_psd_w_per_hz in W/Hz).
         distance_m: float[N-1] (m).
         gain: float[..., N-1] power gains (the same h in both directions, as in the paper).
-        uplink_power_w: user transmit power; default `sc.max_tx_power_w` (inf gives an infinite rate).
+        uplink_power_w: user transmit power (W), scalar or broadcastable to float[..., N-1];
+            default `sc.max_tx_power_w` (inf gives an infinite rate).
 
     Returns:
         (r_up, r_dn): float[..., N-1] each, bit/s.
 
-    >>> import jax.numpy as jnp
-    >>> from sift_jax.scenario import Scenario
-    >>> sc = Scenario(n_nodes=2, bandwidth_hz=1e6, noise_psd_w_per_hz=1e-12, helper_power_w=1.0,
-    ...               pathloss_exponent=0.0, max_tx_power_w=1.0)
-    >>> r_up, r_dn = rates(sc, jnp.array([100.0]), jnp.array([1.0]))
-    >>> float(r_dn[0]) / 1e6   # B log2(1 + 1 / (1e-12 * 1e6)) = 1e6 * log2(1e6 + 1)
-    19.93...
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from sift_jax.scenario import Scenario
+        >>> sc = Scenario(n_nodes=2, bandwidth_hz=1e6, noise_psd_w_per_hz=1e-12, helper_power_w=1.0,
+        ...               pathloss_exponent=0.0, max_tx_power_w=1.0)
+        >>> r_up, r_dn = rates(sc, jnp.array([100.0]), jnp.array([1.0]))
+        >>> float(r_dn[0]) / 1e6   # B log2(1 + 1 / (1e-12 * 1e6)) = 1e6 * log2(1e6 + 1)
+        19.93...
+        >>> bool(r_up[0] == r_dn[0])   # same power (1 W) and antenna factors both ways
+        True
+        >>> rates(sc.replace(max_tx_power_w=float("inf")), jnp.array([100.0]), jnp.array([1.0]))[0]
+        Array([inf], dtype=float32)
     """
     p_up = sc.max_tx_power_w if uplink_power_w is None else uplink_power_w
     bw = per_helper(sc, sc.bandwidth_hz)

@@ -15,6 +15,8 @@ import numpy as np
 from sift_jax.errors import ConfigError
 from sift_jax.scenario import DYNAMIC_FIELDS, PER_HELPER_FIELDS, STATIC_FIELDS, UNITS, Scenario
 
+__all__ = ["cli", "main"]
+
 _INT_STATICS = ("n_nodes", "top_k", "n_tokens", "n_layers", "n_slots", "n_clusters", "table_seed")
 
 
@@ -200,13 +202,14 @@ def plot(nc_path, metric, png):
 @click.option("--out", default="results", show_default=True)
 @click.option("--specs", "spec_dir", default=None, help="directory of specs (default: the repo's sweeps/)")
 @click.option("--only", default=None, help="comma list of spec names to run")
+@click.option("--samples", default=None, type=int, help="samples per point for every spec (default: each spec's)")
 @click.option("--quiet", is_flag=True)
-def reproduce(quick, out, spec_dir, only, quiet):
+def reproduce(quick, out, spec_dir, only, samples, quiet):
     """Run every paper spec: netCDF files, PNGs and REPORT.md with the paper's claims checked."""
     from sift_jax import reproduce as repro
 
     path = repro.reproduce(out=out, quick=quick, spec_dir=spec_dir, only=only.split(",") if only else None,
-                           echo=None if quiet else click.echo)
+                           echo=None if quiet else click.echo, samples=samples)
     click.echo(f"wrote {path}")
 
 
@@ -253,7 +256,34 @@ except ImportError:  # pragma: no cover - the lab is part of the package; this g
 
 
 def main(argv=None):
-    """Entry point: run the CLI, turning ConfigError into one stderr line and exit status 2."""
+    """Entry point: run the CLI, turning ConfigError into one stderr line and exit status 2.
+
+    The `sift-jax` console script calls it with no arguments (argv from `sys.argv`).
+
+    Args:
+        argv: command-line arguments without the program name (list of str); None reads `sys.argv`.
+
+    Raises:
+        SystemExit: status 2 on a ConfigError (one "error: ..." line on stderr), 130 when aborted,
+            click's status on a usage error.
+
+    Example:
+        >>> import contextlib, io
+        >>> out = io.StringIO()
+        >>> with contextlib.redirect_stdout(out):
+        ...     main(["--help"])
+        >>> all(command in out.getvalue() for command in ("simulate", "sweep", "plot", "reproduce"))
+        True
+        >>> err = io.StringIO()
+        >>> with contextlib.redirect_stderr(err):
+        ...     try:
+        ...         main(["simulate", "--eta", "abc"])
+        ...     except SystemExit as exit:
+        ...         print("exit status", exit.code)
+        exit status 2
+        >>> print(err.getvalue().strip())
+        error: eta = 'abc' is invalid: allowed is a number
+    """
     try:
         cli.main(args=argv, standalone_mode=False)
     except ConfigError as err:

@@ -5,6 +5,14 @@ the uplink all the time left, T_up(D) = T - D (phi/C_n + b/R_n,UE) (energy is no
 uplink time, eq. 10). Loading the expert (T_n,load) overlaps the uplink, so a load is feasible iff
 T_up(D) > 0, T_up(D) >= T_n,load and, with a power cap, the needed power is <= p_max.
 Infeasible loads cost `+inf`; no NaN is produced. Node 0 is the user, nodes 1..N-1 helpers.
+
+Worked numbers used in the examples (N = 3, path-loss exponent 0, h = 1): the user loads in 0.5 ms and
+computes phi/C_UE = 1 ms per token, both at 10 W, so E_UE(D) = 5 mJ + 10 mJ D within T = 3 ms (D <= 2).
+A helper sees downlink SNR 3e-6 W / (N0 B = 1e-6 W) = 3, R_dn = B log2(4) = 2 Mbit/s, so each token
+costs phi/C_n + b/R_dn = 1 ms + 1 ms; one token leaves T_up = 1 ms for b = 2 kbit at B = 1 MHz:
+E = (2^2 - 1) N0 B T_up / h = 3 nJ; two tokens miss the deadline.
+The examples jit the calls (the scenario is a pytree argument), as the simulator does: run eagerly,
+every primitive compiles on its own, which is slower for a one-off call.
 """
 
 from __future__ import annotations
@@ -14,6 +22,8 @@ import jax.numpy as jnp
 
 from sift_jax.channel import per_helper, rates, uplink_snr_per_watt
 from sift_jax.scenario import Scenario
+
+__all__ = ["capacities", "load_energy", "marginal_costs", "node_costs"]
 
 _LN2 = 0.6931471805599453
 
@@ -72,19 +82,35 @@ def user_energy(sc: Scenario, loads) -> jax.Array:
 def load_energy(sc: Scenario, distance_m: jax.Array, gain: jax.Array, loads: jax.Array) -> jax.Array:
     """Per-node energy for a load vector, eqs. (3) and (10).
 
+    User: E_UE(D), a one-off load energy if D > 0 plus D phi/C_UE of compute. Helper: E_n^*(D), the
+    minimum uplink energy for D b bits with the uplink given all the time the helper does not need,
+    T_up(D) = T - D (phi/C_n + b/R_n,UE). An unused node (D = 0) costs 0.
+
     Args:
-        distance_m: float[N-1] (m). gain: float[N-1] power gains of this layer.
+        sc: the scenario (powers in W, times in s, see `sift_jax.scenario.UNITS`).
+        distance_m: float[N-1] user-helper distances (m).
+        gain: float[N-1] linear power gains of this layer.
         loads: int or float[..., N] tokens per node (node 0 = user).
 
     Returns:
         float[..., N] energy (J); `inf` where the node cannot serve its load within the deadline.
 
-    >>> import jax.numpy as jnp
-    >>> from sift_jax.scenario import Scenario
-    >>> sc = Scenario(n_nodes=3)
-    >>> E = load_energy(sc, jnp.array([50.0, 100.0]), jnp.ones(2), jnp.array([0, 1, 2]))
-    >>> E.shape, float(E[0])
-    ((3,), 0.0)
+    Example:
+        Numbers derived in the module docstring.
+
+        >>> import jax, jax.numpy as jnp
+        >>> from sift_jax.scenario import Scenario
+        >>> sc = Scenario(n_nodes=3, deadline_s=3e-3, bandwidth_hz=1e6, noise_psd_w_per_hz=1e-12,
+        ...               helper_power_w=3e-6, pathloss_exponent=0.0, hidden_bits=2e3, expert_flops=1e9,
+        ...               user_flops_per_s=1e12, helper_flops_per_s=1e12, user_load_time_s=0.5e-3,
+        ...               helper_load_time_s=0.5e-3, user_load_power_w=10.0, user_compute_power_w=10.0)
+        >>> d, h = jnp.array([50.0, 80.0]), jnp.ones(2)   # alpha = 0: the distance does not matter
+        >>> energy = jax.jit(load_energy)
+        >>> E = energy(sc, d, h, jnp.array([2, 1, 2]))
+        >>> E.shape, round(float(E[0]), 6), round(float(E[1]) * 1e9, 3), float(E[2])   # J, J, J
+        ((3,), 0.025, 3.0, inf)
+        >>> [float(e) for e in energy(sc, d, h, jnp.zeros(3, jnp.int32))]      # unused nodes
+        [0.0, 0.0, 0.0]
     """
     loads = jnp.asarray(loads)
     e_user = user_energy(sc, loads[..., 0])
@@ -96,6 +122,29 @@ def node_costs(sc: Scenario, distance_m: jax.Array, gain: jax.Array) -> jax.Arra
     """Decoding cost f_v of serving one token, eq. (21): float[N] (J), inf if infeasible.
 
     f_UE = P_load T_load + P_cp phi/C_UE; f_n = E_n^*(1) with the residual uplink time of eq. (17).
+    Equal to `load_energy` with one token on every node.
+
+    Args:
+        sc: the scenario.
+        distance_m: float[N-1] user-helper distances (m).
+        gain: float[N-1] linear power gains of this layer.
+
+    Returns:
+        float[N] energy per node for one token (J), node 0 = user; inf where infeasible.
+
+    Example:
+        Numbers derived in the module docstring.
+
+        >>> import jax, jax.numpy as jnp
+        >>> from sift_jax.scenario import Scenario
+        >>> sc = Scenario(n_nodes=3, deadline_s=3e-3, bandwidth_hz=1e6, noise_psd_w_per_hz=1e-12,
+        ...               helper_power_w=3e-6, pathloss_exponent=0.0, hidden_bits=2e3, expert_flops=1e9,
+        ...               user_flops_per_s=1e12, helper_flops_per_s=1e12, user_load_time_s=0.5e-3,
+        ...               helper_load_time_s=0.5e-3, user_load_power_w=10.0, user_compute_power_w=10.0)
+        >>> d, h = jnp.array([50.0, 80.0]), jnp.ones(2)   # alpha = 0: the distance does not matter
+        >>> f = jax.jit(node_costs)(sc, d, h)
+        >>> f.shape, round(float(f[0]), 6), round(float(f[1]) * 1e9, 3)   # 5 mJ + 10 mJ; 3 nJ
+        ((3,), 0.015, 3.0)
     """
     return load_energy(sc, distance_m, gain, jnp.ones((sc.n_nodes,), jnp.int32))
 
@@ -105,6 +154,33 @@ def marginal_costs(sc: Scenario, distance_m: jax.Array, gain: jax.Array, max_loa
 
     `inf` from the first infeasible load on. Non-decreasing in d for helpers (Prop. 2); for the user the
     first entry carries the one-off load energy (the paper's Prop. 2 omits it; see policies/prefill.py).
+
+    Args:
+        sc: the scenario.
+        distance_m: float[N-1] user-helper distances (m).
+        gain: float[N-1] linear power gains of this layer.
+        max_load: number of loads d = 1..max_load to tabulate (static int, typically M).
+
+    Returns:
+        float[N, max_load], row v = node v (0 = user), column d-1 = dE_v(d) in J; inf once infeasible.
+
+    Example:
+        Numbers derived in the module docstring.
+
+        >>> import jax, jax.numpy as jnp
+        >>> from sift_jax.scenario import Scenario
+        >>> sc = Scenario(n_nodes=3, deadline_s=3e-3, bandwidth_hz=1e6, noise_psd_w_per_hz=1e-12,
+        ...               helper_power_w=3e-6, pathloss_exponent=0.0, hidden_bits=2e3, expert_flops=1e9,
+        ...               user_flops_per_s=1e12, helper_flops_per_s=1e12, user_load_time_s=0.5e-3,
+        ...               helper_load_time_s=0.5e-3, user_load_power_w=10.0, user_compute_power_w=10.0)
+        >>> d, h = jnp.array([50.0, 80.0]), jnp.ones(2)   # alpha = 0: the distance does not matter
+        >>> dE = jax.jit(marginal_costs, static_argnums=3)(sc, d, h, 3)
+        >>> dE.shape
+        (3, 3)
+        >>> [round(float(x), 6) for x in dE[0]]   # user: load + 1 token, 1 more token, misses T
+        [0.015, 0.01, inf]
+        >>> [round(float(x) * 1e9, 3) for x in dE[1]]   # helper: one token (3 nJ), then infeasible
+        [3.0, inf, inf]
     """
     d = jnp.arange(max_load + 1)
     table = load_energy(sc, distance_m, gain, jnp.broadcast_to(d[:, None], (max_load + 1, sc.n_nodes)))
@@ -117,6 +193,33 @@ def capacities(sc: Scenario, distance_m: jax.Array, gain: jax.Array) -> jax.Arra
 
     Closed form from the deadline, the hidden load time and the power cap, refined by bisection on the
     feasibility of `load_energy`, so both always agree (energies beyond the float range count as infeasible).
+
+    Args:
+        sc: the scenario.
+        distance_m: float[N-1] user-helper distances (m).
+        gain: float[N-1] linear power gains of this layer.
+
+    Returns:
+        int32[N] tokens per node (node 0 = user); 0 where even one token is infeasible.
+
+    Example:
+        Numbers derived in the module docstring.
+
+        >>> import jax, jax.numpy as jnp
+        >>> from sift_jax.scenario import Scenario
+        >>> sc = Scenario(n_nodes=3, deadline_s=3e-3, bandwidth_hz=1e6, noise_psd_w_per_hz=1e-12,
+        ...               helper_power_w=3e-6, pathloss_exponent=0.0, hidden_bits=2e3, expert_flops=1e9,
+        ...               user_flops_per_s=1e12, helper_flops_per_s=1e12, user_load_time_s=0.5e-3,
+        ...               helper_load_time_s=0.5e-3, user_load_power_w=10.0, user_compute_power_w=10.0)
+        >>> d, h = jnp.array([50.0, 80.0]), jnp.ones(2)   # alpha = 0: the distance does not matter
+        >>> cap = jax.jit(capacities)(sc, d, h)
+        >>> cap
+        Array([2, 1, 1], dtype=int32)
+        >>> energy = jax.jit(load_energy)
+        >>> bool(jnp.isfinite(energy(sc, d, h, cap)).all())    # every node can serve its capacity
+        True
+        >>> bool(jnp.isinf(energy(sc, d, h, cap + 1)).all())   # and no node one token more
+        True
     """
     t = sc.deadline_s
     user = jnp.floor((t - sc.user_load_time_s) * sc.user_flops_per_s / sc.expert_flops)

@@ -23,6 +23,8 @@ import numpy as np
 from sift_jax.errors import ConfigError
 from sift_jax.scenario import Scenario
 
+__all__ = ["draw", "from_logits", "load_logits"]
+
 # Tag folded into jax.random.key(sc.table_seed) for the popularity profile (similarity uses another tag).
 _TAG_POPULARITY = 1
 
@@ -41,13 +43,25 @@ def from_logits(logits: jax.Array, k: int, temperature=1.0) -> tuple[jax.Array, 
         topk int32[..., K], indices of the K largest logits in descending order of logit
         (ties: the lower index first, as `jax.lax.top_k`).
 
+    Raises:
+        ConfigError: `logits` not a floating array with an expert axis, or k outside [1, N].
+
     Example:
+        >>> import math
         >>> import jax.numpy as jnp
         >>> g, topk = from_logits(jnp.array([0.0, 2.0, 1.0, -1.0]), k=2)
         >>> topk
         Array([1, 2], dtype=int32)
-        >>> [round(float(x), 4) for x in g]
+        >>> [round(float(x), 4) for x in g]           # softmax over {2, 1}: 1 / (1 + e^-1), e^-1 / (1 + e^-1)
         [0.7311, 0.2689]
+        >>> round(1 / (1 + math.exp(-1)), 4)
+        0.7311
+        >>> from sift_jax.errors import ConfigError
+        >>> try:
+        ...     from_logits(jnp.zeros(4), k=5)
+        ... except ConfigError as err:
+        ...     print(err)
+        top_k = 5 is invalid: allowed is an integer in [1, N=4]
     """
     logits = jnp.asarray(logits)
     if logits.ndim < 1 or not jnp.issubdtype(logits.dtype, jnp.floating):
@@ -93,7 +107,8 @@ def draw_logits(key: jax.Array, sc: Scenario) -> jax.Array:
     Example:
         >>> import jax
         >>> from sift_jax.scenario import Scenario
-        >>> draw_logits(jax.random.key(0), Scenario(n_nodes=4, n_tokens=5, n_layers=2)).shape
+        >>> sc = Scenario(n_nodes=4, n_tokens=5, n_layers=2)   # eval_shape: traced, not compiled
+        >>> jax.eval_shape(draw_logits, jax.random.key(0), sc).shape
         (2, 5, 4)
     """
     x = jax.random.normal(key, (sc.n_layers, sc.n_tokens, sc.n_nodes), jnp.float32).astype(jnp.result_type(float))
@@ -104,18 +119,27 @@ def draw_logits(key: jax.Array, sc: Scenario) -> jax.Array:
 def draw(key: jax.Array, sc: Scenario) -> tuple[jax.Array, jax.Array]:
     """Synthetic gate weights and Top-K experts for every layer and token of one sample.
 
-    Equal to `from_logits(draw_logits(key, sc), sc.top_k, sc.gate_temperature)`. Jittable with `sc`
+    Equal to `from_logits(draw_logits(key, sc), sc.top_k, sc.gate_temperature)`: standard-normal
+    logits per token plus the layer's fixed popularity profile (module docstring). Jittable with `sc`
     as a traced argument (dynamic leaves traced) and vmappable over keys and scenarios.
 
+    Args:
+        key: a typed PRNG key (one sample).
+        sc: the scenario; static n_layers L, n_tokens M, n_nodes N, top_k K set the shapes;
+            gate_temperature and popularity_skew (logit units) may be traced.
+
     Returns:
-        (g, topk): g float[L, M, K] (each row sums to 1), topk int32[L, M, K].
+        (g, topk): g float[L, M, K] gate weights (each row sums to 1, descending),
+        topk int32[L, M, K] expert (= node) indices in [0, N), distinct within a row.
 
     Example:
-        >>> import jax
+        >>> import jax, jax.numpy as jnp
         >>> from sift_jax.scenario import Scenario
-        >>> g, topk = draw(jax.random.key(0), Scenario(n_nodes=8, top_k=2, n_tokens=3, n_layers=2))
-        >>> g.shape, topk.shape, bool(jax.numpy.allclose(g.sum(-1), 1.0))
-        ((2, 3, 2), (2, 3, 2), True)
+        >>> g, topk = draw(jax.random.key(0), Scenario(n_nodes=4, top_k=2, n_tokens=3, n_layers=1))
+        >>> g.shape, topk.shape, bool(jnp.allclose(g.sum(-1), 1.0))
+        ((1, 3, 2), (1, 3, 2), True)
+        >>> bool((g[..., 0] >= g[..., 1]).all()), bool((topk[..., 0] != topk[..., 1]).all())
+        (True, True)
     """
     return from_logits(draw_logits(key, sc), sc.top_k, sc.gate_temperature)
 
@@ -126,15 +150,27 @@ def load_logits(path: str | os.PathLike, n_nodes: int | None = None, n_layers: i
     The array must be floating and finite with shape [..., N]; a common layout is [L, M, N]
     (layers, tokens, experts). Checks N (last axis) and L (first axis) when given.
 
+    Args:
+        path: a `.npy` file (no pickles).
+        n_nodes: expected N, the size of the last axis; None skips the check.
+        n_layers: expected L, the size of the first axis; None skips the check.
+
+    Returns:
+        np.ndarray float[..., N], the logits as stored (logit units, dtype kept).
+
     Raises:
         ConfigError: missing file, wrong shape or dtype, non-finite values.
 
     Example:
         >>> import numpy as np, tempfile, os
-        >>> path = os.path.join(tempfile.mkdtemp(), "logits.npy")
-        >>> np.save(path, np.zeros((2, 3, 8), np.float32))
-        >>> load_logits(path, n_nodes=8).shape
-        (2, 3, 8)
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     path = os.path.join(tmp, "logits.npy")
+        ...     np.save(path, np.zeros((2, 3, 8), np.float32))
+        ...     print(load_logits(path, n_nodes=8, n_layers=2).shape)
+        ...     load_logits(path, n_nodes=4)
+        Traceback (most recent call last):
+        ...
+        sift_jax.errors.ConfigError: logits = 'array of shape (2, 3, 8)' is invalid: allowed is last axis N = 4
     """
     try:
         arr = np.load(os.fspath(path), allow_pickle=False)

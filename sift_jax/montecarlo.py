@@ -21,13 +21,35 @@ import numpy as np
 from sift_jax.errors import ConfigError
 from sift_jax.stats import Accumulator, Stat
 
+__all__ = ["run", "sample_keys"]
+
 DEFAULT_CHUNK = 8192
 TRACES = {"count": 0}  # times a chunk function was traced (compiled); tests assert one per static shape
 MetricFn = Callable[[jax.Array, Any], dict]
 
 
 def sample_keys(seed, idx) -> jax.Array:
-    """Typed keys of samples idx (uint32[S]): `fold_in(key(seed), i)`."""
+    """Typed keys of samples idx (uint32[S]): `fold_in(key(seed), i)`.
+
+    Sample i of a run always gets this key, whatever the chunk size or device count, so a single sample
+    of a run can be recomputed on its own.
+
+    Args:
+        seed: run seed, an integer in [0, 2^31 - 1].
+        idx: int[S] sample indices (anything `jnp.asarray` turns into a 1-D integer array).
+
+    Returns:
+        A typed PRNG key array of shape [S], one key per index.
+
+    Example:
+        >>> import jax
+        >>> keys = sample_keys(0, [3, 4, 5])
+        >>> keys.shape, jax.dtypes.issubdtype(keys.dtype, jax.dtypes.prng_key)
+        ((3,), True)
+        >>> same = jax.random.key_data(sample_keys(0, [5])[0]) == jax.random.key_data(keys[2])
+        >>> bool(same.all())  # a sample's key depends on its index only
+        True
+    """
     base = jax.random.key(jnp.asarray(seed, jnp.uint32))
     return jax.vmap(functools.partial(jax.random.fold_in, base))(jnp.asarray(idx, jnp.uint32))
 
@@ -138,9 +160,14 @@ def run(metric_fn: MetricFn, params, n_points: int, samples: int, seed: int = 0,
     """Stream `samples` samples of `metric_fn` for each of `n_points` stacked parameter sets.
 
     Args:
-        metric_fn: hashable callable (key, params_of_one_point) -> {name: (value, valid)} (scalars).
+        metric_fn: hashable callable (key, params_of_one_point) -> {name: (value, valid)}, with value a
+            float scalar (the metric's unit) and valid a bool scalar; it is a static jit argument, so
+            passing the same object again reuses the compiled program.
         params: pytree whose leaves carry a leading axis of size `n_points` (those with axis 0 in `axes`).
-        samples: samples per point. seed: run seed. chunk_size: samples per compiled call.
+        n_points: number of stacked parameter sets P.
+        samples: samples per point, in [1, 2^32 - 1]. seed: run seed in [0, 2^31 - 1]; sample i uses
+            `sample_keys(seed, [i])`. chunk_size: samples per compiled call (memory only; rounded up to
+            a multiple of devices x `inner_batch(samples)`); results do not depend on it.
         progress: optional callback with the number of samples finished per point.
         sharding: how samples are split over several local devices: "dispatch" (bit-identical to one
             device) or "shard_map" (one SPMD program; use with `jax.distributed.initialize` on several hosts).
@@ -148,14 +175,38 @@ def run(metric_fn: MetricFn, params, n_points: int, samples: int, seed: int = 0,
             all points, without the point axis); default: every leaf stacked.
 
     Returns:
-        One {name: Stat} per point.
+        A list of P dicts {name: Stat}, one per point, over all `samples` samples.
+
+    Raises:
+        ConfigError: bad samples, seed, chunk_size, sharding or axes.
+
+    Example:
+        A uniform draw scaled per point, valid only below half the scale: both points see the same
+        draws (sample i is keyed by i), so they report the same valid count:
+
+        >>> import jax, jax.numpy as jnp
+        >>> def metric(key, scale):
+        ...     u = jax.random.uniform(key)
+        ...     return {"x": (scale * u, u < 0.5)}
+        >>> a, b = run(metric, jnp.array([1.0, 10.0]), n_points=2, samples=300, seed=0)
+        >>> a["x"].n + a["x"].n_invalid, a["x"].n == b["x"].n, 0 <= a["x"].mean < 0.5
+        (300, True, True)
+        >>> round(b["x"].mean / a["x"].mean, 4)
+        10.0
+        >>> again = run(metric, jnp.array([1.0, 10.0]), 2, 300, seed=0, chunk_size=100)
+        >>> again[0]["x"] == a["x"]  # bit-identical for any chunk size
+        True
+        >>> run(metric, jnp.array([1.0]), 1, samples=0)
+        Traceback (most recent call last):
+        ...
+        sift_jax.errors.ConfigError: samples = 0 is invalid: allowed is an integer in [1, 2^32 - 1]
     """
     size = check_run_args(samples, seed, chunk_size)
     if sharding not in SHARDING_MODES:
         raise ConfigError("sharding", sharding, "one of " + ", ".join(SHARDING_MODES))
     devices = jax.devices() if sharding == "dispatch" else jax.devices()[:1]
     device_params = [jax.device_put(params, d) for d in devices] if len(devices) > 1 else [params]
-    accs: list[dict[str, Accumulator]] | None = None
+    accs: dict[str, Accumulator] | None = None  # one accumulator per metric, vectorised over the points
     width = inner_batch(samples)
     if axes is not None and (len(axes) != len(jax.tree.leaves(params)) or 0 not in axes):
         raise ConfigError("axes", axes, "one entry (0 or None) per leaf of params, at least one 0")
@@ -167,10 +218,10 @@ def run(metric_fn: MetricFn, params, n_points: int, samples: int, seed: int = 0,
         host = _collect(out)
         take = min(size, samples - start)
         if accs is None:
-            accs = [{name: Accumulator() for name in host} for _ in range(n_points)]
-        for p in range(n_points):
-            for name, (value, valid) in host.items():
-                accs[p][name].add(value[p, :take], valid[p, :take])
+            accs = {name: Accumulator(points=n_points) for name in host}
+        for name, (value, valid) in host.items():
+            accs[name].add(value[:, :take], valid[:, :take])
         if progress is not None:
             progress(start + take)
-    return [{name: acc.result() for name, acc in point.items()} for point in accs]
+    per_metric = {name: acc.results() for name, acc in accs.items()}
+    return [{name: stats[p] for name, stats in per_metric.items()} for p in range(n_points)]

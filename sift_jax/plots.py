@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import textwrap
 
 import numpy as np
+
+__all__ = ["plot_dataset"]
 
 # field -> (axis label, scale to display units)
 AXIS_LABELS = {
@@ -43,8 +46,30 @@ def x_axis(ds) -> tuple[str, np.ndarray]:
 def plot_dataset(ds, path: str | os.PathLike, metric: str = "energy_per_token_j", log_y: bool | None = None) -> str:
     """Draw `metric` (mean and 95% CI band per curve) against the first swept field; write a PNG.
 
-    Extra axes beyond the first are averaged out of the picture by taking their first value.
-    Returns the path written.
+    Extra axes beyond the first are averaged out of the picture by taking their first value. The x axis
+    is shown in display units (`AXIS_LABELS`, e.g. bandwidth in MHz); the y axis is logarithmic when
+    the positive means span more than a factor 50 (log_y None).
+
+    Args:
+        ds: a sweep result (`sj.sweep.run`): dims (curve, *axes) or (curve, point), with variables
+            `<metric>_mean`, `<metric>_ci_lo` and `<metric>_ci_hi` (the metric's unit, e.g. J).
+        path: PNG file to write.
+        metric: a name from `sj.METRICS`.
+        log_y: force (True) or forbid (False) a log y axis; None decides from the data.
+
+    Returns:
+        The path written, as a string.
+
+    Example:
+        >>> import os, tempfile
+        >>> import xarray as xr
+        >>> ds = xr.Dataset({f"energy_per_token_j_{k}": (("curve", "eta"), [[2.0 + d, 1.0 + d]])
+        ...                  for k, d in (("mean", 0.0), ("ci_lo", -0.1), ("ci_hi", 0.1))},
+        ...                 coords={"curve": ["siftmoe"], "eta": [0.0, 1.5]}, attrs={"title": "demo"})
+        >>> with tempfile.TemporaryDirectory() as out:
+        ...     png = plot_dataset(ds, os.path.join(out, "energy.png"))
+        ...     os.path.basename(png), open(png, "rb").read(4)[1:]
+        ('energy.png', b'PNG')
     """
     import matplotlib
 
@@ -69,7 +94,7 @@ def plot_dataset(ds, path: str | os.PathLike, metric: str = "energy_per_token_j"
         log_y = values.size > 1 and values.max() / values.min() > 50
     if log_y:
         ax.set_yscale("log")
-    ax.set_title(ds.attrs.get("title", ""), fontsize=9)
+    ax.set_title(textwrap.fill(ds.attrs.get("title", ""), 64), fontsize=9)  # long titles wrap, never clip
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

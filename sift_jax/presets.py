@@ -17,6 +17,8 @@ from sift_jax.errors import ConfigError
 from sift_jax.scenario import Scenario, validate
 from sift_jax.units import dbm_to_w
 
+__all__ = ["get", "names"]
+
 _PCIE_BYTES_PER_S = 25e9  # PCIe Gen4 x16, effective
 _RADIO = dict(
     helper_power_w=dbm_to_w(38.0),  # paper §5.1 (from SlimCaching [15])
@@ -103,10 +105,14 @@ _PRESETS = {"switch-base-8": _switch_base_8, "mixtral-8x7b": _mixtral_8x7b, "gpt
 
 
 def names() -> tuple[str, ...]:
-    """Preset names.
+    """Preset names, in the order of the paper's models.
 
-    >>> names()
-    ('switch-base-8', 'mixtral-8x7b', 'gpt-oss-20b')
+    Returns:
+        tuple[str, ...]: the names `get` accepts.
+
+    Example:
+        >>> names()
+        ('switch-base-8', 'mixtral-8x7b', 'gpt-oss-20b')
     """
     return tuple(_PRESETS)
 
@@ -114,8 +120,27 @@ def names() -> tuple[str, ...]:
 def get(name: str) -> Scenario:
     """A validated preset Scenario by name; unknown names raise `ConfigError`.
 
-    >>> get("mixtral-8x7b").top_k
-    2
+    Each call builds a fresh Scenario; change fields with the validated `Scenario.replace`.
+
+    Args:
+        name: one of `names()`.
+
+    Returns:
+        Scenario: the preset (paper values, SI units; see the module docstring for the sources).
+
+    Raises:
+        ConfigError: `name` is not a preset.
+
+    Example:
+        >>> sc = get("mixtral-8x7b")
+        >>> sc.n_nodes, sc.top_k, sc.hidden_bits == 4096 * 16   # Top-2 of 8, d_model 4096 in BF16
+        (8, 2, True)
+        >>> sc.replace(n_tokens=1, n_layers=1).n_tokens
+        1
+        >>> get("gpt-5")
+        Traceback (most recent call last):
+        ...
+        sift_jax.errors.ConfigError: preset = 'gpt-5' is invalid: allowed is one of switch-base-8, mixtral-8x7b, ...
     """
     if name not in _PRESETS:
         raise ConfigError("preset", name, f"one of {', '.join(_PRESETS)}")

@@ -8,21 +8,58 @@ from typing import Callable
 
 from sift_jax.errors import ConfigError
 
+__all__ = ["PAPER_SPECS", "default_spec_dir", "reproduce"]
+
 PAPER_SPECS = ("fig3b", "fig4b", "fig5a", "fig5b", "fig6a", "fig6b", "fig7a", "fig7b", "fig8a", "fig8b",
                "gptoss_eta", "gptoss_bandwidth", "gptoss_deadline")
 
 
 def default_spec_dir() -> pathlib.Path:
+    """The repository's `sweeps/` folder, where the paper specs live (next to the package).
+
+    Returns:
+        Its path (it exists in a source checkout, not necessarily in an installed wheel).
+
+    Example:
+        >>> all((default_spec_dir() / f"{name}.toml").exists() for name in PAPER_SPECS)
+        True
+    """
     return pathlib.Path(__file__).resolve().parent.parent / "sweeps"
 
 
 def reproduce(out: str = "results", quick: bool = False, spec_dir: str | None = None, only: list[str] | None = None,
-              echo: Callable[[str], None] | None = print, with_lab: bool = True) -> pathlib.Path:
+              echo: Callable[[str], None] | None = print, with_lab: bool = True,
+              samples: int | None = None) -> pathlib.Path:
     """Run the paper specs (all, or `only`), write `<out>/<name>.nc|.png` and `<out>/REPORT.md`.
 
-    quick: the specs' quick sample counts and `[quick_fixed]` sizes (a pipeline check, not a result).
-    with_lab: also train/calibrate the Flax MoE lab and add its accuracy and bound figures.
-    Returns the REPORT.md path.
+    Each spec runs through `sweep.run`, is drawn by `plots.plot_dataset` and judged by
+    `report.claims_for`; REPORT.md collects the claims table, the figures and the provenance.
+
+    Args:
+        out: output directory (created if needed).
+        quick: the specs' quick sample counts and `[quick_fixed]` sizes (a pipeline check, not a result).
+        spec_dir: folder of `<name>.toml` specs (default `default_spec_dir()`).
+        only: spec names to run (default `PAPER_SPECS`); the MoE lab runs only when `only` is None.
+        echo: callback for one progress line per spec (None: silent).
+        with_lab: also train/calibrate the Flax MoE lab and add its accuracy and bound figures.
+        samples: samples per point for every spec instead of the spec's own count (full sizes, e.g. a
+            gallery run on a CPU where the Mixtral prefill panels take ~20 min per spec at 2,000).
+
+    Returns:
+        The REPORT.md path.
+
+    Raises:
+        ConfigError: a requested spec file is missing (checked before anything runs).
+
+    Example:
+        A full run takes minutes (hours without `quick`); a missing spec is refused up front:
+
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as out:
+        ...     reproduce(out=out, only=["fig99"], echo=None)
+        Traceback (most recent call last):
+        ...
+        sift_jax.errors.ConfigError: specs = 'fig99' is invalid: allowed is spec files present in ...
     """
     from sift_jax import plots, report
     from sift_jax import sweep as sweeps
@@ -39,7 +76,7 @@ def reproduce(out: str = "results", quick: bool = False, spec_dir: str | None = 
     for name in names:
         t0 = time.perf_counter()
         spec = sweeps.load_spec(root / f"{name}.toml")
-        ds = sweeps.run(spec, out=out_dir, quick=quick)
+        ds = sweeps.run(spec, out=out_dir, quick=quick, samples=samples)
         png = plots.plot_dataset(ds, out_dir / f"{name}.png")
         found = report.claims_for(ds)
         claims += found

@@ -17,6 +17,8 @@ from flax import struct
 
 from sift_jax.errors import ConfigError
 
+__all__ = ["Scenario", "UNITS", "make", "validate"]
+
 FADING_FAMILIES = ("gamma", "rayleigh", "nakagami", "rician", "lognormal")
 
 
@@ -27,7 +29,10 @@ class Scenario:
     Node 0 is the user (UE); nodes 1..N-1 are helpers; expert v of every layer lives on node v.
     Fields named `*_hz`, `*_s`, `*_w`, `*_m`, `*_bits`, `*_flops*` are in Hz, s, W, m, bit, FLOP(/s).
     Per-helper fields (`bandwidth_hz`, `helper_flops_per_s`, `helper_load_time_s`) take a scalar
-    or an [N-1] array.
+    or an [N-1] array. The unit of every dynamic field is in `UNITS`.
+
+    The constructor does not check values; `make`, `validate` and the validated `sc.replace(...)`
+    do (raising `ConfigError`). `sift_jax.presets.get` returns validated paper settings.
 
     Example:
         >>> sc = Scenario(n_nodes=4, top_k=2)
@@ -35,6 +40,10 @@ class Scenario:
         3
         >>> sc.replace(deadline_s=0.05).deadline_s
         0.05
+        >>> sc.replace(bandwidth_hz=[1e6, 2e6, 3e6]).bandwidth_hz    # per-helper field: [N-1] values
+        [1000000.0, 2000000.0, 3000000.0]
+        >>> sc.inv_gain_mean            # E[1/h] of Gamma(2, 1/2) fading: m / (m - 1) = 2
+        2.0
     """
 
     # ---- static: shapes and control flow ----
@@ -81,6 +90,7 @@ class Scenario:
 
     @property
     def n_helpers(self) -> int:
+        """N-1, the number of helpers (nodes 1..N-1)."""
         return self.n_nodes - 1
 
     @property
@@ -167,12 +177,32 @@ def _is_traced(value) -> bool:
 def validate(sc: Scenario) -> Scenario:
     """Check every field; raise `ConfigError` naming the first bad one. Returns `sc` unchanged.
 
-    Traced leaves (inside jit/vmap) are skipped: validate concrete scenarios before transforming.
+    Checks the static integer ranges, top_k <= n_nodes, the fading family and shape, the range and
+    shape (scalar, or [N-1] for per-helper fields) of every dynamic field, and
+    min_distance_m <= max_distance_m. Traced leaves (inside jit/vmap) are skipped: validate concrete
+    scenarios before transforming.
 
-    >>> validate(Scenario(n_nodes=4, top_k=5))
-    Traceback (most recent call last):
-    ...
-    sift_jax.errors.ConfigError: top_k = 5 is invalid: allowed is an integer in [1, n_nodes=4]
+    Args:
+        sc: the Scenario to check.
+
+    Returns:
+        Scenario: `sc` itself, unchanged (so calls can be chained).
+
+    Raises:
+        ConfigError: the first invalid field, with its value and what is allowed.
+
+    Example:
+        >>> sc = Scenario(n_nodes=4, top_k=2)
+        >>> validate(sc) is sc
+        True
+        >>> validate(Scenario(n_nodes=4, top_k=5))
+        Traceback (most recent call last):
+        ...
+        sift_jax.errors.ConfigError: top_k = 5 is invalid: allowed is an integer in [1, n_nodes=4]
+        >>> validate(Scenario(n_nodes=3, bandwidth_hz=[1e6, 1e6, 1e6]))   # N-1 = 2 helpers
+        Traceback (most recent call last):
+        ...
+        sift_jax.errors.ConfigError: bandwidth_hz = [...] is invalid: allowed is a scalar or an array of shape (2,)
     """
     if not isinstance(sc, Scenario):
         raise ConfigError("scenario", type(sc).__name__, "a sift_jax.Scenario")
@@ -195,6 +225,12 @@ def validate(sc: Scenario) -> Scenario:
     for name, (lo, lo_incl, hi, allow_inf) in _RANGES.items():
         value = getattr(sc, name)
         if _is_traced(value):
+            continue
+        if type(value) in (float, int):  # fast path for plain numbers (sweeps build one Scenario per point)
+            x = float(value)
+            if math.isnan(x) or x < lo or (x == lo and not lo_incl) or (x >= hi and math.isfinite(hi)) or \
+                    (math.isinf(x) and not allow_inf):
+                raise ConfigError(name, value, _describe(lo, lo_incl, hi, allow_inf))
             continue
         if isinstance(value, (bool, str)) or value is None:
             raise ConfigError(name, value, _describe(lo, lo_incl, hi, allow_inf))
@@ -220,16 +256,55 @@ def validate(sc: Scenario) -> Scenario:
 def make(**fields) -> Scenario:
     """Build and validate a Scenario; unknown field names raise `ConfigError`.
 
-    >>> make(n_nodes=3, top_k=1, colour=1)
-    Traceback (most recent call last):
-    ...
-    sift_jax.errors.ConfigError: colour = 1 is invalid: allowed is a Scenario field (...)
+    Args:
+        **fields: Scenario field values (SI units, see `UNITS`); the rest keep their defaults.
+
+    Returns:
+        Scenario: the validated scenario.
+
+    Raises:
+        ConfigError: an unknown field name or an invalid value.
+
+    Example:
+        >>> sc = make(n_nodes=3, top_k=1, deadline_s=0.1)
+        >>> sc.n_helpers, sc.deadline_s
+        (2, 0.1)
+        >>> make(n_nodes=3, top_k=1, colour=1)
+        Traceback (most recent call last):
+        ...
+        sift_jax.errors.ConfigError: colour = 1 is invalid: allowed is a Scenario field (...)
+        >>> make(deadline_s=0.0)
+        Traceback (most recent call last):
+        ...
+        sift_jax.errors.ConfigError: deadline_s = 0.0 is invalid: allowed is a finite number > 0
     """
     return replace(Scenario(), **fields)
 
 
 def replace(sc: Scenario, **fields) -> Scenario:
-    """`sc` with some fields changed, validated; unknown names raise `ConfigError`."""
+    """`sc` with some fields changed, validated; unknown names raise `ConfigError`.
+
+    Installed as the method `Scenario.replace` (flax's default `replace` skips validation).
+
+    Args:
+        sc: the scenario to start from (not modified).
+        **fields: new field values (SI units, see `UNITS`).
+
+    Returns:
+        Scenario: a new, validated scenario.
+
+    Raises:
+        ConfigError: an unknown field name or an invalid value.
+
+    Example:
+        >>> sc = Scenario(n_nodes=4).replace(eta=1.5)
+        >>> sc.eta, Scenario(n_nodes=4).eta
+        (1.5, 200.0)
+        >>> sc.replace(eta=-1.0)
+        Traceback (most recent call last):
+        ...
+        sift_jax.errors.ConfigError: eta = -1.0 is invalid: allowed is a number >= 0 (inf allowed)
+    """
     known = STATIC_FIELDS + DYNAMIC_FIELDS
     for name in fields:
         if name not in known:

@@ -22,6 +22,8 @@ import jax.numpy as jnp
 
 from sift_jax.errors import ConfigError
 
+__all__ = ["mismatch_table", "mismatch_tables", "pairwise", "router_cosine", "synthetic_tables"]
+
 # Tags folded into jax.random.key(sc.table_seed) so that the model-level random streams differ.
 _TAG_SIMILARITY = 2
 
@@ -68,7 +70,9 @@ def pairwise(outputs: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
         >>> import jax.numpy as jnp
         >>> out = jnp.array([[[3.0, 0.0], [0.0, 4.0]]])          # S=1, N=2, d=2
         >>> rho, cos, F = pairwise(out)
-        >>> float(rho[0, 0, 1]), float(cos[0, 0, 1]), float(F[0, 0, 1])
+        >>> rho.shape
+        (1, 2, 2)
+        >>> float(rho[0, 0, 1]), float(cos[0, 0, 1]), float(F[0, 0, 1])   # 4/3, orthogonal, 3-4-5
         (1.333..., 0.0, 5.0)
     """
     outputs = _check_outputs(outputs, 3, "[S, N, d]")
@@ -115,6 +119,7 @@ def mismatch_table(outputs: jax.Array, chunk_size: int | None = None) -> jax.Arr
     Example:
         >>> import jax.numpy as jnp
         >>> out = jnp.array([[[3.0, 0.0], [0.0, 4.0]], [[1.0, 0.0], [1.0, 0.0]]])   # S=2, N=2, d=2
+        >>> # F_01: (5 + 0) / 2 = 2.5; skip column: mean norms (3 + 1) / 2 = 2 and (4 + 1) / 2 = 2.5
         >>> mismatch_table(out)
         Array([[0. , 2.5, 2. ],
                [2.5, 0. , 2.5]], dtype=float32)
@@ -154,13 +159,19 @@ def mismatch_tables(outputs: jax.Array, chunk_size: int | None = None) -> jax.Ar
     """Calibration tables of L layers, float[L, N, N+1]; layers are processed one at a time (`lax.map`).
 
     Args:
-        outputs: float[L, S, N, d].
+        outputs: float[L, S, N, d], per layer the outputs of all N experts on the same S inputs.
         chunk_size: samples per chunk within a layer (see `mismatch_table`).
+
+    Returns:
+        float[L, N, N+1], `mismatch_table` of every layer (units of the outputs); column N = skip.
 
     Example:
         >>> import jax.numpy as jnp
-        >>> mismatch_tables(jnp.ones((3, 5, 4, 2))).shape
+        >>> t = mismatch_tables(jnp.ones((3, 5, 4, 2)))   # identical outputs (1, 1): norm sqrt(2)
+        >>> t.shape
         (3, 4, 5)
+        >>> bool(jnp.all(t[..., :4] == 0)), round(float(t[0, 0, 4]), 4)   # no mismatch; skip costs sqrt(2)
+        (True, 1.4142)
     """
     outputs = _check_outputs(outputs, 4, "[L, S, N, d]")
     return jax.lax.map(lambda o: mismatch_table(o, chunk_size=chunk_size), outputs)
@@ -173,8 +184,18 @@ def router_cosine(router_weights: jax.Array) -> jax.Array:
     logits over T calibration tokens float[T, N] (cosine of the experts' logit profiles across tokens,
     MC-SMoE's "router-logits" similarity). The diagonal is 1; a zero column has cosine 0 with others.
 
+    Args:
+        router_weights: float[d, N] router matrix, or float[T, N] router logits (columns = experts).
+
+    Returns:
+        float[N, N] symmetric cosine similarities in [-1, 1] (dimensionless), diagonal 1.
+
+    Raises:
+        ConfigError: not a floating 2-D array.
+
     Example:
         >>> import jax.numpy as jnp
+        >>> # columns (1, 0), (1, 1), (0, 2): neighbours at 45 degrees (cos = 1/sqrt(2)), the ends orthogonal
         >>> router_cosine(jnp.array([[1.0, 1.0, 0.0], [0.0, 1.0, 2.0]]))
         Array([[1.        , 0.70710677, 0.        ],
                [0.70710677, 1.        , 0.70710677],
@@ -252,8 +273,10 @@ def synthetic_outputs(sc, layer, n_samples: int = 256, latent_dim: int = 64) -> 
         n_samples: S, calibration inputs (static). latent_dim: D, output dimension (static).
 
     Example:
+        >>> import jax
         >>> from sift_jax.scenario import Scenario
-        >>> synthetic_outputs(Scenario(n_nodes=4, n_clusters=2), 0, n_samples=5, latent_dim=3).shape
+        >>> sc = Scenario(n_nodes=4, n_clusters=2)   # eval_shape: traced, not compiled (the check is the shape)
+        >>> jax.eval_shape(lambda s: synthetic_outputs(s, 0, n_samples=5, latent_dim=3), sc).shape
         (5, 4, 3)
     """
     key = _layer_key(sc, layer)
@@ -319,10 +342,14 @@ def synthetic_tables(sc, n_samples: int = 256, latent_dim: int = 64, chunk_size:
         float[L, N, N+1], diagonal 0, column N = mean ||FFN_i||.
 
     Example:
+        Shapes only, by tracing (`jax.eval_shape`): compiling the sampler takes seconds on a small CPU.
+        tests/test_similarity.py checks the values (diagonal 0, cluster structure, linear scaling).
+
+        >>> import jax
         >>> from sift_jax.scenario import Scenario
-        >>> t = synthetic_tables(Scenario(n_nodes=8, n_layers=2, output_norm=10.0))
-        >>> t.shape, float(t[0, 3, 3])
-        ((2, 8, 9), 0.0)
+        >>> sc = Scenario(n_nodes=8, n_layers=2, n_clusters=4, output_norm=10.0)
+        >>> jax.eval_shape(synthetic_tables, sc).shape     # [L, N, N+1]
+        (2, 8, 9)
     """
     def one(layer):
         return mismatch_table(synthetic_outputs(sc, layer, n_samples, latent_dim), chunk_size=chunk_size)

@@ -20,6 +20,8 @@ from sift_jax.provenance import provenance
 from sift_jax.scenario import Scenario, validate
 from sift_jax.stats import Stat
 
+__all__ = ["METRICS", "SimResult", "TaskMetrics", "simulate"]
+
 METRICS = ("energy_per_token_j", "deviation_bound", "replace_rate", "skip_rate", "infeasible_rate", "latency_s")
 REGIMES = ("slow", "fast")
 BASELINES = ("topk", "topk-ideal", "wdmoe")
@@ -37,6 +39,21 @@ class SimResult:
             lost or eta was violated.
         scenario, policy, samples, seed, chunk_size: the inputs. info: policy details (e.g. prefill method).
         provenance: versions, backend, devices, PRNG, x64, git revision.
+
+    Units: energy_per_token_j in J per token (summed over layers), latency_s in s per task (summed
+    over layers), deviation_bound in the mismatch table's unit (Prop. 1, mean per layer), the rates
+    as fractions of the L x M x K Top-K slots (infeasible_rate: of tasks).
+
+    Example:
+        >>> import json
+        >>> import sift_jax as sj
+        >>> sc = sj.presets.get("mixtral-8x7b").replace(n_tokens=1, n_layers=1)
+        >>> res = sj.simulate(sc, policy="siftmoe", samples=16, seed=0)
+        >>> sorted(res.metrics) == sorted(sj.METRICS), res.policy, res.samples
+        (True, 'siftmoe', 16)
+        >>> d = json.loads(json.dumps(res.to_dict(preset="mixtral-8x7b")))  # JSON-serialisable
+        >>> d["preset"], d["metrics"]["latency_s"]["n"] == res.metrics["latency_s"].n
+        ('mixtral-8x7b', True)
     """
 
     metrics: dict[str, Stat]
@@ -49,7 +66,15 @@ class SimResult:
     provenance: dict
 
     def to_dict(self, preset: str | None = None) -> dict:
-        """The JSON form of DESIGN.md (`sift-jax simulate --json`)."""
+        """The JSON form of DESIGN.md (`sift-jax simulate --json`).
+
+        Args:
+            preset: preset name recorded in the output (None when the scenario is not a preset).
+
+        Returns:
+            A dict of plain Python values: preset, policy, samples, seed, metrics ({name: Stat.to_dict()}),
+            info and provenance.
+        """
         return {"preset": preset, "policy": self.policy, "samples": self.samples, "seed": self.seed,
                 "metrics": {k: v.to_dict() for k, v in self.metrics.items()}, "info": self.info,
                 "provenance": self.provenance}
@@ -59,7 +84,25 @@ class SimResult:
 class TaskMetrics:
     """Per-sample metric function (hashable, so it is a static jit argument).
 
-    Call with (key, (scenario, tables)) -> {metric: (value, valid)}.
+    Call with (key, (scenario, tables)) -> {metric: (value, valid)}: `simulate` is `montecarlo.run` of
+    this function; use it directly to stack several scenarios as points of one compiled run.
+
+    Attributes:
+        policy: a name from `sj.policies.names()`. regime: "slow" or "fast" fading.
+        bits: fast-fading bit loading ("uniform", "closed-form"/"dynamic", "dp") or None.
+        options: sorted (name, value) pairs passed to the policy.
+
+    Example:
+        The same samples through `montecarlo.run` reproduce `simulate` exactly:
+
+        >>> import jax, numpy as np
+        >>> import sift_jax as sj
+        >>> sc = sj.presets.get("mixtral-8x7b").replace(n_tokens=1, n_layers=1)
+        >>> tables = sj.similarity.synthetic_tables(sc)  # float[L, N, N+1]
+        >>> params = jax.tree.map(lambda x: np.asarray(x)[None], (sc, tables))  # a point axis of 1
+        >>> (stats,) = sj.montecarlo.run(TaskMetrics("siftmoe"), params, 1, 16, seed=0)
+        >>> stats == sj.simulate(sc, policy="siftmoe", samples=16, seed=0).metrics
+        True
     """
 
     policy: str
@@ -139,6 +182,8 @@ def simulate(sc: Scenario, policy: str = "siftmoe", samples: int = 100_000, seed
              progress: Callable[[int], None] | None = None, **options) -> SimResult:
     """Monte Carlo estimate of a policy's metrics (see `METRICS`) with 95% CIs and quantiles.
 
+    Memory is O(chunk_size); sample i is always the same task whatever chunk_size or device count.
+
     Args:
         sc: the scenario (validated here). policy: a name from `sj.policies.names()`.
         samples: inference tasks to simulate. seed: sample i uses `fold_in(key(seed), i)`.
@@ -149,12 +194,28 @@ def simulate(sc: Scenario, policy: str = "siftmoe", samples: int = 100_000, seed
         progress: callback with the number of samples finished.
         **options: passed to the policy (e.g. share_substitutes=False, threshold=0.5 for wdmoe).
 
+    Returns:
+        A `SimResult`: `.metrics[name]` is a `Stat` per name in `METRICS` (energy_per_token_j in J,
+        latency_s in s per task, rates as fractions), plus the inputs and provenance.
+
+    Raises:
+        ConfigError: invalid scenario, policy, fading/bits combination, table, samples, seed or chunk size.
+
     Example:
+        SiftMoE averages over feasible tasks only, and a feasible selection meets the per-layer deadline:
+
         >>> import sift_jax as sj
-        >>> sc = sj.presets.get("mixtral-8x7b").replace(n_tokens=1, n_layers=2)
-        >>> res = sj.simulate(sc, policy="topk", samples=64, seed=0)
-        >>> res.metrics["energy_per_token_j"].n + res.metrics["energy_per_token_j"].n_invalid
-        64
+        >>> sc = sj.presets.get("mixtral-8x7b").replace(n_tokens=1, n_layers=1)
+        >>> res = sj.simulate(sc, policy="siftmoe", samples=16, seed=0)
+        >>> energy, infeasible = res.metrics["energy_per_token_j"], res.metrics["infeasible_rate"]
+        >>> energy.n + energy.n_invalid, infeasible.n, energy.n == round(16 * (1 - infeasible.mean))
+        (16, 16, True)
+        >>> res.metrics["latency_s"].max <= float(sc.deadline_s) * (1 + 1e-6)
+        True
+        >>> sj.simulate(sc, policy="nope")
+        Traceback (most recent call last):
+        ...
+        sift_jax.errors.ConfigError: policy = 'nope' is invalid: allowed is one of ...
     """
     validate(sc)
     check_policy(policy, fading, bits)

@@ -8,9 +8,12 @@ bit-identical whatever chunk size produced the samples.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import numpy as np
+
+__all__ = ["Accumulator", "Stat"]
 
 BLOCK = 4096
 LOG10_LO, LOG10_HI, BINS_PER_DECADE = -30, 30, 40
@@ -18,10 +21,14 @@ N_BINS = (LOG10_HI - LOG10_LO) * BINS_PER_DECADE + 2  # + [0 or below 1e-30] + [
 TAIL_FRACTION = 1e-3  # tail share: part of the sum carried by the top 0.1% of samples
 RELIABLE_TAIL_SHARE = 0.5  # the CI is flagged unreliable when the top 0.1% carry more than this
 
+ROW_GROUP = 16  # points folded together: [16, BLOCK] float64 temporaries (512 KiB) stay in cache
+
 
 @dataclasses.dataclass(frozen=True)
 class Stat:
-    """Summary of one metric over the valid samples.
+    """Summary of one metric over the valid samples (what `SimResult.metrics[name]` holds).
+
+    Values are in the metric's own unit (J, s, or a fraction); `Accumulator.result` builds them.
 
     Attributes:
         mean: sample mean (None when n == 0). ci95: (lo, hi) normal-approximation 95% CI of the mean.
@@ -30,6 +37,21 @@ class Stat:
         max: largest value. tail_share: fraction of the sum carried by the top 0.1% of samples.
         reliable: False when n < 30 or tail_share > 0.5: the mean is then driven by a few samples and the
             CI should not be trusted.
+
+    Example:
+        100 equal values: zero spread, so the CI collapses onto the mean; the top 0.1% (one sample)
+        carries 1/100 of the sum.
+
+        >>> import numpy as np
+        >>> acc = Accumulator()
+        >>> acc.add(np.full(100, 2.0), np.ones(100, bool))
+        >>> s = acc.result()
+        >>> s.mean, s.ci95, s.n, s.std, s.max
+        (2.0, (2.0, 2.0), 100, 0.0, 2.0)
+        >>> round(s.tail_share, 6), s.reliable, 2.0 / 1.06 <= s.p50 <= 2.0
+        (0.01, True, True)
+        >>> s.to_dict()["ci95"]  # JSON-ready: the CI as a list
+        [2.0, 2.0]
     """
 
     mean: float | None
@@ -45,6 +67,7 @@ class Stat:
     reliable: bool
 
     def to_dict(self) -> dict:
+        """The JSON form: a plain dict of the fields, `ci95` as a list (or None)."""
         d = dataclasses.asdict(self)
         d["ci95"] = list(self.ci95) if self.ci95 is not None else None
         return d
@@ -53,102 +76,204 @@ class Stat:
 def _bin_index(x: np.ndarray) -> np.ndarray:
     """Histogram bin of each value: 0 for x <= 1e-30 (incl. 0), last for x > 1e30."""
     with np.errstate(divide="ignore", invalid="ignore"):
-        pos = np.floor((np.log10(np.maximum(x, 1e-300)) - LOG10_LO) * BINS_PER_DECADE).astype(np.int64) + 1
-    return np.clip(pos, 0, N_BINS - 1)
+        t = np.log10(np.maximum(x, 1e-300))
+    t -= LOG10_LO
+    t *= BINS_PER_DECADE
+    np.floor(t, out=t)
+    np.clip(t, -1, N_BINS - 2, out=t)
+    return t.astype(np.int64) + 1
 
 
+@functools.cache
 def _bin_edges() -> np.ndarray:
     return 10.0 ** (LOG10_LO + np.arange(N_BINS - 1) / BINS_PER_DECADE)
 
 
 class Accumulator:
-    """Streaming statistics of one metric; feed values and validity masks in sample order."""
+    """Streaming statistics of one metric; feed values and validity masks in sample order.
 
-    def __init__(self):
-        self.n = 0
-        self.n_invalid = 0
-        self.mean = 0.0
-        self.m2 = 0.0
-        self.max = -math.inf
-        self.counts = np.zeros(N_BINS, np.int64)
-        self.sums = np.zeros(N_BINS, np.float64)
+    Memory is O(`N_BINS`) whatever the sample count: values are folded in canonical blocks of `BLOCK`
+    samples (Chan's merge of mean and M2, plus a log-spaced histogram), so the result does not depend on
+    how the samples were split into `add` calls. Invalid samples (mask False, or NaN/inf values) are only
+    counted (`Stat.n_invalid`).
+
+    Example:
+        Mean 2.5 and sample standard deviation sqrt(5/3) of 1, 2, 3, 4; the masked-out value and the
+        NaN are counted as invalid:
+
+        >>> import numpy as np
+        >>> acc = Accumulator()
+        >>> acc.add(np.array([1.0, 2.0, 99.0]), np.array([True, True, False]))
+        >>> acc.add(np.array([3.0, 4.0, np.nan]), np.ones(3, bool))
+        >>> s = acc.result()
+        >>> s.mean, s.n, s.n_invalid, s.max, round(s.std, 6) == round((5 / 3) ** 0.5, 6)
+        (2.5, 4, 2, 4.0, True)
+        >>> s.reliable  # fewer than 30 valid samples
+        False
+        >>> x = np.random.default_rng(0).exponential(size=10_000)
+        >>> one, two = Accumulator(), Accumulator()
+        >>> one.add(x, np.ones(x.size, bool))
+        >>> for part in np.array_split(x, 7):  # any split into calls gives bit-identical statistics
+        ...     two.add(part, np.ones(part.size, bool))
+        >>> one.result() == two.result()
+        True
+    """
+
+    def __init__(self, points: int | None = None):
+        self.points = points
+        p = 1 if points is None else int(points)
+        self.n = np.zeros(p, np.int64)
+        self.n_invalid = np.zeros(p, np.int64)
+        self.mean = np.zeros(p)
+        self.m2 = np.zeros(p)
+        self.max = np.full(p, -math.inf)
+        self.counts = np.zeros((p, N_BINS), np.int64)
+        self.sums = np.zeros((p, N_BINS), np.float64)
         self._buf_x: list[np.ndarray] = []
         self._buf_v: list[np.ndarray] = []
         self._buffered = 0
 
     def add(self, values: np.ndarray, valid: np.ndarray) -> None:
-        """Append samples (float[n]) with validity (bool[n]) in sample order."""
-        self._buf_x.append(np.asarray(values, np.float64).ravel())
-        self._buf_v.append(np.asarray(valid, bool).ravel())
-        self._buffered += self._buf_x[-1].size
+        """Append samples in sample order.
+
+        Args:
+            values: float[n] metric values (any shape; flattened), or float[P, n] with `points=P`, in the
+                metric's unit.
+            valid: bool mask of the same shape as `values`.
+        """
+        rows = len(self.n)
+        self._buf_x.append(np.asarray(values, np.float64).reshape(rows, -1))
+        self._buf_v.append(np.asarray(valid, bool).reshape(rows, -1))
+        self._buffered += self._buf_x[-1].shape[1]
         if self._buffered >= BLOCK:
-            x, v = np.concatenate(self._buf_x), np.concatenate(self._buf_v)
-            full = (x.size // BLOCK) * BLOCK
+            x, v = (self._buf_x[0], self._buf_v[0]) if len(self._buf_x) == 1 else \
+                (np.concatenate(self._buf_x, axis=1), np.concatenate(self._buf_v, axis=1))
+            full = (x.shape[1] // BLOCK) * BLOCK
             for start in range(0, full, BLOCK):
-                self._block(x[start:start + BLOCK], v[start:start + BLOCK])
-            self._buf_x, self._buf_v = [x[full:]], [v[full:]]
-            self._buffered = x.size - full
+                self._block(x[:, start:start + BLOCK], v[:, start:start + BLOCK])
+            self._buf_x, self._buf_v = [x[:, full:]], [v[:, full:]]
+            self._buffered = x.shape[1] - full
 
     def _block(self, x: np.ndarray, v: np.ndarray) -> None:
+        """Fold one block x float[P, b] (mask v) into every point's moments and histogram, `ROW_GROUP`
+        points at a time (the temporaries then stay in cache)."""
+        for r0 in range(0, x.shape[0], ROW_GROUP):
+            rows = slice(r0, r0 + ROW_GROUP)
+            self._block_rows(rows, x[rows], v[rows])
+
+    def _block_rows(self, rows: slice, x: np.ndarray, v: np.ndarray) -> None:
+        """Invalid entries are zeroed rather than compacted away (fewer passes over the block); they land
+        in bin 0 with weight 0 and are taken out of its count."""
         v = v & np.isfinite(x)
-        self.n_invalid += int(x.size - v.sum())
-        x = x[v]
-        if x.size == 0:
-            return
-        mean_b = float(x.mean())
-        m2_b = float(np.square(x - mean_b).sum())
-        n_a, n_b = self.n, x.size
+        n_b = np.count_nonzero(v, axis=1)
+        n_out = x.shape[1] - n_b
+        self.n_invalid[rows] += n_out
+        xz = np.where(v, x, 0.0)
+        some = n_b > 0
+        mean_b = xz.sum(axis=1) / np.maximum(n_b, 1)
+        dev = np.where(v, xz - mean_b[:, None], 0.0)
+        m2_b = np.einsum("ij,ij->i", dev, dev)
+        n_a, mean_a = self.n[rows], self.mean[rows]
         n = n_a + n_b
-        delta = mean_b - self.mean
-        self.mean += delta * n_b / n
-        self.m2 += m2_b + delta * delta * n_a * n_b / n
-        self.n = n
-        self.max = max(self.max, float(x.max()))
-        idx = _bin_index(x)
-        self.counts += np.bincount(idx, minlength=N_BINS)
-        self.sums += np.bincount(idx, weights=x, minlength=N_BINS)
+        delta = mean_b - mean_a
+        self.mean[rows] = np.where(some, mean_a + delta * n_b / np.maximum(n, 1), mean_a)
+        self.m2[rows] = np.where(some, self.m2[rows] + m2_b + delta * delta * n_a * n_b / np.maximum(n, 1),
+                                 self.m2[rows])
+        self.n[rows] = n
+        self.max[rows] = np.maximum(self.max[rows], np.where(v, x, -math.inf).max(axis=1))
+        k = x.shape[0]
+        idx = (_bin_index(xz) + (np.arange(k) * N_BINS)[:, None]).ravel()
+        self.counts[rows] += np.bincount(idx, minlength=k * N_BINS).reshape(k, N_BINS)
+        self.counts[rows, 0] -= n_out
+        self.sums[rows] += np.bincount(idx, weights=xz.ravel(), minlength=k * N_BINS).reshape(k, N_BINS)
+
+    def _flush(self) -> None:
+        if self._buffered:
+            self._block(np.concatenate(self._buf_x, axis=1), np.concatenate(self._buf_v, axis=1))
+            self._buf_x, self._buf_v, self._buffered = [], [], 0
 
     def result(self) -> Stat:
-        """Flush the partial last block and summarise."""
-        if self._buffered:
-            self._block(np.concatenate(self._buf_x), np.concatenate(self._buf_v))
-            self._buf_x, self._buf_v, self._buffered = [], [], 0
-        if self.n == 0:
-            return Stat(None, None, 0, self.n_invalid, None, None, None, None, None, None, False)
-        std = math.sqrt(self.m2 / (self.n - 1)) if self.n > 1 else 0.0
-        half = 1.959963984540054 * std / math.sqrt(self.n)
-        total = float(self.sums.sum())
-        tail = self._tail_share(total)
-        return Stat(
-            mean=self.mean, ci95=(self.mean - half, self.mean + half), n=self.n, n_invalid=self.n_invalid,
-            std=std, p50=self._quantile(0.5), p90=self._quantile(0.9), p99=self._quantile(0.99), max=self.max,
-            tail_share=tail, reliable=bool(self.n >= 30 and tail <= RELIABLE_TAIL_SHARE),
-        )
+        """Flush the partial last block and summarise (an accumulator made without `points`).
 
-    def _quantile(self, q: float) -> float:
-        """Quantile from the histogram, geometric interpolation inside the bin, capped by the max."""
-        cum = np.cumsum(self.counts)
-        target = q * self.n
-        b = int(np.searchsorted(cum, target, side="left"))
-        if b == 0:
-            return 0.0
-        edges = _bin_edges()
-        lo = edges[b - 1]
-        hi = edges[b] if b < len(edges) else self.max
-        before = cum[b - 1] if b > 0 else 0
-        frac = (target - before) / max(self.counts[b], 1)
-        value = lo * (hi / lo) ** min(max(frac, 0.0), 1.0)
-        return float(min(value, self.max))
+        Returns:
+            The `Stat` of every sample added so far (mean etc. None when no sample was valid).
+        """
+        if self.points is not None:
+            raise ValueError("an accumulator of several points: use results()")
+        self._flush()
+        return self._summaries()[0]
 
-    def _tail_share(self, total: float) -> float:
-        """Share of the sum carried by the top ceil(0.1% n) samples, from the histogram: whole bins from the
-        top, and the needed fraction of the last bin (its samples taken at their mean value)."""
-        if total <= 0:
-            return 0.0
-        need = max(1, math.ceil(TAIL_FRACTION * self.n))
-        counts, sums = self.counts[::-1], self.sums[::-1]
-        cum = np.cumsum(counts)
-        last = int(np.searchsorted(cum, need, side="left"))
-        before = int(cum[last - 1]) if last > 0 else 0
-        part = sums[:last].sum() + sums[last] * (need - before) / counts[last]
-        return float(min(part / total, 1.0))
+    def results(self) -> list[Stat]:
+        """Flush the partial last block and summarise each point (an accumulator made with `points=P`).
+
+        Returns:
+            P `Stat`s, in point order.
+        """
+        self._flush()
+        return self._summaries()
+
+    def _summaries(self) -> list[Stat]:
+        """One Stat per point; the quantiles and tail shares of all points are computed at once."""
+        n = self.n
+        with np.errstate(divide="ignore", invalid="ignore"):
+            std = np.where(n > 1, np.sqrt(self.m2 / np.maximum(n - 1, 1)), 0.0)
+            half = 1.959963984540054 * std / np.sqrt(np.maximum(n, 1))
+        # only the bins between the lowest and highest occupied ones (plus an empty one below) matter
+        used = np.flatnonzero(self.counts.any(axis=0))
+        first, stop = (max(int(used[0]) - 1, 0), int(used[-1]) + 1) if used.size else (0, 1)
+        counts, sums = self.counts[:, first:stop], self.sums[:, first:stop]
+        cum = np.cumsum(counts, axis=1)
+        p50, p90, p99 = (_quantiles(counts, cum, n, self.max, q, first).tolist() for q in (0.5, 0.9, 0.99))
+        tail = _tail_shares(counts, sums, n, cum).tolist()
+        out = []
+        for p, (n_p, mean, h, sd, top) in enumerate(zip(n.tolist(), self.mean.tolist(), half.tolist(), std.tolist(),
+                                                        self.max.tolist())):
+            if n_p == 0:
+                out.append(Stat(None, None, 0, int(self.n_invalid[p]), None, None, None, None, None, None, False))
+                continue
+            out.append(Stat(mean=mean, ci95=(mean - h, mean + h), n=n_p, n_invalid=int(self.n_invalid[p]), std=sd,
+                            p50=p50[p], p90=p90[p], p99=p99[p], max=top, tail_share=tail[p],
+                            reliable=bool(n_p >= 30 and tail[p] <= RELIABLE_TAIL_SHARE)))
+        return out
+
+
+def _row(a: np.ndarray, i: np.ndarray) -> np.ndarray:
+    """a[p, i[p]] for every row p."""
+    return np.take_along_axis(a, i[:, None], axis=1)[:, 0]
+
+
+def _quantiles(counts: np.ndarray, cum: np.ndarray, n: np.ndarray, top: np.ndarray, q: float,
+               first: int = 0) -> np.ndarray:
+    """Quantile q of every point, float[P], from histograms counts int[P, W] (cumulative sums `cum`) of
+    n[P] samples with maxima top[P]: geometric interpolation inside the bin, capped by the max; 0 when the
+    quantile falls in bin 0 (values <= 1e-30). The W columns are bins first..first+W-1: every bin below is
+    empty, and so is bin `first` when first > 0."""
+    target = q * n
+    b = first + np.count_nonzero(cum < target[:, None], axis=1)  # = searchsorted(cum, target, "left") per row
+    edges = _bin_edges()
+    bi = np.clip(b, 1, N_BINS - 1)
+    lo = edges[bi - 1]
+    hi = np.where(bi < edges.size, edges[np.minimum(bi, edges.size - 1)], top)
+    local = np.clip(bi - first, 1, cum.shape[1] - 1) if cum.shape[1] > 1 else np.zeros_like(bi)  # in range for n > 0
+    frac = np.clip((target - _row(cum, np.maximum(local - 1, 0))) / np.maximum(_row(counts, local), 1), 0.0, 1.0)
+    with np.errstate(invalid="ignore", over="ignore"):
+        value = np.minimum(lo * (hi / lo) ** frac, top)
+    return np.where(b == 0, 0.0, value)
+
+
+def _tail_shares(counts: np.ndarray, sums: np.ndarray, n: np.ndarray, cum: np.ndarray) -> np.ndarray:
+    """Share of the sum carried by the top ceil(0.1% n) samples of every point, float[P], from the
+    histograms counts, sums [P, W] (cum: cumulative counts; any window of bins outside which all are
+    empty): whole bins from the top, and the needed fraction of the last bin (its samples taken at their
+    mean value); 0 where the sum is <= 0."""
+    suffix = np.concatenate([np.cumsum(sums[:, ::-1], axis=1)[:, ::-1], np.zeros((len(n), 1))], axis=1)
+    total = suffix[:, 0]  # summed from the top bin down: the same for any window
+    need = np.maximum(1, np.ceil(TAIL_FRACTION * n))
+    at_or_above = n[:, None] - cum + counts  # samples in bin i or higher (exact integers)
+    last = np.maximum(np.count_nonzero(at_or_above >= need[:, None], axis=1) - 1, 0)  # lowest bin needed
+    above = _row(at_or_above, last) - _row(counts, last)
+    head = _row(suffix, last + 1)  # sum of the values in the bins above the last one
+    with np.errstate(divide="ignore", invalid="ignore"):
+        part = head + _row(sums, last) * (need - above) / _row(counts, last)
+        share = np.minimum(part / total, 1.0)
+    return np.where(total > 0, share, 0.0)

@@ -31,6 +31,8 @@ from sift_jax.scenario import DYNAMIC_FIELDS, PER_HELPER_FIELDS, STATIC_FIELDS, 
 from sift_jax.simulate import METRICS, REGIMES, TaskMetrics, check_policy
 from sift_jax.stats import Stat
 
+__all__ = ["Curve", "Spec", "load_spec", "run", "scenario_of", "stack_scenarios"]
+
 SPEC_KEYS = ("name", "title", "preset", "curves", "samples", "quick_samples", "seed", "chunk_size", "fading",
              "fixed", "quick_fixed", "axes", "mode", "points_per_call", "options")
 STAT_FIELDS = ("mean", "ci_lo", "ci_hi", "n", "n_invalid", "p50", "p90", "p99", "tail_share", "reliable")
@@ -38,19 +40,54 @@ STAT_FIELDS = ("mean", "ci_lo", "ci_hi", "n", "n_invalid", "p50", "p90", "p99", 
 
 @dataclasses.dataclass(frozen=True)
 class Curve:
-    """One line of a figure: a policy, with a bit-loading rule under fast fading."""
+    """One line of a figure: a policy, with a bit-loading rule under fast fading.
+
+    Attributes:
+        policy: a name from `sj.policies.names()`.
+        bits: fast-fading bit loading ("uniform", "closed-form"/"dynamic", "dp") or None.
+
+    Example:
+        >>> Curve("siftmoe").label, Curve("siftmoe", "dynamic").label  # the `curve` coordinate of results
+        ('siftmoe', 'siftmoe:dynamic')
+    """
 
     policy: str
     bits: str | None = None
 
     @property
     def label(self) -> str:
+        """"policy" or "policy:bits", as written in the spec's `curves`."""
         return self.policy if self.bits is None else f"{self.policy}:{self.bits}"
 
 
 @dataclasses.dataclass(frozen=True)
 class Spec:
-    """A validated sweep spec (see `load_spec`)."""
+    """A validated sweep spec (see `load_spec`; the README's "Sweep specs" documents each key).
+
+    Attributes:
+        name, title, preset: output file stem, figure title, preset the points start from.
+        curves: the policies (and bit loadings) to run at every point.
+        samples, quick_samples, seed, chunk_size: Monte Carlo settings (quick_samples with `quick=True`).
+        fading: "slow" or "fast". fixed, quick_fixed: Scenario overrides (quick_fixed only when quick).
+        axes: ((field, values), ...) swept Scenario fields, in the field's unit (e.g. bandwidth_hz in Hz).
+        mode: "product" (grid, last axis fastest) or "zip" (axes walked together).
+        points_per_call: points per compiled call. options: policy options. text: the TOML source.
+
+    Example:
+        >>> spec = load_spec('''
+        ... name = "demo"
+        ... preset = "mixtral-8x7b"
+        ... curves = ["siftmoe"]
+        ... samples = 16
+        ... points_per_call = 2
+        ... fixed = {n_tokens = 1, n_layers = 1}
+        ... axes = [{field = "eta", values = [0.0, 1.5]}]
+        ... ''')
+        >>> spec.name, spec.curves, spec.axes
+        ('demo', (Curve(policy='siftmoe', bits=None),), (('eta', (0.0, 1.5)),))
+        >>> spec.points()
+        [{'eta': 0.0}, {'eta': 1.5}]
+    """
 
     name: str
     title: str
@@ -70,7 +107,12 @@ class Spec:
     text: str
 
     def points(self) -> list[dict]:
-        """Field -> value of every point, in storage order (product: last axis fastest)."""
+        """Field -> value of every point, in storage order (product: last axis fastest).
+
+        Returns:
+            A list of {field: value} dicts, one per point (product of the axes' lengths, or their common
+            length for mode "zip").
+        """
         names = [a for a, _ in self.axes]
         if self.mode == "zip":
             return [dict(zip(names, vals)) for vals in zip(*(v for _, v in self.axes))]
@@ -89,10 +131,24 @@ def _is_int(x) -> bool:
 def load_spec(source: str | os.PathLike) -> Spec:
     """Parse and validate a TOML sweep spec (a path, or TOML text containing a newline).
 
-    >>> spec = load_spec('name = "demo"\\npreset = "mixtral-8x7b"\\ncurves = ["siftmoe", "topk"]\\n'
-    ...                  'samples = 100\\n[[axes]]\\nfield = "eta"\\nvalues = [0.5, 1.5]\\n')
-    >>> [c.label for c in spec.curves], spec.points()
-    (['siftmoe', 'topk'], [{'eta': 0.5}, {'eta': 1.5}])
+    Args:
+        source: path to a .toml file, or the TOML text itself (recognised by a newline).
+
+    Returns:
+        The validated `Spec`; the first and last points are built as Scenarios to check field values.
+
+    Raises:
+        ConfigError: unreadable file, invalid TOML, unknown key, or a bad value (named as spec.<key>).
+
+    Example:
+        >>> spec = load_spec('name = "demo"\\npreset = "mixtral-8x7b"\\ncurves = ["siftmoe", "topk"]\\n'
+        ...                  'samples = 100\\n[[axes]]\\nfield = "eta"\\nvalues = [0.5, 1.5]\\n')
+        >>> [c.label for c in spec.curves], spec.points()
+        (['siftmoe', 'topk'], [{'eta': 0.5}, {'eta': 1.5}])
+        >>> load_spec('name = "demo"\\npreset = "mixtral-8x7b"\\ncurves = ["nope"]\\n')
+        Traceback (most recent call last):
+        ...
+        sift_jax.errors.ConfigError: policy = 'nope' is invalid: allowed is one of ...
     """
     text = str(source)
     if "\n" not in text:
@@ -165,7 +221,30 @@ def load_spec(source: str | os.PathLike) -> Spec:
 
 
 def scenario_of(spec: Spec, point: dict, quick: bool) -> Scenario:
-    """The validated Scenario of one point."""
+    """The validated Scenario of one point: the preset, then `fixed`, then (quick) `quick_fixed`, then the point.
+
+    Args:
+        spec: the sweep spec.
+        point: {field: value} of one point (an entry of `spec.points()`), in the fields' units.
+        quick: also apply the spec's `[quick_fixed]` overrides.
+
+    Returns:
+        The validated `Scenario` (integer fields given as floats, e.g. 2.0, become ints).
+
+    Example:
+        >>> spec = load_spec('''
+        ... name = "demo"
+        ... preset = "mixtral-8x7b"
+        ... curves = ["siftmoe"]
+        ... samples = 16
+        ... points_per_call = 2
+        ... fixed = {n_tokens = 1, n_layers = 1}
+        ... axes = [{field = "eta", values = [0.0, 1.5]}]
+        ... ''')
+        >>> sc = scenario_of(spec, {"eta": 1.5}, quick=False)
+        >>> float(sc.eta), sc.n_tokens, sc.n_layers, sc.top_k  # top_k from the preset
+        (1.5, 1, 1, 2)
+    """
     fields = dict(spec.fixed)
     if quick:
         fields.update(spec.quick_fixed)
@@ -182,15 +261,41 @@ def _static_signature(sc: Scenario) -> tuple:
 
 def stack_scenarios(scs: list[Scenario], varying: set[str] | None = None) -> Scenario:
     """Stack scenarios with equal static fields into one with a leading point axis on every leaf
-    (varying None), or only on the dynamic fields in `varying` (the others keep the first point's value)."""
+    (varying None), or only on the dynamic fields in `varying` (the others keep the first point's value).
+
+    Args:
+        scs: P scenarios with equal static fields (shapes).
+        varying: names of the dynamic fields that get the point axis; None: all of them.
+
+    Returns:
+        One `Scenario` whose dynamic leaves are float[P] (float[P, N-1] for per-helper fields given as
+        arrays), or unstacked for the fields outside `varying`; units unchanged.
+
+    Example:
+        >>> spec = load_spec('''
+        ... name = "demo"
+        ... preset = "mixtral-8x7b"
+        ... curves = ["siftmoe"]
+        ... samples = 16
+        ... points_per_call = 2
+        ... fixed = {n_tokens = 1, n_layers = 1}
+        ... axes = [{field = "eta", values = [0.0, 1.5]}]
+        ... ''')
+        >>> scs = [scenario_of(spec, p, quick=False) for p in spec.points()]
+        >>> stacked = stack_scenarios(scs)
+        >>> stacked.eta.shape, stacked.eta.tolist(), stacked.bandwidth_hz.shape
+        ((2,), [0.0, 1.5], (2,))
+        >>> stack_scenarios(scs, varying={"eta"}).bandwidth_hz.shape  # shared by every point
+        ()
+    """
     first = scs[0]
     leaves = {}
     for name in DYNAMIC_FIELDS:
-        vals = [np.asarray(getattr(sc, name), np.float64) for sc in scs]
+        stack = varying is None or name in varying
+        vals = [np.asarray(getattr(sc, name), np.float64) for sc in (scs if stack else scs[:1])]
         shape = (first.n_helpers,) if name in PER_HELPER_FIELDS and any(v.ndim for v in vals) else ()
         stacked = np.stack([np.broadcast_to(v, shape) for v in vals])
-        leaves[name] = jnp.asarray(stacked if varying is None or name in varying else stacked[0],
-                                   jnp.result_type(float))
+        leaves[name] = jnp.asarray(stacked if stack else stacked[0], jnp.result_type(float))
     return dataclasses.replace(first, **leaves)
 
 
@@ -251,6 +356,41 @@ def run(spec: Spec | str | os.PathLike, out: str | os.PathLike | None = "results
             spec, sample count, seed or code version). samples: override the spec's sample count.
         quick: use `quick_samples` and the spec's `[quick_fixed]` overrides.
         progress: callback(done, total) in samples x points.
+
+    Returns:
+        An `xarray.Dataset` with dims (curve, *axes) for product specs or (curve, point) for zipped
+        ones, and one variable `<metric>_<stat>` per metric of `METRICS` (in its unit: J, s, fractions)
+        and stat (mean, ci_lo, ci_hi, n, n_invalid, p50, p90, p99, tail_share, reliable); attributes hold
+        the spec, seed, samples, chunk size and provenance.
+
+    Raises:
+        ConfigError: an invalid spec or run argument, or `resume` over parts of another run.
+
+    Example:
+        A larger eta only adds allowed decisions, so it never makes more tasks infeasible (samples are
+        keyed by index, so both points see the same tasks):
+
+        >>> import pathlib, tempfile
+        >>> spec = load_spec('''
+        ... name = "demo"
+        ... preset = "mixtral-8x7b"
+        ... curves = ["siftmoe"]
+        ... samples = 16
+        ... points_per_call = 2
+        ... fixed = {n_tokens = 1, n_layers = 1}
+        ... axes = [{field = "eta", values = [0.0, 1.5]}]
+        ... ''')
+        >>> with tempfile.TemporaryDirectory() as out:
+        ...     ds = run(spec, out=out)
+        ...     sorted(p.name for p in pathlib.Path(out).iterdir())
+        ['demo.nc', 'demo.parts']
+        >>> dict(ds.sizes), ds["curve"].values.tolist()
+        ({'curve': 1, 'eta': 2}, ['siftmoe'])
+        >>> bool((ds["energy_per_token_j_n"] + ds["energy_per_token_j_n_invalid"] == 16).all())
+        True
+        >>> rate = ds["infeasible_rate_mean"].sel(curve="siftmoe")
+        >>> bool(rate.sel(eta=1.5) <= rate.sel(eta=0.0))
+        True
     """
     spec = spec if isinstance(spec, Spec) else load_spec(spec)
     n_samples = samples if samples is not None else (spec.quick_samples if quick else spec.samples)

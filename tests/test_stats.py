@@ -57,6 +57,30 @@ def test_split_invariance_bit_identical():
         assert acc.result() == ref
 
 
+def test_points_accumulator_equals_one_accumulator_per_point():
+    """The vectorised form (one [P, n] accumulator) gives each point exactly its own statistics,
+    including points with no valid sample, and is split-invariant like the scalar one."""
+    rng = np.random.default_rng(5)
+    x = rng.lognormal(0, 2, (5, 10_000))
+    v = rng.random(x.shape) < 0.7
+    v[3] = False  # a point with no valid sample
+    x[1, 17] = np.nan
+    many = Accumulator(points=5)
+    for start in range(0, x.shape[1], 3000):
+        many.add(x[:, start:start + 3000], v[:, start:start + 3000])
+    got = many.results()
+    for p in range(5):
+        good = x[p][v[p] & np.isfinite(x[p])]
+        assert got[p] == _stat(x[p], v[p])
+        assert got[p].n == good.size and got[p].n_invalid == x.shape[1] - good.size
+        if good.size:
+            assert got[p].mean == pytest.approx(good.mean(), rel=1e-12)
+            assert got[p].std == pytest.approx(good.std(ddof=1), rel=1e-10)
+    assert got[3].mean is None
+    with pytest.raises(ValueError):
+        many.result()
+
+
 def test_tail_share_flags_heavy_tails():
     rng = np.random.default_rng(3)
     light = _stat(rng.normal(10, 1, 50_000))

@@ -37,6 +37,8 @@ from sift_jax.errors import ConfigError
 from sift_jax.moe import data as data_lib
 from sift_jax.moe.model import MoELM
 
+__all__ = ["calibrate", "collect", "load_calibration", "load_tables", "save_calibration", "summarize"]
+
 CALIBRATION_NPZ = "calibration.npz"
 CALIBRATION_JSON = "calibration.json"
 ARRAY_KEYS = ("table", "b_max", "beta_fd", "beta_pi", "beta_max", "load_top1", "load_slots",
@@ -46,13 +48,32 @@ ARRAY_KEYS = ("table", "b_max", "beta_fd", "beta_pi", "beta_max", "load_top1", "
 def collect(model: MoELM, inputs: np.ndarray, batch: int = 16, selection_fn=None) -> dict:
     """Run the model on windows and gather per-layer internals, flattened over tokens.
 
+    The plain Top-K forward (no substitution); `calibrate` uses it on windows of the train split.
+
     Args:
-        model: the MoE model. inputs: int32[S_seq, T] byte windows.
+        model: the MoE model. inputs: int32[S_seq, T] byte windows (T <= context), e.g. the inputs of
+            `sift_jax.moe.data.eval_windows`.
         batch: windows per forward call.
+        selection_fn: ignored (accepted for compatibility; the forward is always plain Top-K).
 
     Returns:
-        dict of NumPy arrays, tokens flattened to S = S_seq * T: "expert_outputs" [L, S, N, d],
-        "moe_inputs" [L, S, d], "gates" [L, S, K], "topk" [L, S, K], "router_probs" [L, S, N].
+        dict of NumPy arrays, tokens flattened to S = S_seq * T: "expert_outputs" [L, S, N, d]
+        (FFN_i(z) of every expert), "moe_inputs" z [L, S, d], "gates" [L, S, K], "topk" [L, S, K],
+        "router_probs" [L, S, N].
+
+    Example:
+        A tiny model with all-zero weights (set without running the random initialisers, to keep
+        the example fast; a trained model comes from `sift_jax.moe.train`). Its router logits tie,
+        but whatever the weights, the K = 2 Top-K gates of every token sum to 1 (gate_norm "topk").
+
+        >>> from sift_jax.moe.model import init_model, tiny_config
+        >>> model = nnx.eval_shape(lambda: init_model(tiny_config()))
+        >>> nnx.update(model, jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), nnx.state(model)))
+        >>> got = collect(model, np.zeros((2, 8), np.int32))            # S = 2 * 8 tokens
+        >>> got["expert_outputs"].shape, got["gates"].shape, got["router_probs"].shape
+        ((2, 16, 4, 32), (2, 16, 2), (2, 16, 4))
+        >>> bool(np.allclose(got["gates"].sum(-1), 1.0))
+        True
     """
     graphdef, params = nnx.split(model, nnx.Param)
     keys = ("expert_outputs", "moe_inputs", "gates", "topk", "router_probs")
@@ -123,14 +144,30 @@ def calibrate(model: MoELM, tokens: np.ndarray, n_windows: int = 64, seed: int =
         dict of NumPy arrays (see the module docstring) plus "n_tokens" and "config" (the
         estimator settings).
 
+    Raises:
+        ConfigError: `tokens` too short for `n_windows` windows of `context` bytes.
+
     Example:
+        A tiny untrained model on 4 windows (S = 128 tokens). The calibration call is skipped in the
+        doctests: it compiles the forward pass and the Lipschitz estimators, about 20 s of CPU time
+        (`tests/test_moe_lab.py` runs it).
+
         >>> from sift_jax.moe.model import init_model, tiny_config
         >>> from sift_jax.moe import data
-        >>> m = init_model(tiny_config(), 0)
-        >>> cal = calibrate(m, data.load_corpus(max_bytes_per_split=4000).train, n_windows=4,
-        ...                 n_lipschitz_points=8, n_power_points=2, power_iters=5)
-        >>> cal["table"].shape, cal["b_max"].shape, cal["beta_max"].shape
-        ((2, 4, 5), (2, 4), (2,))
+        >>> tokens = data.load_corpus(max_bytes_per_split=4000).train
+        >>> cal = calibrate(init_model(tiny_config(), 0), tokens, n_windows=4, n_lipschitz_points=8,  # doctest: +SKIP
+        ...                 n_power_points=2, power_iters=5)
+        >>> cal["table"].shape, cal["b_max"].shape, cal["beta_max"].shape, cal["n_tokens"]  # doctest: +SKIP
+        ((2, 4, 5), (2, 4), (2,), 128)
+
+        Too few bytes for the windows asked for is refused before anything is computed (here with
+        the model's shapes only, `nnx.eval_shape`):
+
+        >>> abstract = nnx.eval_shape(lambda: init_model(tiny_config(), 0))
+        >>> calibrate(abstract, tokens[:100], n_windows=4)           # 100 bytes: 3 windows of 32
+        Traceback (most recent call last):
+        ...
+        sift_jax.errors.ConfigError: n_windows = 4 is invalid: allowed is an integer in [1, 3]
     """
     cfg = model.cfg
     x, _ = data_lib.eval_windows(tokens, cfg.context, n_windows)
@@ -169,7 +206,32 @@ def calibrate(model: MoELM, tokens: np.ndarray, n_windows: int = 64, seed: int =
 
 
 def summarize(cal: dict) -> dict:
-    """JSON-ready summary of a calibration (per-layer scalars and small arrays as lists)."""
+    """JSON-ready summary of a calibration (per-layer scalars and small arrays as lists).
+
+    Args:
+        cal: a calibration dict (`calibrate` or `load_calibration`).
+
+    Returns:
+        dict of lists per layer: "b_max_per_layer" and the beta maxima (max over experts),
+        "mean_skip_cost_per_layer" (mean of Fbar[:, i, N]), "mean_mismatch_per_layer" (mean of the
+        off-diagonal Fbar[:, i, j], i != j), "replace_beats_skip_fraction_per_layer" (share of pairs
+        i != j with Fbar[i, j] < Fbar[i, skip], the Remark 1 factor below 1), "router_entropy_per_layer"
+        (nats), "gate_mean_by_slot" [L][K], "load_top1" [L][N]; plus "n_tokens" and "config".
+        Units are those of the calibration (expert-output norms).
+
+    Example:
+        A hand-made one-layer calibration, N = 2: expert 0 is better replaced by expert 1 (Fbar 1)
+        than skipped (2); expert 1 is better skipped (0.5) than replaced (1).
+
+        >>> L, N, K = 1, 2, 2
+        >>> cal = {"table": np.array([[[0.0, 1.0, 2.0], [1.0, 0.0, 0.5]]]), "n_tokens": 64, "config": {"seed": 0}}
+        >>> cal |= {k: np.ones((L, N)) for k in ("b_max", "beta_fd", "beta_pi", "load_top1", "load_slots",
+        ...                                      "mean_output_norm")}
+        >>> cal |= {"beta_max": np.ones(L), "router_entropy": np.ones(L), "gate_mean_by_slot": np.full((L, K), 0.5)}
+        >>> s = summarize(cal)
+        >>> s["mean_skip_cost_per_layer"], s["mean_mismatch_per_layer"], s["replace_beats_skip_fraction_per_layer"]
+        ([1.25], [1.0], [0.5])
+    """
     t = cal["table"]
     n = t.shape[1]
     off = t[:, :, :n][:, ~np.eye(n, dtype=bool)]  # [L, N(N-1)]
@@ -191,7 +253,29 @@ def summarize(cal: dict) -> dict:
 
 
 def save_calibration(path, cal: dict) -> pathlib.Path:
-    """Write `calibration.npz` and `calibration.json` into directory `path` (e.g. the checkpoint)."""
+    """Write `calibration.npz` and `calibration.json` into directory `path` (e.g. the checkpoint).
+
+    Args:
+        path: directory (created if missing).
+        cal: a calibration dict (`calibrate`).
+
+    Returns:
+        pathlib.Path of the written `calibration.npz` (`calibration.json` holds `summarize(cal)`).
+
+    Example:
+        A hand-made one-layer calibration (N = 2, K = 2) saved in a temporary directory:
+
+        >>> import tempfile
+        >>> L, N, K = 1, 2, 2
+        >>> cal = {"table": np.array([[[0.0, 1.0, 2.0], [1.0, 0.0, 0.5]]]), "n_tokens": 64, "config": {"seed": 0}}
+        >>> cal |= {k: np.ones((L, N)) for k in ("b_max", "beta_fd", "beta_pi", "load_top1", "load_slots",
+        ...                                      "mean_output_norm")}
+        >>> cal |= {"beta_max": np.ones(L), "router_entropy": np.ones(L), "gate_mean_by_slot": np.full((L, K), 0.5)}
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     npz = save_calibration(d, cal)
+        ...     npz.name, json.loads((npz.parent / "calibration.json").read_text())["n_tokens"]
+        ('calibration.npz', 64)
+    """
     path = pathlib.Path(path)
     path.mkdir(parents=True, exist_ok=True)
     np.savez(path / CALIBRATION_NPZ, **{k: np.asarray(cal[k]) for k in ARRAY_KEYS},
@@ -211,7 +295,33 @@ def _npz_path(path) -> pathlib.Path:
 
 
 def load_calibration(path) -> dict:
-    """Read a calibration written by `save_calibration` (a checkpoint directory or the .npz file)."""
+    """Read a calibration written by `save_calibration` (a checkpoint directory or the .npz file).
+
+    Args:
+        path: a checkpoint directory holding `calibration.npz`, or the file itself.
+
+    Returns:
+        dict with the arrays of `calibrate` ("table" [L, N, N+1], "b_max" [L, N], "beta_max" [L], ...),
+        "n_tokens" (int) and "config" (dict).
+
+    Raises:
+        ConfigError: no calibration file there.
+
+    Example:
+        A round trip of a hand-made one-layer calibration (N = 2, K = 2):
+
+        >>> import tempfile
+        >>> L, N, K = 1, 2, 2
+        >>> cal = {"table": np.array([[[0.0, 1.0, 2.0], [1.0, 0.0, 0.5]]]), "n_tokens": 64, "config": {"seed": 0}}
+        >>> cal |= {k: np.ones((L, N)) for k in ("b_max", "beta_fd", "beta_pi", "load_top1", "load_slots",
+        ...                                      "mean_output_norm")}
+        >>> cal |= {"beta_max": np.ones(L), "router_entropy": np.ones(L), "gate_mean_by_slot": np.full((L, K), 0.5)}
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     _ = save_calibration(d, cal)
+        ...     back = load_calibration(d)
+        >>> bool((back["table"] == cal["table"]).all()), back["n_tokens"], back["config"]
+        (True, 64, {'seed': 0})
+    """
     with np.load(_npz_path(path), allow_pickle=False) as z:
         cal = {k: z[k] for k in ARRAY_KEYS}
         cal["n_tokens"] = int(z["n_tokens"])
@@ -222,6 +332,30 @@ def load_calibration(path) -> dict:
 def load_tables(path) -> np.ndarray:
     """The calibration tables Fbar float32[L, N, N+1] (column N = skip) from a checkpoint directory or a
     `calibration.npz`. Layer l's table `load_tables(p)[l]` is the `table` argument of every policy.
+
+    Args:
+        path: a checkpoint directory holding `calibration.npz`, or the file itself.
+
+    Returns:
+        float32[L, N, N+1]: mean mismatch norms Fbar[l, i, j], column N = skip (units of the
+        expert outputs).
+
+    Raises:
+        ConfigError: no calibration file there, or a table that is not [L, N, N+1].
+
+    Example:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     np.savez(pathlib.Path(d) / "calibration.npz", table=np.ones((2, 4, 5)))   # L = 2, N = 4
+        ...     t = load_tables(d)
+        >>> t.shape, t.dtype
+        ((2, 4, 5), dtype('float32'))
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     np.savez(pathlib.Path(d) / "calibration.npz", table=np.ones((2, 4, 4)))   # no skip column
+        ...     load_tables(d)
+        Traceback (most recent call last):
+        ...
+        sift_jax.errors.ConfigError: table = 'array of shape (2, 4, 4)' is invalid: allowed is float[L, N, N+1]
     """
     with np.load(_npz_path(path), allow_pickle=False) as z:
         table = np.asarray(z["table"], np.float32)

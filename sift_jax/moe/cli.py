@@ -21,6 +21,8 @@ import numpy as np
 
 from sift_jax.errors import ConfigError
 
+__all__ = ["main", "moe", "quick_lab"]
+
 
 def _echo(quiet: bool, text: str):
     """Progress line on stderr: only on a terminal and without --quiet."""
@@ -252,9 +254,30 @@ def quick_lab(out_dir, seed: int = 0, quick: bool = True) -> dict:
     Writes `out_dir/checkpoint/` (checkpoint, calibration, train curve, table heatmaps),
     `out_dir/tightness/` (tightness.json and figures) and `out_dir/summary.json`.
 
+    Args:
+        out_dir: output directory (created if missing).
+        seed: seed of the training run, the calibration estimators and the channel draws.
+        quick: the tiny model and small settings (True) or the defaults (False).
+
     Returns:
         {"train", "calibration", "tightness": summaries, "paths": {...}, "figures": {name: path relative
-        to the parent of out_dir (where a report next to out_dir links them)}, "figures_abs": {name: path}}.
+        to the parent of out_dir (where a report next to out_dir links them)}, "figures_abs": {name: path},
+        "quick": bool}. Units as in `sift_jax.moe.train.train`, `sift_jax.moe.calibrate.summarize` and
+        `sift_jax.moe.tightness.run`.
+
+    Example:
+        The run is skipped in the doctests (it trains for about 30 s of CPU time; `sift-jax reproduce
+        --quick`, tested in `tests/test_sweep.py`, runs it). What quick=True trains, checked:
+
+        >>> import tempfile
+        >>> from sift_jax.moe.model import tiny_config
+        >>> from sift_jax.moe.train import tiny_train_config
+        >>> tiny_config().n_layers, tiny_config().n_experts, tiny_train_config().steps
+        (2, 4, 200)
+        >>> with tempfile.TemporaryDirectory() as d:  # doctest: +SKIP
+        ...     summary = quick_lab(d)
+        ...     sorted(summary["figures"])
+        ['accuracy_vs_eta', 'calibration_tables', 'energy_vs_eta', 'prop1_ratio', 'thm1_ratio', 'train_curve']
     """
     from sift_jax.moe import data as data_lib
     from sift_jax.moe import tightness as tight_lib
@@ -407,6 +430,27 @@ def tightness_cmd(checkpoint, out, preset, sets, windows, draws, etas, eta_fract
 
 
 def main(argv=None):  # pragma: no cover - convenience for `python -m sift_jax.moe.cli`
+    """Run the `moe` command group (as `python -m sift_jax.moe.cli`); ``sift-jax moe`` runs the same group.
+
+    Args:
+        argv: command-line arguments (list of str); None = ``sys.argv[1:]``.
+
+    Raises:
+        SystemExit: code 2 after bad input (`ConfigError`, printed as one ``error: ...`` line on stderr).
+
+    Example:
+        >>> main(["--help"])
+        Usage: ... [OPTIONS] COMMAND [ARGS]...
+        ...
+        Commands:
+          calibrate  Write Fbar tables...
+          tightness  Bound tightness...
+          train      Train the MoE...
+        >>> main(["calibrate", "no/such/checkpoint"])                  # not a checkpoint: exit code 2
+        Traceback (most recent call last):
+        ...
+        SystemExit: 2
+    """
     try:
         moe.main(args=argv, standalone_mode=False)
     except ConfigError as err:

@@ -31,6 +31,8 @@ import numpy as np
 
 from sift_jax.errors import ConfigError
 
+__all__ = ["Corpus", "load_corpus"]
+
 VOCAB_SIZE = 256
 SEPARATOR = 0
 SPLITS = ("train", "val", "test")
@@ -67,12 +69,27 @@ def split_of(index: int) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class Corpus:
-    """Byte tokens of the three splits.
+    """Byte tokens of the three splits (what `load_corpus` returns).
 
     Attributes:
         train, val, test: uint8[n_bytes] token streams (file bytes + a 0 separator after each file).
         files: split -> tuple of file names in the split.
         root: the directory the files came from.
+
+    Example:
+        A hand-made corpus (normally `load_corpus` builds it):
+
+        >>> t = np.frombuffer(b"print(1)\\x00", np.uint8)
+        >>> c = Corpus(train=t, val=t[:4], test=t[:2], files={s: () for s in SPLITS}, root=".")
+        >>> bytes(c.split("val"))
+        b'prin'
+        >>> d = c.describe()
+        >>> d["train_bytes"], d["val_sha256"] == hashlib.sha256(b"prin").hexdigest()
+        (9, True)
+        >>> c.split("dev")
+        Traceback (most recent call last):
+        ...
+        sift_jax.errors.ConfigError: split = 'dev' is invalid: allowed is one of train, val, test
     """
 
     train: np.ndarray
@@ -108,9 +125,31 @@ def load_corpus(root: str | pathlib.Path | None = None, max_bytes_per_split: int
         root: directory of ``*.py`` files; default the interpreter's stdlib directory.
         max_bytes_per_split: keep only the first this many bytes of each split (None = all).
 
-    >>> c = load_corpus(max_bytes_per_split=1000)
-    >>> c.train.dtype, c.train.size, c.val.size
-    (dtype('uint8'), 1000, 1000)
+    Returns:
+        Corpus: uint8[n_bytes] token streams per split (bytes), the file names and the root.
+
+    Raises:
+        ConfigError: no ``*.py`` file in `root`, too few files for every split (< 10), or a bad
+            `max_bytes_per_split`.
+
+    Example:
+        The split rule on ten small files (m8.py goes to val, m9.py to test):
+
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     for i in range(10):
+        ...         _ = (pathlib.Path(d) / f"m{i}.py").write_bytes(b"x = %d\\n" % i)
+        ...     c = load_corpus(d)
+        >>> c.files["val"], c.files["test"], len(c.files["train"])
+        (('m8.py',), ('m9.py',), 8)
+        >>> bytes(c.val)                     # the file's bytes, then the 0 separator
+        b'x = 8\\n\\x00'
+
+        The default corpus, the interpreter's standard library, truncated:
+
+        >>> c = load_corpus(max_bytes_per_split=1000)
+        >>> c.train.dtype, c.train.size, c.val.size
+        (dtype('uint8'), 1000, 1000)
     """
     if max_bytes_per_split is not None and (not isinstance(max_bytes_per_split, int) or max_bytes_per_split < 2):
         raise ConfigError("max_bytes_per_split", max_bytes_per_split, "None or an integer >= 2")

@@ -34,6 +34,8 @@ from flax import nnx
 
 from sift_jax.errors import ConfigError
 
+__all__ = ["MoEConfig", "MoELM", "init_model", "tiny_config"]
+
 GATE_NORMS = ("topk", "softmax")
 
 
@@ -41,15 +43,29 @@ GATE_NORMS = ("topk", "softmax")
 class MoEConfig:
     """Model and loss hyperparameters (hashable, JSON round-trip via `to_dict` / `from_dict`).
 
+    Every field is validated on construction; a bad value raises `ConfigError` naming the field.
+
     Attributes:
         vocab_size: byte vocabulary (256).
-        context: maximum sequence length T (learned positions).
+        context: maximum sequence length T (learned positions), tokens.
         d_model: residual width d. n_heads: attention heads (d_model % n_heads == 0).
-        n_layers: L, every block's FFN is an MoE layer. n_experts: N. top_k: K.
+        n_layers: L, every block's FFN is an MoE layer. n_experts: N. top_k: K (1 <= K <= N).
         d_ff: hidden width of each expert FFN.
         gate_norm: "topk" (renormalise over the active set, paper), "softmax" (Switch), or
-            "auto" = "topk" if K > 1 else "softmax".
-        lb_coef: weight of the Switch load-balancing loss. z_coef: weight of the router z-loss.
+            "auto" = "topk" if K > 1 else "softmax" (see `resolved_gate_norm`).
+        lb_coef: weight of the Switch load-balancing loss. z_coef: weight of the router z-loss
+            (both dimensionless, >= 0).
+
+    Example:
+        >>> cfg = MoEConfig(n_experts=8, top_k=1)
+        >>> cfg.resolved_gate_norm            # "auto" with K = 1: Switch full-softmax gates
+        'softmax'
+        >>> MoEConfig.from_dict(json.loads(cfg.to_json())) == cfg
+        True
+        >>> MoEConfig(d_model=100, n_heads=3)
+        Traceback (most recent call last):
+        ...
+        sift_jax.errors.ConfigError: n_heads = 3 is invalid: allowed is a divisor of d_model=100
     """
 
     vocab_size: int = 256
@@ -82,15 +98,18 @@ class MoEConfig:
 
     @property
     def resolved_gate_norm(self) -> str:
+        """The gate normalisation in force: "topk" or "softmax" ("auto" resolved by K)."""
         if self.gate_norm == "auto":
             return "topk" if self.top_k > 1 else "softmax"
         return self.gate_norm
 
     def to_dict(self) -> dict:
+        """The fields as a plain dict (JSON-ready)."""
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "MoEConfig":
+        """Inverse of `to_dict`; an unknown key raises `ConfigError`."""
         known = {f.name for f in dataclasses.fields(cls)}
         for k in d:
             if k not in known:
@@ -98,11 +117,27 @@ class MoEConfig:
         return cls(**d)
 
     def to_json(self) -> str:
+        """`to_dict` as a JSON string with sorted keys."""
         return json.dumps(self.to_dict(), sort_keys=True)
 
 
 def tiny_config(**overrides) -> MoEConfig:
-    """A very small configuration for tests and `quick_lab` (d 32, 2 layers, 4 experts, T 32)."""
+    """A very small configuration for tests and `quick_lab` (d 32, 2 layers, 4 experts, T 32).
+
+    Base values: context 32, d_model 32, n_heads 2, n_layers 2, n_experts 4, top_k 2, d_ff 64; every
+    other field keeps its `MoEConfig` default.
+
+    Args:
+        **overrides: `MoEConfig` fields that replace the base values.
+
+    Returns:
+        MoEConfig.
+
+    Example:
+        >>> cfg = tiny_config(n_experts=8)
+        >>> cfg.context, cfg.d_model, cfg.n_layers, cfg.n_experts, cfg.top_k
+        (32, 32, 2, 8, 2)
+    """
     base = dict(context=32, d_model=32, n_heads=2, n_layers=2, n_experts=4, top_k=2, d_ff=64)
     base.update(overrides)
     return MoEConfig(**base)
@@ -204,12 +239,28 @@ class Block(nnx.Module):
 class MoELM(nnx.Module):
     """Decoder-only byte-level MoE language model.
 
+    Calling the model runs the forward pass; see `__call__` for its arguments (tokens, an explicit
+    `selection` or an online `select_fn`) and outputs.
+
+    Args:
+        cfg: the model configuration (kept as `.cfg`).
+        rngs: `nnx.Rngs` for the parameter initialisers (`init_model` builds one from a seed).
+
     Example:
-        >>> from sift_jax.moe.model import MoELM, tiny_config
-        >>> model = MoELM(tiny_config(), rngs=nnx.Rngs(0))
-        >>> logits, aux = model(jnp.zeros((2, 8), jnp.int32), return_internals=True)
-        >>> logits.shape, aux["expert_outputs"].shape, aux["gates"].shape
-        ((2, 8, 256), (2, 2, 8, 4, 32), (2, 2, 8, 2))
+        Shapes of the outputs (L = 2, N = 4, K = 2, d = 32 in `tiny_config`). `nnx.eval_shape`
+        traces the model without computing anything, which keeps this example fast; a real model
+        (`init_model`, `train`) is called the same way, ``model(tokens, return_internals=True)``.
+
+        >>> cfg = tiny_config()
+        >>> model = nnx.eval_shape(lambda: MoELM(cfg, rngs=nnx.Rngs(0)))
+        >>> tokens = jnp.zeros((2, 8), jnp.int32)                     # B = 2, T = 8
+        >>> logits, aux = nnx.eval_shape(lambda m, x: m(x, return_internals=True), model, tokens)
+        >>> logits.shape, aux["expert_outputs"].shape, aux["gates"].shape, aux["hidden"].shape
+        ((2, 8, 256), (2, 2, 8, 4, 32), (2, 2, 8, 2), (3, 2, 8, 32))
+        >>> model(jnp.zeros((1, 33), jnp.int32))       # T > context: refused before any computation
+        Traceback (most recent call last):
+        ...
+        sift_jax.errors.ConfigError: tokens = 'length 33' is invalid: allowed is a sequence length <= context=32
     """
 
     def __init__(self, cfg: MoEConfig, *, rngs: nnx.Rngs):
@@ -235,13 +286,18 @@ class MoELM(nnx.Module):
             return_internals: also return per-layer tensors (see Returns).
 
         Returns:
-            (logits float[B, T, V], aux dict). aux always holds "lb_loss", "z_loss" (means over layers)
-            and "logits_mean". With `return_internals` it also holds, stacked over layers:
+            (logits float[B, T, V] (unnormalised next-byte log-probabilities, nats), aux dict). aux
+            always holds the scalars "lb_loss" and "z_loss" (means over layers). With
+            `return_internals` it also holds, stacked over layers:
             "expert_outputs" [L, B, T, N, d] (FFN_i(z) of every expert), "gates" [L, B, T, K],
             "topk" [L, B, T, K], "selection" [L, B, T, K] (what was applied), "router_probs"
             [L, B, T, N], "router_logits" [L, B, T, N], "moe_inputs" z [L, B, T, d], "moe_outputs"
             y~ [L, B, T, d], "hidden" residual stream [L + 1, B, T, d] (after the embedding and after
             each block) and "final_hidden" LN_f output [B, T, d].
+
+        Raises:
+            ConfigError: T > context, both `selection` and `select_fn` given, a `selection` of the
+                wrong shape, or (when concrete) entries outside [-1, N-1].
         """
         cfg = self.cfg
         if selection is not None and select_fn is not None:
@@ -304,7 +360,27 @@ def _concrete(x):
 
 
 def init_model(cfg: MoEConfig, seed: int = 0) -> MoELM:
-    """A freshly initialised model (deterministic in `seed`)."""
+    """A freshly initialised model (deterministic in `seed`).
+
+    Args:
+        cfg: the model configuration.
+        seed: integer seed of the parameter initialisers (``nnx.Rngs(params=seed)``).
+
+    Returns:
+        MoELM with float32 parameters.
+
+    Example:
+        Count the parameters. `nnx.eval_shape` traces the initialiser without running it (a real
+        call compiles each random initialiser, a few seconds of CPU); the count follows from the
+        shapes: embedding and head V d each, positions T d, final LayerNorm 2 d, and per layer two
+        LayerNorms (4 d), attention (4 d^2), router (d N) and N experts (2 N d f + N f + N d).
+
+        >>> model = nnx.eval_shape(lambda: init_model(tiny_config(), seed=0))
+        >>> n = sum(p.size for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
+        >>> V, T, d, N, f, L = 256, 32, 32, 4, 64, 2
+        >>> n == 2 * V * d + T * d + 2 * d + L * (4 * d + 4 * d * d + d * N + 2 * N * d * f + N * f + N * d)
+        True
+    """
     return MoELM(cfg, rngs=nnx.Rngs(params=seed))
 
 

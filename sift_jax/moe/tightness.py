@@ -66,6 +66,8 @@ from sift_jax.moe import data as data_lib
 from sift_jax.moe.model import MoEConfig, MoELM, combine
 from sift_jax.scenario import Scenario
 
+__all__ = ["TightnessConfig", "lab_scenario", "run"]
+
 DEFAULT_ETA_FRACTIONS = (0.0, 0.02, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0)
 BASELINES = ("topk-ideal", "topk")
 FALLBACKS = ("topk", "skip")
@@ -81,10 +83,21 @@ def lab_scenario(cfg: MoEConfig, preset: str = "mixtral-8x7b", **overrides) -> S
     13% of helper links miss the 74 ms deadline in a layer (with the preset's 2 MHz and no cap none
     does, and practical Top-K would equal ideal Top-K). Override any Scenario field by keyword.
 
-    >>> from sift_jax.moe.model import tiny_config
-    >>> sc = lab_scenario(tiny_config())
-    >>> sc.n_nodes, sc.top_k, sc.n_layers, sc.n_tokens
-    (4, 2, 2, 1)
+    Args:
+        cfg: the model configuration (gives N = n_experts, K = top_k, L = n_layers).
+        preset: name of a `sift_jax.presets` scenario (radio and compute numbers).
+        **overrides: Scenario fields (SI units, see `sift_jax.scenario`) that replace the defaults.
+
+    Returns:
+        Scenario with n_nodes = N, top_k = K, n_layers = L and n_tokens = 1.
+
+    Example:
+        >>> from sift_jax.moe.model import tiny_config
+        >>> sc = lab_scenario(tiny_config())
+        >>> sc.n_nodes, sc.top_k, sc.n_layers, sc.n_tokens
+        (4, 2, 2, 1)
+        >>> sc.max_tx_power_w, sc.bandwidth_hz, lab_scenario(tiny_config(), eta=0.5).eta     # W, Hz
+        (0.2, 80000.0, 0.5)
     """
     base = presets_lib.get(preset)
     fields = dict(n_nodes=cfg.n_experts, top_k=cfg.top_k, n_layers=cfg.n_layers, n_tokens=1)
@@ -109,6 +122,15 @@ class TightnessConfig:
         share_substitutes: SiftMoE option (two slots may share a substitute, eq. 12).
         grid_batch: runs vmapped together inside `lax.map` over the (eta, draw) grid (memory ~
             grid_batch * L * batch_windows * context * N * d floats; raise it on a GPU).
+
+    Example:
+        >>> tc = TightnessConfig(n_windows=8, n_draws=2)
+        >>> len(tc.eta_fractions) * tc.n_draws           # SiftMoE runs: one per (eta, draw)
+        18
+        >>> TightnessConfig(infeasible_fallback="drop")
+        Traceback (most recent call last):
+        ...
+        sift_jax.errors.ConfigError: infeasible_fallback = 'drop' is invalid: allowed is one of topk, skip
     """
 
     n_windows: int = 32
@@ -286,6 +308,35 @@ def run(model: MoELM, table: np.ndarray, b_max: np.ndarray, beta_max: np.ndarray
         decision, per slot for the rates); "prop1_exact": {"max_ratio", "n", "n_violations", ...};
         "prop1_table": {"all": quantiles, "per_eta": [...]}; "thm1": quantiles of e^(L) / bound^(L)
         (measured delta and table delta), "thm1_violations"; "n_tokens"; "settings".
+        Accuracies are fractions of next bytes, losses nats/byte, energies J per token, etas in the
+        units of the table (expert-output norms).
+
+    Raises:
+        ConfigError: a table that is not [L, N, N+1] for the model, or a scenario whose N, K, L differ
+            from the model's.
+
+    Example:
+        On a trained and calibrated checkpoint `ckpt` (written by ``sift-jax moe train`` and ``sift-jax
+        moe calibrate``). The run is skipped in the doctests: it compiles the model under every policy,
+        about a minute of CPU time (`tests/test_moe_lab.py` and `quick_lab` run it).
+
+        >>> from sift_jax.moe import calibrate, train
+        >>> model, _ = train.load_checkpoint(ckpt)  # doctest: +SKIP
+        >>> cal = calibrate.load_calibration(ckpt)  # doctest: +SKIP
+        >>> res = run(model, cal["table"], cal["b_max"], cal["beta_max"], tokens,  # doctest: +SKIP
+        ...           tc=TightnessConfig(n_windows=8, n_draws=2))
+        >>> res["prop1_exact"]["n_violations"], len(res["accuracy"]["siftmoe"])  # doctest: +SKIP
+        (0, 9)
+
+        A table that does not fit the model is refused before anything runs (here with the model's
+        shapes only, `nnx.eval_shape`):
+
+        >>> from sift_jax.moe.model import init_model, tiny_config
+        >>> abstract = nnx.eval_shape(lambda: init_model(tiny_config()))      # L = 2, N = 4
+        >>> run(abstract, np.ones((2, 4, 4)), np.ones(2), np.ones(2), np.zeros(1000, np.uint8))
+        Traceback (most recent call last):
+        ...
+        sift_jax.errors.ConfigError: table = 'array of shape (2, 4, 4)' is invalid: allowed is float[L=2, N=4, N+1=5]
     """
     cfg = model.cfg
     table = np.asarray(table, np.float32)

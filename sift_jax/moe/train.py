@@ -39,6 +39,9 @@ from sift_jax.errors import ConfigError
 from sift_jax.moe import data as data_lib
 from sift_jax.moe.model import MoEConfig, MoELM, init_model
 
+__all__ = ["TrainConfig", "TrainResult", "evaluate", "load_checkpoint", "save_checkpoint", "tiny_train_config",
+           "train"]
+
 # Test threshold (tests/test_moe_train.py): `tiny_config()` trained with `tiny_train_config()` (200 steps of
 # 16 x 32 bytes, ~30 s on 2 CPU cores) must reach a validation cross-entropy below this many nats per byte.
 # Reference points: uniform bytes = ln 256 = 5.55 nats; the unigram byte model of the train split scores
@@ -71,6 +74,17 @@ class TrainConfig:
         max_bytes_per_split: truncate each corpus split (None = whole corpus).
         time_budget_s: stop after the first chunk that ends past this wall time (None = no limit;
             the run is then no longer a function of the seed alone: the step count is recorded).
+
+    Example:
+        >>> tc = TrainConfig(steps=1000)
+        >>> tc.steps * tc.batch_size                  # sequences seen in the run
+        16000
+        >>> TrainConfig(**tc.to_dict()) == tc
+        True
+        >>> TrainConfig(lr=0.0)
+        Traceback (most recent call last):
+        ...
+        sift_jax.errors.ConfigError: lr = 0.0 is invalid: allowed is a number > 0
     """
 
     steps: int = 500
@@ -100,11 +114,28 @@ class TrainConfig:
             raise ConfigError("lr", self.lr, "a number > 0")
 
     def to_dict(self) -> dict:
+        """The fields as a plain dict (JSON-ready)."""
         return dataclasses.asdict(self)
 
 
 def tiny_train_config(**overrides) -> TrainConfig:
-    """Settings for tests and `quick_lab`: a few hundred small steps."""
+    """Settings for tests and `quick_lab`: a few hundred small steps.
+
+    Base values: 200 steps of 16 sequences, peak lr 1e-2 with 20 warm-up steps, validation every 100
+    steps on 16 windows, each corpus split truncated to 200,000 bytes; every other field keeps its
+    `TrainConfig` default.
+
+    Args:
+        **overrides: `TrainConfig` fields that replace the base values.
+
+    Returns:
+        TrainConfig.
+
+    Example:
+        >>> tc = tiny_train_config(seed=3)
+        >>> tc.steps, tc.seed, tc.steps // tc.eval_every     # two validation points
+        (200, 3, 2)
+    """
     base = dict(steps=200, batch_size=16, lr=1e-2, warmup=20, eval_every=100, eval_windows=16,
                 max_bytes_per_split=200_000)
     base.update(overrides)
@@ -186,8 +217,28 @@ def make_eval(graphdef, cfg: MoEConfig) -> Callable:
 def evaluate(model: MoELM, tokens: np.ndarray, n_windows: int | None = 64, batch: int = 32) -> dict:
     """Mean next-byte cross-entropy (nats) and accuracy on evenly spaced windows of `tokens`.
 
+    Args:
+        model: the model to score.
+        tokens: uint8[n] token stream (a corpus split).
+        n_windows: non-overlapping windows of `model.cfg.context` bytes, evenly spaced (None = all
+            that fit); `ConfigError` if more than fit.
+        batch: windows per jitted forward call.
+
     Returns:
-        {"loss", "accuracy", "bits_per_byte", "n_bytes"}.
+        {"loss": mean cross-entropy (nats/byte), "accuracy": fraction of next bytes predicted by the
+        argmax, "bits_per_byte": loss / ln 2, "n_bytes": int, bytes scored = n_windows * context}.
+
+    Example:
+        A model with all-zero weights predicts uniform logits: its loss is ln 256 nats = 8 bits per
+        byte, and its argmax, byte 0, never matches these tokens. (The weights are set without running
+        the random initialisers, which keeps the example fast; `init_model` or `train` give real ones.)
+
+        >>> from sift_jax.moe.model import tiny_config
+        >>> model = nnx.eval_shape(lambda: init_model(tiny_config()))          # T = 32
+        >>> nnx.update(model, jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), nnx.state(model)))
+        >>> ev = evaluate(model, np.arange(1, 101, dtype=np.uint8), n_windows=3)
+        >>> round(ev["loss"], 4), round(float(ev["bits_per_byte"]), 4), ev["accuracy"], ev["n_bytes"]
+        (5.5452, 8.0, 0.0, 96)
     """
     cfg = model.cfg
     graphdef, params = split_params(model)
@@ -204,7 +255,18 @@ def evaluate(model: MoELM, tokens: np.ndarray, n_windows: int | None = 64, batch
 
 @dataclasses.dataclass
 class TrainResult:
-    """What `train` returns: the trained model, per-step metrics and a JSON-ready summary."""
+    """What `train` returns: the trained model, per-step metrics and a JSON-ready summary.
+
+    Attributes:
+        model: the trained `MoELM`.
+        history: metric -> float32[steps], one value per optimiser step: "loss" (total training
+            loss), "ce" (cross-entropy, nats/byte), "accuracy", "lb_loss", "z_loss".
+        summary: see `train` (JSON-ready).
+
+    Example:
+        >>> [f.name for f in dataclasses.fields(TrainResult)]
+        ['model', 'history', 'summary']
+    """
 
     model: MoELM
     history: dict  # metric -> float[steps]
@@ -221,8 +283,22 @@ def train(cfg: MoEConfig = MoEConfig(), tc: TrainConfig = TrainConfig(), corpus:
         progress: optional callback (steps_done, metrics) after every chunk.
 
     Returns:
-        TrainResult; `summary` holds steps, train_time_s (compile included), final train loss and the
-        validation loss / accuracy.
+        TrainResult; `summary` holds steps, train_time_s (s, compile included), train_ce_last (mean
+        training cross-entropy of the last up to 20 steps, nats/byte), val_loss (nats/byte),
+        val_accuracy, val_bits_per_byte, evals (one `evaluate` dict per chunk, with "step" and
+        "time_s") and backend.
+
+    Example:
+        Two steps of the tiny model. The training call is skipped in the doctests: compiling the
+        jitted training chunk takes about 10 s of CPU time (`tests/test_moe_train.py` runs it).
+
+        >>> from sift_jax.moe.model import tiny_config
+        >>> tc = tiny_train_config(steps=2, eval_every=1, eval_windows=1, max_bytes_per_split=10_000)
+        >>> tc.steps, tc.eval_every, tc.batch_size
+        (2, 1, 16)
+        >>> res = train(tiny_config(), tc)  # doctest: +SKIP
+        >>> res.history["ce"].shape, [e["step"] for e in res.summary["evals"]]  # doctest: +SKIP
+        ((2,), [1, 2])
     """
     if corpus is None:
         corpus = data_lib.load_corpus(max_bytes_per_split=tc.max_bytes_per_split)
@@ -276,7 +352,29 @@ def _abs(path) -> pathlib.Path:
 def save_checkpoint(path, model: MoELM, meta: dict | None = None) -> pathlib.Path:
     """Write `model` (orbax, params/) and `config.json` (model config + `meta`) under directory `path`.
 
-    Overwrites an existing checkpoint there. Returns the absolute path.
+    Overwrites an existing checkpoint there.
+
+    Args:
+        path: checkpoint directory (created if missing).
+        model: the model to save.
+        meta: extra JSON-ready entries for config.json (`train` stores "train", "metrics", "corpus").
+
+    Returns:
+        pathlib.Path: the absolute path of the checkpoint directory.
+
+    Example:
+        A model with all-zero weights (set without running the random initialisers, to keep the
+        example fast), saved into a temporary directory:
+
+        >>> import tempfile
+        >>> from sift_jax.moe.model import tiny_config
+        >>> model = nnx.eval_shape(lambda: init_model(tiny_config()))
+        >>> nnx.update(model, jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), nnx.state(model)))
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     ckpt = save_checkpoint(pathlib.Path(d) / "ckpt", model, {"note": "zeros"})
+        ...     meta = json.loads((ckpt / "config.json").read_text())
+        ...     ckpt.is_absolute(), (ckpt / "params").is_dir(), meta["note"], meta["model"]["n_experts"]
+        (True, True, 'zeros', 4)
     """
     path = _abs(path)
     path.mkdir(parents=True, exist_ok=True)
@@ -299,7 +397,36 @@ def _json_default(o):
 
 
 def load_checkpoint(path) -> tuple[MoELM, dict]:
-    """Restore (model, config.json contents) from a directory written by `save_checkpoint`."""
+    """Restore (model, config.json contents) from a directory written by `save_checkpoint`.
+
+    Args:
+        path: the checkpoint directory.
+
+    Returns:
+        (MoELM, dict): the model (float32 parameters as saved) and the parsed config.json ("model"
+        holds the `MoEConfig` fields, plus whatever `meta` the checkpoint was saved with).
+
+    Raises:
+        ConfigError: `path` holds no config.json and params/.
+
+    Example:
+        A round trip of a model whose weights are all 0.5 (set without running the random
+        initialisers, to keep the example fast):
+
+        >>> import tempfile
+        >>> from sift_jax.moe.model import tiny_config
+        >>> model = nnx.eval_shape(lambda: init_model(tiny_config()))
+        >>> nnx.update(model, jax.tree.map(lambda a: np.full(a.shape, 0.5, a.dtype), nnx.state(model)))
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     _ = save_checkpoint(d, model, {"note": "halves"})
+        ...     loaded, meta = load_checkpoint(d)
+        >>> loaded.cfg == model.cfg, meta["note"], float(loaded.blocks[1].moe.router[...].mean())
+        (True, 'halves', 0.5)
+        >>> load_checkpoint("no/such/checkpoint")
+        Traceback (most recent call last):
+        ...
+        sift_jax.errors.ConfigError: checkpoint = '...' is invalid: allowed is a directory holding config.json...
+    """
     path = _abs(path)
     cfg_file = path / "config.json"
     if not cfg_file.is_file() or not (path / "params").is_dir():

@@ -41,10 +41,16 @@ _DECODE = {
 
 
 def names() -> tuple[str, ...]:
-    """Names of the decoding policies.
+    """Names of the decoding policies, in the order of the module docstring.
 
-    >>> names()
-    ('siftmoe', 'topk-ideal', 'topk', 'wdmoe', 'oracle')
+    Returns:
+        tuple of str, one name per policy; each is a valid argument of `get`.
+
+    Example:
+        >>> names()
+        ('siftmoe', 'topk-ideal', 'topk', 'wdmoe', 'oracle')
+        >>> all(callable(get(name)) for name in names())
+        True
     """
     return tuple(_DECODE)
 
@@ -52,13 +58,24 @@ def names() -> tuple[str, ...]:
 def get(name: str) -> Callable[..., Decision]:
     """The decoding policy called `name`: a function (sc, f, g, topk, table, **options) -> Decision.
 
-    >>> get("siftmoe") is decode
-    True
-    >>> get("greedy")
-    Traceback (most recent call last):
-    ...
-    sift_jax.errors.ConfigError: policy = 'greedy' is invalid: allowed is one of siftmoe, topk-ideal, topk,
-    wdmoe, oracle
+    Args:
+        name: one of `names()`.
+
+    Returns:
+        The policy function; f float[N] (J), g float[K], topk int[K], table float[N, N+1] as in
+        `decode`, and it returns a `Decision` for one token of one layer.
+
+    Raises:
+        ConfigError: `name` is not a decoding policy.
+
+    Example:
+        >>> get("siftmoe") is decode, get("topk-ideal") is topk_ideal
+        (True, True)
+        >>> get("greedy")
+        Traceback (most recent call last):
+        ...
+        sift_jax.errors.ConfigError: policy = 'greedy' is invalid: allowed is one of siftmoe, topk-ideal, topk,
+        wdmoe, oracle
     """
     if not isinstance(name, str) or name not in _DECODE:
         raise ConfigError("policy", name, "one of " + ", ".join(_DECODE))

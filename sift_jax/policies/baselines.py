@@ -36,6 +36,8 @@ from sift_jax.policies.decode import check_inputs, loads_of, seq_sum, slot_value
 from sift_jax.errors import ConfigError
 from sift_jax.scenario import Scenario
 
+__all__ = ["topk", "topk_ideal", "wdmoe"]
+
 DEFAULT_WDMOE_THRESHOLD = 0.5
 
 
@@ -61,18 +63,29 @@ def topk_ideal(sc: Scenario, f, g, topk, table) -> Decision:
     """Ideal Top-K: every Top-K expert delivered (accuracy upper bound, deviation 0).
 
     Args:
-        sc, f, g, topk, table: as `policies.decode` (f float[N] J, g float[K], topk int[K], table [N, N+1]).
+        sc: scenario; uses `n_nodes` N and `top_k` K (static).
+        f: float[N] decoding node costs (J), inf = misses the deadline (as `policies.decode`).
+        g: float[K] Top-K gate weights.
+        topk: int[K] Top-K expert indices (expert v lives on node v).
+        table: float[N, N+1] mean mismatch Fbar, column N = skip.
 
     Returns:
-        Decision with assign = topk, loads 1 on the Top-K nodes, energy = sum of the finite f over the
-        Top-K nodes, deviation 0, feasible = every Top-K node meets the deadline.
+        Decision with assign int32[K] = topk, loads int32[N] 1 on the Top-K nodes, energy_j = sum of the
+        finite f over the Top-K nodes (J), deviation_bound 0, feasible = every Top-K node meets the
+        deadline.
 
-    >>> import jax.numpy as jnp
-    >>> from sift_jax.scenario import Scenario
-    >>> sc = Scenario(n_nodes=3, top_k=2)
-    >>> d = topk_ideal(sc, jnp.array([1.0, jnp.inf, 2.0]), jnp.array([0.6, 0.4]), jnp.array([2, 1]), jnp.ones((3, 4)))
-    >>> d.assign.tolist(), float(d.energy_j), float(d.deviation_bound), bool(d.feasible)
-    ([2, 1], 2.0, 0.0, False)
+    Example:
+        Node 1 misses the deadline: the ideal still "delivers" its expert but is flagged infeasible, and
+        only node 2's 2 J count:
+
+        >>> import jax
+        >>> import jax.numpy as jnp
+        >>> from sift_jax.scenario import Scenario
+        >>> sc = Scenario(n_nodes=3, top_k=2)
+        >>> f, g, idx = jnp.array([1.0, jnp.inf, 2.0]), jnp.array([0.6, 0.4]), jnp.array([2, 1])
+        >>> d = jax.jit(topk_ideal)(sc, f, g, idx, jnp.ones((3, 4)))
+        >>> d.assign.tolist(), float(d.energy_j), float(d.deviation_bound), bool(d.feasible)
+        ([2, 1], 2.0, 0.0, False)
     """
     f, g, topk, table = check_inputs(sc, f, g, topk, table)
     e, s = slot_values(g, topk, table)
@@ -84,19 +97,29 @@ def topk(sc: Scenario, f, g, topk, table) -> Decision:
     """Practical Top-K: slots whose node misses the deadline (f = inf) are lost (= skipped).
 
     Args:
-        sc, f, g, topk, table: as `policies.decode`.
+        sc: scenario; uses `n_nodes` N and `top_k` K (static).
+        f: float[N] decoding node costs (J), inf = misses the deadline (as `policies.decode`).
+        g: float[K] Top-K gate weights.
+        topk: int[K] Top-K expert indices (expert v lives on node v).
+        table: float[N, N+1] mean mismatch Fbar, column N = skip.
 
     Returns:
-        Decision with assign_i = topk_i or -1 (lost), energy = sum of f over the delivered nodes,
-        deviation = sum of g_i Fbar[i, N] over the lost slots, feasible = nothing lost.
+        Decision with assign int32[K] (assign_i = topk_i, or -1 when lost), loads int32[N], energy_j =
+        sum of f over the delivered nodes (J), deviation_bound = sum of g_i Fbar[topk_i, N] over the lost
+        slots, n_skipped = lost slots, feasible = nothing lost.
 
-    >>> import jax.numpy as jnp
-    >>> from sift_jax.scenario import Scenario
-    >>> sc = Scenario(n_nodes=3, top_k=2, eta=1.0)
-    >>> table = jnp.array([[0.0, 1.0, 1.0, 2.0], [1.0, 0.0, 1.0, 3.0], [1.0, 1.0, 0.0, 4.0]])
-    >>> d = topk(sc, jnp.array([1.0, jnp.inf, 2.0]), jnp.array([0.6, 0.4]), jnp.array([2, 1]), table)
-    >>> d.assign.tolist(), float(d.energy_j), round(float(d.deviation_bound), 4), int(d.n_skipped), bool(d.feasible)
-    ([2, -1], 2.0, 1.2, 1, False)
+    Example:
+        Expert 1's node misses the deadline: its slot (g = 0.4, skip mismatch 3) is lost, deviation
+        0.4 * 3 = 1.2 > eta:
+
+        >>> import jax
+        >>> import jax.numpy as jnp
+        >>> from sift_jax.scenario import Scenario
+        >>> sc = Scenario(n_nodes=3, top_k=2, eta=1.0)
+        >>> table = jnp.array([[0.0, 1.0, 1.0, 2.0], [1.0, 0.0, 1.0, 3.0], [1.0, 1.0, 0.0, 4.0]])
+        >>> d = jax.jit(topk)(sc, jnp.array([1.0, jnp.inf, 2.0]), jnp.array([0.6, 0.4]), jnp.array([2, 1]), table)
+        >>> d.assign.tolist(), float(d.energy_j), round(float(d.deviation_bound), 4), int(d.n_skipped), bool(d.feasible)
+        ([2, -1], 2.0, 1.2, 1, False)
     """
     f, g, topk_idx, table = check_inputs(sc, f, g, topk, table)
     e, s = slot_values(g, topk_idx, table)
@@ -112,7 +135,11 @@ def wdmoe(sc: Scenario, f, g, topk, table, threshold: float = DEFAULT_WDMOE_THRE
     practical Top-K); the cosine is taken over the delivered experts only.
 
     Args:
-        sc, f, g, topk, table: as `policies.decode`.
+        sc: scenario; uses `eta`, `n_nodes` N and `top_k` K (static).
+        f: float[N] decoding node costs (J), inf = misses the deadline (as `policies.decode`).
+        g: float[K] Top-K gate weights.
+        topk: int[K] Top-K expert indices (expert v lives on node v).
+        table: float[N, N+1] mean mismatch Fbar, column N = skip.
         threshold: cosine threshold theta in [0, 1] (may be traced); default 0.5 (our choice: with the
             energy proxy, whose values span orders of magnitude, cos ~ g_j / |g| for the costliest expert
             j, so 0.5 drops when the costliest expert carries a small weight; with equal latencies
@@ -120,18 +147,30 @@ def wdmoe(sc: Scenario, f, g, topk, table, threshold: float = DEFAULT_WDMOE_THRE
         latency_s: optional float[N] per-node latency (s); default: the node costs f stand in.
 
     Returns:
-        Decision (assign_i = topk_i, or -1 when lost or dropped; energy of what is sent).
+        Decision with assign int32[K] (assign_i = topk_i, or -1 when lost or dropped), loads int32[N],
+        energy_j = sum of f over what is sent (J), deviation_bound = sum of g_i Fbar[topk_i, N] over the
+        lost and dropped slots, feasible = nothing lost and deviation <= eta.
 
-    >>> import jax.numpy as jnp
-    >>> from sift_jax.scenario import Scenario
-    >>> sc = Scenario(n_nodes=3, top_k=2, eta=2.0)
-    >>> table = jnp.array([[0.0, 1.0, 1.0, 2.0], [1.0, 0.0, 1.0, 3.0], [1.0, 1.0, 0.0, 4.0]])
-    >>> g, idx = jnp.array([0.7, 0.3]), jnp.array([0, 2])
-    >>> wdmoe(sc, jnp.array([1.0, 1.0, 1.2]), g, idx, table).assign.tolist()    # cos = 0.89: keep
-    [0, 2]
-    >>> d = wdmoe(sc, jnp.array([1.0, 1.0, 20.0]), g, idx, table)                # cos = 0.44: drop
-    >>> d.assign.tolist(), float(d.energy_j), round(float(d.deviation_bound), 4)
-    ([0, -1], 1.0, 1.2)
+    Raises:
+        ConfigError: `latency_s` is given with a shape other than [N].
+
+    Example:
+        cos((0.7, 0.3), (1, 1.2)) = 1.06 / (0.762 * 1.562) = 0.89 keeps both experts;
+        cos((0.7, 0.3), (1, 20)) = 6.7 / (0.762 * 20.02) = 0.44 < 0.5 drops the lighter one (slot 1,
+        skip mismatch 4: deviation 0.3 * 4 = 1.2):
+
+        >>> import jax
+        >>> import jax.numpy as jnp
+        >>> from sift_jax.scenario import Scenario
+        >>> sc = Scenario(n_nodes=3, top_k=2, eta=2.0)
+        >>> table = jnp.array([[0.0, 1.0, 1.0, 2.0], [1.0, 0.0, 1.0, 3.0], [1.0, 1.0, 0.0, 4.0]])
+        >>> g, idx = jnp.array([0.7, 0.3]), jnp.array([0, 2])
+        >>> policy = jax.jit(wdmoe)
+        >>> policy(sc, jnp.array([1.0, 1.0, 1.2]), g, idx, table).assign.tolist()
+        [0, 2]
+        >>> d = policy(sc, jnp.array([1.0, 1.0, 20.0]), g, idx, table)
+        >>> d.assign.tolist(), float(d.energy_j), round(float(d.deviation_bound), 4), bool(d.feasible)
+        ([0, -1], 1.0, 1.2, True)
     """
     f, g, topk_idx, table = check_inputs(sc, f, g, topk, table)
     if latency_s is None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import jax
 from flax import struct
 
+__all__ = ["Decision"]
+
 
 @struct.dataclass
 class Decision:
@@ -21,6 +23,18 @@ class Decision:
         feasible: bool[] whether the selection meets every constraint (deadline, eta, 1 <= |J| <= K).
         n_replaced: int32[] Top-K slots served by another expert.
         n_skipped: int32[] Top-K slots skipped (or lost).
+
+    Example:
+        A Decision is a pytree (jit and vmap pass it through); `replace` returns a modified copy:
+
+        >>> import jax.numpy as jnp
+        >>> d = Decision(assign=jnp.array([2, -1]), loads=jnp.array([0, 0, 1]), energy_j=jnp.float32(0.5),
+        ...              deviation_bound=jnp.float32(0.3), feasible=jnp.bool_(True),
+        ...              n_replaced=jnp.int32(1), n_skipped=jnp.int32(1))
+        >>> len(jax.tree.leaves(d))
+        7
+        >>> d.replace(feasible=jnp.bool_(False)).feasible.item(), d.feasible.item()
+        (False, True)
     """
 
     assign: jax.Array

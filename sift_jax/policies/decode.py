@@ -77,6 +77,8 @@ from sift_jax.policies.decision import Decision
 from sift_jax.policies.lazy import lazy
 from sift_jax.scenario import Scenario
 
+__all__ = ["decode"]
+
 STRATEGIES = ("auto", "direct", "pruned")
 DIRECT_MAX_DENSE = 4096  # "auto" uses "direct" when sum_(j=2..K) N^j (dense grid cells) is at most this
 MAX_SUBSETS = 2_000_000  # largest exact subset enumeration (fallback) we compile
@@ -533,7 +535,17 @@ def decode(sc: Scenario, f, g, topk, table, share_substitutes: bool = True, stra
         assign_i] (skip column for -1), feasible, n_replaced, n_skipped. All zero (assign -1) when no
         feasible selection exists.
 
+    Raises:
+        ConfigError: wrong shapes or dtypes, an unknown strategy or option value, or sizes whose exact
+            search does not fit (see the constants at the top of the module).
+
     Example:
+        Expert 0 (g = 0.7) can be replaced by expert 2 at a cost of 0.7 * 0.4 = 0.28 and expert 1
+        (g = 0.3) skipped at 0.3 * 1.0 = 0.3; node 3 misses the deadline. As eta grows the energy falls:
+        eta = 0.2 allows neither (nodes {0, 1}, 6 J), 0.3 the replacement ({2, 1}, 1.5 J), 0.6 both
+        ({2}, 0.5 J). A jitted policy is compiled once for every eta (eta is a traced leaf):
+
+        >>> import jax
         >>> import jax.numpy as jnp
         >>> from sift_jax.scenario import Scenario
         >>> sc = Scenario(n_nodes=4, top_k=2, eta=0.3)
@@ -543,8 +555,9 @@ def decode(sc: Scenario, f, g, topk, table, share_substitutes: bool = True, stra
         ...                    [1.5, 1.5, 1.5, 0.0, 1.0]])
         >>> f = jnp.array([5.0, 1.0, 0.5, jnp.inf])           # node 3 misses the deadline
         >>> g, topk = jnp.array([0.7, 0.3]), jnp.array([0, 1])
+        >>> decide = jax.jit(decode)
         >>> for eta in (0.2, 0.3, 0.6):
-        ...     d = decode(sc.replace(eta=eta), f, g, topk, table)
+        ...     d = decide(sc.replace(eta=eta), f, g, topk, table)
         ...     print(eta, d.assign.tolist(), d.loads.tolist(), float(d.energy_j), round(float(d.deviation_bound), 2))
         0.2 [0, 1] [1, 1, 0, 0] 6.0 0.0
         0.3 [2, 1] [0, 1, 1, 0] 1.5 0.28
@@ -552,7 +565,7 @@ def decode(sc: Scenario, f, g, topk, table, share_substitutes: bool = True, stra
 
         Without node 1 and with eta = 0.2 no selection meets the budget:
 
-        >>> d = decode(sc.replace(eta=0.2), f.at[1].set(jnp.inf), g, topk, table)
+        >>> d = decide(sc.replace(eta=0.2), f.at[1].set(jnp.inf), g, topk, table)
         >>> bool(d.feasible), d.assign.tolist(), float(d.energy_j)
         (False, [-1, -1], 0.0)
     """

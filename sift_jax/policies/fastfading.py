@@ -58,6 +58,9 @@ from sift_jax.policies import fastfading_bits as fb
 from sift_jax.policies.decision import Decision
 from sift_jax.scenario import Scenario
 
+__all__ = ["FastInfo", "SlotPlan", "allocate_bits", "layer_decision", "layer_decision_with_info", "paper_estimate",
+           "realised_energy", "surrogate_costs", "surrogate_load_energy", "surrogate_marginal_costs"]
+
 BITS = ("uniform", "closed-form", "dp")
 ALIASES = {"dynamic": "closed-form"}
 OPTIONS = ("inv_gain_mean", "downlink_gain", "dp_grid", "dp_quad", "dp_iters")
@@ -123,6 +126,19 @@ class SlotPlan:
         slots: int32[N-1] Q_n = clip(floor(T_up / tau), 1, Q).
         slot_s: float[N-1] slot length tau_n = T_up / Q_n (s).
         capped: bool[N-1] the static cap Q binds (floor(T_up / tau) > Q) for a loaded helper.
+
+    Example:
+        An unloaded helper has the whole deadline, 5 tau: five slots of length tau. A loaded one has
+        floor(T_up / tau) slots that share T_up:
+
+        >>> import numpy as np
+        >>> sc = Scenario(n_nodes=3, deadline_s=0.05, slot_s=0.01, n_slots=8)
+        >>> p = jax.jit(slot_plan)(sc, jnp.array([50.0, 80.0]), jnp.array([1, 0]))
+        >>> slots, slot_s, uplink_s = np.asarray(p.slots), np.asarray(p.slot_s), np.asarray(p.uplink_s)
+        >>> int(slots[1]), round(float(slot_s[1]), 6), round(float(uplink_s[1]), 6)
+        (5, 0.01, 0.05)
+        >>> int(slots[0]) == int(uplink_s[0] / 0.01), bool(np.isclose(slots[0] * slot_s[0], uplink_s[0]))
+        (True, True)
     """
 
     uplink_s: jax.Array
@@ -135,7 +151,7 @@ def slot_plan(sc: Scenario, distance_m, loads, downlink_gain=1.0) -> SlotPlan:
     """Slot plan of the helpers for helper loads int[N-1] (see the module docstring, item 2).
 
     >>> sc = Scenario(n_nodes=3, deadline_s=0.05, slot_s=0.01, n_slots=3)
-    >>> p = slot_plan(sc, jnp.array([50.0, 80.0]), jnp.array([1, 0]))   # T_up just under 5 tau
+    >>> p = jax.jit(slot_plan)(sc, jnp.array([50.0, 80.0]), jnp.array([1, 0]))   # T_up just under 5 tau
     >>> p.slots.tolist(), p.capped.tolist()
     ([3, 3], [True, False])
     """
@@ -155,10 +171,29 @@ def surrogate_load_energy(sc: Scenario, distance_m, loads, inv_gain_mean=None, d
     T_up = T - D (phi/C_n + b/R_n,UE(downlink_gain)); infeasible when T_up <= 0, T_up < T_n,load or the
     power at unit gain exceeds the cap.
 
-    >>> sc = Scenario(n_nodes=3)
-    >>> E = surrogate_load_energy(sc, jnp.array([50.0, 100.0]), jnp.array([0, 1, 0]))
-    >>> bool(jnp.isclose(E[1], 2.0 * costs.load_energy(sc, jnp.array([50.0, 100.0]), jnp.ones(2), jnp.array([0, 1, 0]))[1]))
-    True
+    Args:
+        sc: scenario (fading family and shape give E[1/h]).
+        distance_m: float[N-1] helper distances (m).
+        loads: int[..., N] tokens per node (node 0 = user).
+        inv_gain_mean: E[1/h] override (default: the fading family's, `Scenario.inv_gain_mean`).
+        downlink_gain: gain of the downlink rate R_n,UE (default the mean gain 1).
+
+    Returns:
+        float[..., N] surrogate energy per node (J); 0 for unloaded helpers, inf where infeasible.
+
+    Raises:
+        ConfigError: E[1/h] is infinite or unknown for the fading family and no override is given.
+
+    Example:
+        Gamma(2, 1/2) fading (the default) has E[1/h] = 2: a helper's surrogate is twice its
+        slow-fading energy at unit gain, and the user's (no radio) is unchanged:
+
+        >>> import numpy as np
+        >>> sc, loads = Scenario(n_nodes=3), jnp.array([1, 1, 0])
+        >>> E, slow = jax.jit(lambda d: (surrogate_load_energy(sc, d, loads),
+        ...                              costs.load_energy(sc, d, jnp.ones(2), loads)))(jnp.array([50.0, 100.0]))
+        >>> bool(np.allclose(E, np.array([1.0, 2.0, 1.0]) * slow)), E.shape
+        (True, (3,))
     """
     iota = inverse_gain_mean(sc, inv_gain_mean)
     loads = jnp.asarray(loads)
@@ -173,7 +208,31 @@ def surrogate_load_energy(sc: Scenario, distance_m, loads, inv_gain_mean=None, d
 
 
 def surrogate_costs(sc: Scenario, distance_m, inv_gain_mean=None, downlink_gain=1.0) -> jax.Array:
-    """Decoding node costs f [N] (J) on the surrogate: `surrogate_load_energy` at load 1 per node."""
+    """Decoding node costs f [N] (J) on the surrogate: `surrogate_load_energy` at load 1 per node.
+
+    Args:
+        sc: scenario.
+        distance_m: float[N-1] helper distances (m).
+        inv_gain_mean: E[1/h] override (default: the fading family's).
+        downlink_gain: gain of the downlink rate R_n,UE (default 1).
+
+    Returns:
+        float[N] surrogate decoding cost per node (J), inf where infeasible; the input f of the decoding
+        policies under fast fading.
+
+    Raises:
+        ConfigError: E[1/h] is infinite or unknown for the fading family and no override is given.
+
+    Example:
+        E[1/h] = 2 times the slow-fading cost of eq. (21) at unit gain for the helpers:
+
+        >>> import numpy as np
+        >>> sc = Scenario(n_nodes=3)
+        >>> f, slow = jax.jit(lambda d: (surrogate_costs(sc, d), costs.node_costs(sc, d, jnp.ones(2))))(
+        ...     jnp.array([50.0, 100.0]))
+        >>> bool(np.allclose(f, np.array([1.0, 2.0, 2.0]) * slow)), f.shape
+        (True, (3,))
+    """
     return surrogate_load_energy(sc, distance_m, jnp.ones((sc.n_nodes,), jnp.int32), inv_gain_mean, downlink_gain)
 
 
@@ -183,10 +242,33 @@ def surrogate_marginal_costs(sc: Scenario, distance_m, max_load: int, inv_gain_m
     dE[v, d] = Etilde_v(d + 1) - Etilde_v(d), inf from the first infeasible load on; cap = number of
     finite entries (feasibility is monotone in the load).
 
-    >>> sc = Scenario(n_nodes=3, n_tokens=4)
-    >>> dE, cap = surrogate_marginal_costs(sc, jnp.array([50.0, 100.0]), 4)
-    >>> dE.shape, cap.tolist()
-    ((3, 4), [4, 4, 4])
+    Args:
+        sc: scenario.
+        distance_m: float[N-1] helper distances (m).
+        max_load: D, the largest load (static).
+        inv_gain_mean: E[1/h] override (default: the fading family's).
+        downlink_gain: gain of the downlink rate R_n,UE (default 1).
+
+    Returns:
+        (dE float[N, D] marginal surrogate energies (J), cap int32[N] capacities <= D): the prefill
+        inputs under fast fading.
+
+    Raises:
+        ConfigError: E[1/h] is infinite or unknown for the fading family and no override is given.
+
+    Example:
+        The marginals add up to the surrogate energy, and a helper's are non-decreasing (Etilde is
+        convex, Prop. 2):
+
+        >>> import numpy as np
+        >>> sc = Scenario(n_nodes=3, n_tokens=4)
+        >>> dE, cap, E2 = jax.jit(lambda d: (*surrogate_marginal_costs(sc, d, 4),
+        ...                                  surrogate_load_energy(sc, d, jnp.full(3, 2))))(jnp.array([50.0, 100.0]))
+        >>> dE, cap = np.asarray(dE), np.asarray(cap)
+        >>> dE.shape, bool(np.all(cap <= 4)), bool(np.all(np.diff(dE[1:, :2], axis=1) >= 0))
+        ((3, 4), True, True)
+        >>> bool(np.allclose(dE[:, :2].sum(1), E2))
+        True
     """
     d = jnp.arange(max_load + 1)
     table = surrogate_load_energy(sc, distance_m, jnp.broadcast_to(d[:, None], (max_load + 1, sc.n_nodes)),
@@ -208,14 +290,35 @@ def allocate_bits(sc: Scenario, distance_m, loads, slot_gain, bits: str = "close
                   dp_iters: int = fb.DP_ITERS):
     """Bits per helper and slot for helper loads int[N-1] and slot gains float[N-1, Q].
 
+    Args:
+        sc: scenario (static n_slots Q; slot_s tau).
+        distance_m: float[N-1] helper distances (m).
+        loads: int[N-1] helper loads (tokens).
+        slot_gain: float[N-1, Q] realised per-slot power gains.
+        bits: "uniform", "closed-form" (alias "dynamic") or "dp".
+        inv_gain_mean: E[1/h] override for "closed-form" (default: the fading family's).
+        downlink_gain: gain of the downlink rate R_n,UE (default 1).
+        dp_grid: DP table grid points ("dp" only; static).
+        dp_quad: DP quadrature nodes ("dp" only; static).
+        dp_iters: Newton steps per slot ("dp" only; static).
+
     Returns:
         (gamma float[N-1, Q] bits per slot (sum over slots = b D_n, all >= 0; 0 beyond Q_n), SlotPlan).
         A helper whose load leaves no uplink time (T_up <= 0) gets no bits; `realised_energy` flags it.
 
-    >>> sc = Scenario(n_nodes=2, deadline_s=0.05, slot_s=0.01, n_slots=8, hidden_bits=1e4)
-    >>> gamma, plan = allocate_bits(sc, jnp.array([60.0]), jnp.array([2]), jnp.ones((1, 8)), "uniform")
-    >>> int(plan.slots[0]), [round(v) for v in gamma[0].tolist()]
-    (4, [5000, 5000, 5000, 5000, 0, 0, 0, 0])
+    Raises:
+        ConfigError: an unknown bit loading, or a fading family the rule cannot handle.
+
+    Example:
+        Uniform loading splits the 2 x 10^4 bits of two tokens equally over the Q_n slots:
+
+        >>> import numpy as np
+        >>> sc = Scenario(n_nodes=2, deadline_s=0.05, slot_s=0.01, n_slots=8, hidden_bits=1e4)
+        >>> run = jax.jit(allocate_bits, static_argnames="bits")
+        >>> gamma, plan = run(sc, jnp.array([60.0]), jnp.array([2]), jnp.ones((1, 8)), bits="uniform")
+        >>> gamma, q = np.asarray(gamma[0]), int(plan.slots[0])
+        >>> q == int(float(plan.uplink_s[0]) / 0.01), bool(np.allclose(gamma[:q], 2e4 / q)), float(gamma[q:].sum())
+        (True, True, 0.0)
     """
     bits = check_bits("siftmoe", bits)
     plan = slot_plan(sc, distance_m, loads, downlink_gain)
@@ -238,6 +341,33 @@ def realised_energy(sc: Scenario, distance_m, slot_gain, gamma, plan: SlotPlan, 
 
     ok is False for a loaded helper whose uplink time is <= 0 or shorter than its load time, or with a
     slot over the power cap (its energy is then inf).
+
+    Args:
+        sc: scenario.
+        distance_m: float[N-1] helper distances (m).
+        slot_gain: float[N-1, Q] realised per-slot power gains.
+        gamma: float[N-1, Q] bits per slot (`allocate_bits`).
+        plan: the `SlotPlan` returned with gamma.
+        loads: int[N-1] helper loads (tokens).
+
+    Returns:
+        (energy float[N-1] realised uplink energy per helper (J; 0 if unloaded), ok bool[N-1]).
+
+    Example:
+        At unit gain in every slot, uniform loading over the slots is the slow-fading optimum at
+        unit gain (eq. 10: the same bits spread evenly over the same T_up):
+
+        >>> import numpy as np
+        >>> sc = Scenario(n_nodes=3, deadline_s=0.05, slot_s=0.01, n_slots=8)
+        >>> loads, h = jnp.array([1, 0]), jnp.ones((2, 8))
+        >>> @jax.jit
+        ... def check(d):
+        ...     gamma, plan = allocate_bits(sc, d, loads, h, "uniform")
+        ...     e, ok = realised_energy(sc, d, h, gamma, plan, loads)
+        ...     return e, ok, costs.load_energy(sc, d, jnp.ones(2), jnp.array([0, 1, 0]))[1:]
+        >>> e, ok, slow = check(jnp.array([50.0, 80.0]))
+        >>> bool(np.allclose(e, slow)), e.tolist()[1], ok.tolist()
+        (True, 0.0, [True, True])
     """
     per_slot = costs.uplink_energy(sc, distance_m, jnp.asarray(slot_gain).T, gamma.T, plan.slot_s)  # [Q, N-1]
     energy = jnp.sum(per_slot, axis=0)
@@ -253,6 +383,30 @@ def paper_estimate(sc: Scenario, distance_m, loads, slot_gain, inv_gain_mean=Non
     c_n [Q_n 2^{x/Q_n} ((1/h_1) E[1/h]^{Q_n-1})^{1/Q_n} - (1/h_1 + (Q_n-1) E[1/h])] with x = b D_n/(B tau_n),
     c_n = N0 B tau_n / (d^-alpha G); 0 for unloaded helpers. A certainty-equivalent estimate, not the
     realised energy of eq. (26) (see `fastfading_bits.paper_closed_form`).
+
+    Args:
+        sc: scenario.
+        distance_m: float[N-1] helper distances (m).
+        loads: int[N-1] helper loads (tokens).
+        slot_gain: float[N-1, Q] per-slot gains (only the first slot's is used).
+        inv_gain_mean: E[1/h] override (default: the fading family's).
+        downlink_gain: gain of the downlink rate R_n,UE (default 1).
+
+    Returns:
+        float[N-1] estimate per helper (J); 0 for unloaded helpers, inf where the load leaves no time.
+
+    Example:
+        With slots longer than the deadline each helper has one slot, and eq. (27) is the exact energy
+        of sending everything at the first gain (here 0.5 on both links), i.e. eq. (10):
+
+        >>> import numpy as np
+        >>> sc = Scenario(n_nodes=3, slot_s=1.0)
+        >>> h = jnp.full((2, 16), 0.5)
+        >>> est, exact = jax.jit(lambda d: (paper_estimate(sc, d, jnp.array([1, 0]), h, downlink_gain=0.5),
+        ...                                 costs.load_energy(sc, d, jnp.full(2, 0.5), jnp.array([0, 1, 0]))[1:]))(
+        ...     jnp.array([50.0, 80.0]))
+        >>> bool(np.allclose(est, exact)), est.tolist()[1]
+        (True, 0.0)
     """
     iota = inverse_gain_mean(sc, inv_gain_mean)
     plan = slot_plan(sc, distance_m, loads, downlink_gain)
@@ -278,6 +432,16 @@ class FastInfo:
         slots: int32[N-1] Q_n per helper (0 for unloaded helpers).
         cap_bound: bool[N-1] the static slot cap Q binds for this loaded helper.
         power_infeasible: bool[] some loaded helper needed more than `max_tx_power_w` in a slot.
+
+    Example:
+        A pytree of arrays (jit and vmap pass it through); `layer_decision_with_info` shows one in use:
+
+        >>> info = FastInfo(surrogate_energy_j=jnp.float32(2.0), paper_estimate_j=jnp.float32(1.5),
+        ...                 helper_energy_j=jnp.array([1.0, 0.0]), latency_s=jnp.float32(0.04),
+        ...                 slots=jnp.array([4, 0]), cap_bound=jnp.array([False, False]),
+        ...                 power_infeasible=jnp.bool_(False))
+        >>> len(jax.tree.leaves(info)), info.helper_energy_j.shape
+        (7, (2,))
     """
 
     surrogate_energy_j: jax.Array
@@ -309,7 +473,43 @@ def _prefill_policy(policy: str):
 
 def layer_decision_with_info(sc: Scenario, distance_m, slot_gain, g, topk, table, policy: str = "siftmoe",
                              bits: str = "closed-form", **options) -> tuple[Decision, FastInfo]:
-    """`layer_decision` that also returns a `FastInfo`."""
+    """`layer_decision` that also returns a `FastInfo`.
+
+    Args:
+        sc: scenario (static: n_nodes, top_k, n_slots Q, fading; dynamic leaves may be traced).
+        distance_m: float[N-1] helper distances (m).
+        slot_gain: float[N-1, Q] per-slot power gains of this layer.
+        g: float[M, K] gate weights.
+        topk: int[M, K] Top-K experts.
+        table: float[N, N+1] mismatch Fbar.
+        policy: selection policy name (as `layer_decision`).
+        bits: "uniform", "closed-form" (alias "dynamic") or "dp".
+        **options: as `layer_decision`.
+
+    Returns:
+        (Decision, FastInfo): the decision of `layer_decision` and what else is known about it
+        (surrogate energy, eq. (27) estimate, per-helper energies, latency, slots).
+
+    Raises:
+        ConfigError: an unknown policy or bit loading, bad option values or shapes, or a fading family
+            without a finite E[1/h] (and no inv_gain_mean option).
+
+    Example:
+        One token whose single expert lives on helper 1; with eta = 0 it must be served there. At unit
+        gain in every slot uniform loading pays exactly the surrogate's uniform energy at unit gain,
+        which the surrogate multiplies by E[1/h] = 2 (Gamma shape 2):
+
+        >>> import jax
+        >>> sc = Scenario(n_nodes=3, top_k=1, eta=0.0, deadline_s=0.05, slot_s=0.01, n_slots=8)
+        >>> table = jnp.array([[0.0, 1.0, 1.0, 1.0], [1.0, 0.0, 1.0, 1.0], [1.0, 1.0, 0.0, 1.0]])
+        >>> g, topk, d = jnp.ones((1, 1)), jnp.array([[1]]), jnp.array([50.0, 80.0])
+        >>> run = jax.jit(lambda h: layer_decision_with_info(sc, d, h, g, topk, table, bits="uniform"))
+        >>> dec, info = run(jnp.ones((2, 8)))
+        >>> dec.assign.tolist(), dec.loads.tolist(), bool(dec.feasible), info.slots.tolist()[1]
+        ([[1]], [0, 1, 0], True, 0)
+        >>> abs(float(info.surrogate_energy_j) / float(dec.energy_j) - 2.0) < 1e-5
+        True
+    """
     bits = check_bits(policy, bits)
     opts = dict(options)
     mine = {k: opts.pop(k) for k in OPTIONS if k in opts}
@@ -385,15 +585,26 @@ def layer_decision(sc: Scenario, distance_m, slot_gain, g, topk, table, policy: 
         under the power cap are left out), feasible = selection feasible and every transmission
         delivered.
 
+    Raises:
+        ConfigError: as `layer_decision_with_info`.
+
     Example:
+        Helper 1 (expert 1) sits in a deep fade (h = 0.05) for its first two slots. Expert 1 may be
+        replaced by expert 2 (mismatch 0.2 <= eta) on helper 2, but the selection sees only the
+        surrogate: equal distances give equal costs, and the tie goes to the lower deviation, helper 1.
+        The realised energy then depends on the bit loading. With x = b / (B tau_n) ~ 2 over 4 slots,
+        uniform loading pays (2^0.5 - 1)(20 + 20 + 0.5 + 0.5) ~ 17 c; Thm. 3 sends nothing in the fade
+        (y_1 = (2 + 3 log2(0.05 E[1/h])) / 4 < 0, likewise y_2), then y_3 = (2 + log2(2 E[1/h])) / 2 = 2,
+        paying (2^2 - 1) / 2 = 1.5 c:
+
         >>> import jax
-        >>> from sift_jax import channel, gating, presets, similarity
-        >>> sc = presets.get("mixtral-8x7b").replace(n_tokens=1, n_layers=1)
-        >>> ch = channel.draw(jax.random.key(0), sc, fast=True)
-        >>> g, topk = gating.draw(jax.random.key(1), sc)
-        >>> table = similarity.synthetic_tables(sc)[0]
-        >>> d = layer_decision(sc, ch.distance_m, ch.gain[0], g[0], topk[0], table, "siftmoe", "dynamic")
-        >>> d.assign.shape, bool(d.energy_j >= 0)
-        ((1, 2), True)
+        >>> sc = Scenario(n_nodes=3, top_k=1, eta=0.5, deadline_s=0.05, slot_s=0.01, n_slots=4)
+        >>> table = jnp.array([[0.0, 1.0, 1.0, 1.0], [1.0, 0.0, 0.2, 1.0], [1.0, 0.2, 0.0, 1.0]])
+        >>> g, topk, d = jnp.ones((1, 1)), jnp.array([[1]]), jnp.array([60.0, 60.0])
+        >>> h = jnp.array([[0.05, 0.05, 2.0, 2.0], [1.0, 1.0, 1.0, 1.0]])
+        >>> uniform, dynamic = jax.jit(lambda h: [layer_decision(sc, d, h, g, topk, table, bits=bits)
+        ...                                       for bits in ("uniform", "dynamic")])(h)
+        >>> uniform.assign.tolist(), dynamic.assign.tolist(), float(dynamic.energy_j) < float(uniform.energy_j) / 5
+        ([[1]], [[1]], True)
     """
     return layer_decision_with_info(sc, distance_m, slot_gain, g, topk, table, policy, bits, **options)[0]

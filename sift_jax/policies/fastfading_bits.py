@@ -61,6 +61,9 @@ import numpy as np
 
 from sift_jax.errors import ConfigError
 
+__all__ = ["DPTables", "closed_form_bits", "dp_bits", "dp_resolution_error", "dp_tables", "dp_value",
+           "paper_closed_form", "slot_energy", "uniform_bits"]
+
 _LN2 = math.log(2.0)
 DP_GRID = 256
 DP_QUAD = 24
@@ -82,14 +85,16 @@ def uniform_bits(x, gain, q) -> jax.Array:
     """Equal load x/q in each of the first q slots; the last one sends the rest (exact sum).
 
     Args:
-        x: float[...] total normalised load (a * bits). gain: float[..., Q] (only its shape is used).
+        x: float[...] total normalised load (a * bits, bit/s/Hz of one slot).
+        gain: float[..., Q] slot gains (only its shape is used).
         q: int[...] slots used, 1 <= q <= Q.
 
     Returns:
-        float[..., Q] per-slot normalised loads.
+        float[..., Q] per-slot normalised loads (sum = x, 0 beyond slot q).
 
-    >>> uniform_bits(jnp.array(6.0), jnp.ones(4), jnp.array(3)).tolist()
-    [2.0, 2.0, 2.0, 0.0]
+    Example:
+        >>> jax.jit(uniform_bits)(jnp.array(6.0), jnp.ones(4), jnp.array(3)).tolist()
+        [2.0, 2.0, 2.0, 0.0]
     """
     x = jnp.asarray(x)
     n_slots = jnp.shape(gain)[-1]
@@ -107,15 +112,18 @@ def closed_form_bits(x, gain, q, inv_gain_mean) -> jax.Array:
     y_t = (x_rem + (r - 1) log2(h_t E[1/h])) / r, clipped to [0, x_rem].
 
     Args:
-        x: float[...] total normalised load. gain: float[..., Q] slot gains h_t.
-        q: int[...] slots used. inv_gain_mean: E[1/h] (scalar).
+        x: float[...] total normalised load (bit/s/Hz of one slot).
+        gain: float[..., Q] slot gains h_t (unit mean).
+        q: int[...] slots used, 1 <= q <= Q.
+        inv_gain_mean: E[1/h] (scalar).
 
     Returns:
-        float[..., Q] per-slot normalised loads (sum = x, all >= 0).
+        float[..., Q] per-slot normalised loads (sum = x, all >= 0, 0 beyond slot q).
 
-    >>> y = closed_form_bits(jnp.array(6.0), jnp.array([2.0, 0.5, 1.0]), jnp.array(3), 2.0)
-    >>> [round(v, 4) for v in y.tolist()]     # slot 1: (6 + 2 log2 4) / 3 = 10/3; slot 2: (8/3 + 0) / 2
-    [3.3333, 1.3333, 1.3333]
+    Example:
+        >>> y = jax.jit(closed_form_bits)(jnp.array(6.0), jnp.array([2.0, 0.5, 1.0]), jnp.array(3), 2.0)
+        >>> [round(v, 4) for v in y.tolist()]     # slot 1: (6 + 2 log2 4) / 3 = 10/3; slot 2: (8/3 + 0) / 2
+        [3.3333, 1.3333, 1.3333]
     """
     x = jnp.asarray(x)
     q = jnp.asarray(q)
@@ -134,10 +142,18 @@ def closed_form_bits(x, gain, q, inv_gain_mean) -> jax.Array:
 
 
 def slot_energy(y, gain) -> jax.Array:
-    """Normalised realised energy sum_t (2^{y_t} - 1) / h_t (energy / c): float[...].
+    """Normalised realised energy sum_t (2^{y_t} - 1) / h_t of a bit loading, eq. (22) / c.
 
-    >>> float(slot_energy(jnp.array([2.0, 2.0, 2.0]), jnp.array([1.0, 0.5, 3.0])))
-    10.0
+    Args:
+        y: float[..., Q] per-slot normalised loads (from one of the bit-loading rules).
+        gain: float[..., Q] realised slot gains h_t.
+
+    Returns:
+        float[...] realised energy in units of c = N0 B tau / (d^-alpha G).
+
+    Example:
+        >>> float(slot_energy(jnp.array([2.0, 2.0, 2.0]), jnp.array([1.0, 0.5, 3.0])))    # 3 + 6 + 1
+        10.0
     """
     return jnp.sum(jnp.expm1(jnp.asarray(y) * _LN2) / jnp.asarray(gain), axis=-1)
 
@@ -150,8 +166,25 @@ def paper_closed_form(x, h1, q, inv_gain_mean) -> jax.Array:
     the reference case: 15.67 against 14.11 and 14.07). Exact for q = 1 and, when no clipping binds, for
     q = 2.
 
-    >>> float(paper_closed_form(6.0, 1.0, 1, 2.0))    # q = 1: 2^6 - 1
-    63.0
+    Args:
+        x: float[...] total normalised load (bit/s/Hz of one slot).
+        h1: float[...] the first slot's gain.
+        q: int[...] slots, q >= 1.
+        inv_gain_mean: E[1/h] (scalar).
+
+    Returns:
+        float[...] the estimate in units of c = N0 B tau / (d^-alpha G).
+
+    Example:
+        >>> estimate = jax.jit(paper_closed_form)
+        >>> float(estimate(6.0, 1.0, 1, 2.0))    # q = 1: 2^6 - 1
+        63.0
+
+        q = 2, x = 4, h_1 = 0.5, E[1/h] = 2: eq. (26) sends y_1 = (4 + log2(0.5 * 2)) / 2 = 2, and the
+        expected energy is (2^2 - 1) / 0.5 + E[1/h] (2^2 - 1) = 12:
+
+        >>> float(estimate(4.0, 0.5, 2, 2.0))
+        12.0
     """
     x, h1 = jnp.asarray(x), jnp.asarray(h1)
     q = jnp.asarray(q, x.dtype)
@@ -169,9 +202,19 @@ class DPTables(NamedTuple):
     """Value-function tables of the bit-loading DP (NumPy float64; see the module docstring).
 
     Attributes:
-        s: float[G] grid of per-slot loads s = x / r. log_dv: float[Q+1, G] LD_r(s) = log2 V'_r(r s) - s
-        (row 0 unused). nu: float[Q+1, G] NU_r(s) = V_r(r s) / (2^s - 1) (at s = 0 its limit
-        r V'_r(0) / ln2). inv_gain_mean: E[1/h]. s_min, s_max: grid ends (s_1, s_{G-1}).
+        s: float[G] grid of per-slot loads s = x / r.
+        log_dv: float[Q+1, G] LD_r(s) = log2 V'_r(r s) - s (row 0 unused).
+        nu: float[Q+1, G] NU_r(s) = V_r(r s) / (2^s - 1) (at s = 0 its limit r V'_r(0) / ln2).
+        inv_gain_mean: E[1/h].
+        s_min: grid end s_1.
+        s_max: grid end s_{G-1}.
+
+    Example:
+        One slot left: V_1(x) = E[1/h] (2^x - 1), so NU_1 = E[1/h] = 2 for Gamma shape 2:
+
+        >>> tab = dp_tables(2.0, 3, grid=64, n_quad=16)
+        >>> tab.nu.shape, tab.inv_gain_mean, bool(np.allclose(tab.nu[1], 2.0))
+        ((4, 64), 2.0, True)
     """
 
     s: np.ndarray
@@ -301,11 +344,19 @@ def dp_value(tables: DPTables, x, r):
     """Minimal expected normalised energy V_r(x) of the DP (energy / c), NumPy float64.
 
     Args:
-        tables: from `dp_tables`. x: float[...] total load. r: int[...] slots, 1 <= r <= Q.
+        tables: from `dp_tables`.
+        x: float[...] total normalised load.
+        r: int[...] slots, 1 <= r <= Q.
 
-    >>> tab = dp_tables(2.0, 3, grid=64, n_quad=16)
-    >>> float(dp_value(tab, 6.0, 1))    # one slot: E[1/h] (2^6 - 1)
-    126.0
+    Returns:
+        np.ndarray float64[...] (broadcast of x and r), V_r(x) in units of c.
+
+    Example:
+        >>> tab = dp_tables(2.0, 3, grid=64, n_quad=16)
+        >>> float(dp_value(tab, 6.0, 1))    # one slot: E[1/h] (2^6 - 1)
+        126.0
+        >>> bool(dp_value(tab, 6.0, 3) < dp_value(tab, 6.0, 2) < dp_value(tab, 6.0, 1))   # more slots help
+        True
     """
     x = np.asarray(x, np.float64)
     r = np.asarray(r, np.int64)
@@ -327,17 +378,28 @@ def dp_bits(x, gain, q, tables: DPTables, n_iter: int = DP_ITERS, solver: str = 
     steps on [0, x_rem] (use about 30 in float32). The last slot sends the rest.
 
     Args:
-        x: float[...] total normalised load. gain: float[..., Q]. q: int[...] slots used (<= the tables' Q).
-        tables: from `dp_tables` (for the scenario's fading shape). n_iter: static step count.
+        x: float[...] total normalised load.
+        gain: float[..., Q] realised slot gains.
+        q: int[...] slots used (<= the tables' Q).
+        tables: from `dp_tables` (for the scenario's fading shape).
+        n_iter: static step count.
         solver: "newton" or "bisect" (static).
 
     Returns:
         float[..., Q] per-slot normalised loads (sum = x, all >= 0).
 
-    >>> tab = dp_tables(2.0, 3, grid=64, n_quad=16)
-    >>> y = dp_bits(jnp.array(6.0), jnp.array([0.05, 1.0, 1.0]), jnp.array(3), tab)
-    >>> [round(v, 2) for v in y.tolist()]    # a deep fade first: wait for the next slots
-    [0.0, 3.5, 2.5]
+    Raises:
+        ConfigError: an unknown solver.
+
+    Example:
+        A deep fade first (h_1 = 0.001): its marginal cost ln2 / h_1 = 693 exceeds V'_2(6) <=
+        V'_1(6) = E[1/h] ln2 2^6 = 89, so nothing is sent. With two slots left the DP's first-order
+        condition ln2 2^y / h_2 = V'_1(6 - y) gives eq. (26) exactly: y = (6 + log2(1 * 2)) / 2 = 3.5:
+
+        >>> tab = dp_tables(2.0, 3, grid=64, n_quad=16)
+        >>> y = dp_bits(jnp.array(6.0), jnp.array([0.001, 1.0, 1.0]), jnp.array(3), tab)
+        >>> [round(v, 2) for v in y.tolist()]
+        [0.0, 3.5, 2.5]
     """
     if solver not in ("newton", "bisect"):
         raise ConfigError("dp_solver", solver, "newton or bisect")
@@ -410,8 +472,23 @@ def dp_resolution_error(shape: float, n_slots: int, grid: int = DP_GRID, n_quad:
     """Largest relative change of V_r(r s) over r = 1..n_slots and per-slot loads s in `loads` when the
     grid and the quadrature are both doubled: an estimate of the DP tables' error at (grid, n_quad).
 
-    >>> dp_resolution_error(2.0, 3, grid=64, n_quad=16) < 1e-2
-    True
+    Args:
+        shape: Gamma / Nakagami shape m > 1.
+        n_slots: largest slot count Q.
+        grid: G grid points of the tables to assess.
+        n_quad: quadrature nodes of the tables to assess.
+        loads: per-slot normalised loads s at which V_r(r s) is compared.
+
+    Returns:
+        float, the largest relative difference (dimensionless).
+
+    Example:
+        The error falls as the grid is refined (O(grid^-2), module docstring):
+
+        >>> coarse = dp_resolution_error(2.0, 3, grid=64, n_quad=16)
+        >>> fine = dp_resolution_error(2.0, 3, grid=128, n_quad=32)
+        >>> coarse < 1e-2, fine < coarse
+        (True, True)
     """
     a = dp_tables(shape, n_slots, grid, n_quad)
     b = dp_tables(shape, n_slots, 2 * grid, 2 * n_quad)

@@ -27,6 +27,8 @@ from sift_jax.policies.decision import Decision
 from sift_jax.policies.decode import canonical_sum, check_inputs, lex_argmin, seq_sum, slot_values
 from sift_jax.scenario import Scenario
 
+__all__ = ["oracle"]
+
 MAX_MAPPINGS = 100_000
 _BIG = 2**30
 
@@ -49,25 +51,37 @@ def oracle(sc: Scenario, f, g, topk, table, share_substitutes: bool = True) -> D
     """Exact decoding decision by enumerating all (N+1)^K slot mappings (small N, K only).
 
     Args:
-        sc, f, g, topk, table: as `policies.decode`.
+        sc: scenario; uses `eta` (may be traced), `n_nodes` N and `top_k` K (static).
+        f: float[N] decoding node costs (J), inf = misses the deadline (as `policies.decode`).
+        g: float[K] Top-K gate weights.
+        topk: int[K] Top-K expert indices (expert v lives on node v).
+        table: float[N, N+1] mean mismatch Fbar, column N = skip.
         share_substitutes: allow two slots on one node (static); False = injective mappings.
 
     Returns:
-        Decision as `policies.decode` (zeroed, assign -1, when infeasible).
+        Decision as `policies.decode`: assign int32[K] (-1 = skipped), loads int32[N], energy_j (J),
+        deviation_bound, feasible, n_replaced, n_skipped; zeroed (assign -1) when infeasible.
 
     Raises:
-        ConfigError: (N+1)^K > MAX_MAPPINGS.
+        ConfigError: (N+1)^K > MAX_MAPPINGS, or share_substitutes is not a bool.
 
-    >>> import jax.numpy as jnp
-    >>> from sift_jax.scenario import Scenario
-    >>> sc = Scenario(n_nodes=3, top_k=2, eta=0.5)
-    >>> table = jnp.array([[0.0, 0.2, 1.5, 1.0], [0.3, 0.0, 1.5, 1.0], [1.5, 1.5, 0.0, 1.0]])
-    >>> d = oracle(sc, jnp.array([3.0, 1.0, 2.0]), jnp.array([0.6, 0.4]), jnp.array([0, 2]), table)
-    >>> d.assign.tolist(), float(d.energy_j), round(float(d.deviation_bound), 4), bool(d.feasible)
-    ([1, 2], 3.0, 0.12, True)
+    Example:
+        >>> import jax
+        >>> import jax.numpy as jnp
+        >>> from sift_jax.scenario import Scenario
+        >>> sc = Scenario(n_nodes=3, top_k=2, eta=0.5)
+        >>> table = jnp.array([[0.0, 0.2, 1.5, 1.0], [0.3, 0.0, 1.5, 1.0], [1.5, 1.5, 0.0, 1.0]])
+        >>> d = jax.jit(oracle)(sc, jnp.array([3.0, 1.0, 2.0]), jnp.array([0.6, 0.4]), jnp.array([0, 2]), table)
+        >>> d.assign.tolist(), float(d.energy_j), round(float(d.deviation_bound), 4), bool(d.feasible)
+        ([1, 2], 3.0, 0.12, True)
 
-    Node 0 alone also costs 3 J but deviates by 0.4, so the tie goes to {1, 2}; node 1 alone (1 J)
-    deviates by 0.6 * 0.2 + 0.4 * 1.0 = 0.52 > eta.
+        Node 0 alone also costs 3 J but deviates by 0.4, so the tie goes to {1, 2}; node 1 alone (1 J)
+        deviates by 0.6 * 0.2 + 0.4 * 1.0 = 0.52 > eta. Sizes beyond the enumeration limit are refused:
+
+        >>> oracle(Scenario(n_nodes=64, top_k=3), jnp.ones(64), jnp.ones(3) / 3, jnp.arange(3), jnp.ones((64, 65)))
+        Traceback (most recent call last):
+        ...
+        sift_jax.errors.ConfigError: n_nodes/top_k = (64, 3) is invalid: ...
     """
     f, g, topk, table = check_inputs(sc, f, g, topk, table)
     n, k = sc.n_nodes, sc.top_k

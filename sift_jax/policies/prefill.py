@@ -45,6 +45,9 @@ from sift_jax.errors import ConfigError
 from sift_jax.policies.decision import Decision
 from sift_jax.scenario import Scenario
 
+__all__ = ["PrefillInfo", "choose_method", "prefill", "prefill_with_info", "random_instance", "random_instances",
+           "topk"]
+
 METHODS = ("exact", "dp", "fast", "auto")
 
 
@@ -58,6 +61,14 @@ class PrefillInfo:
             the exact methods; `inf` when the instance is proven infeasible. For "fast" it is the
             Lagrangian dual bound (rounded down by a floating-point safety margin).
         rel_gap: float[] (energy - lower_bound) / energy, 0 for the exact methods and where infeasible.
+
+    Example:
+        `method` is static (not a pytree leaf), so a jitted solver can return it:
+
+        >>> import jax.numpy as jnp
+        >>> info = PrefillInfo(lower_bound=jnp.float32(9.5), rel_gap=jnp.float32(0.05), method="fast")
+        >>> len(jax.tree.leaves(info)), info.method
+        (2, 'fast')
     """
 
     lower_bound: jax.Array
@@ -251,14 +262,23 @@ def choose_method(sc: Scenario, n_tokens: int | None = None, max_load: int | Non
 
     Args:
         sc: scenario (uses top_k, n_nodes and, by default, n_tokens).
-        n_tokens: M (default sc.n_tokens). max_load: width D of dE (default M).
+        n_tokens: M (default sc.n_tokens).
+        max_load: width D of dE (default M).
         max_work: DP size limit on states x combos (default prefill_dp.DP_MAX_WORK).
 
-    >>> from sift_jax.scenario import Scenario
-    >>> choose_method(Scenario(n_nodes=8, top_k=1, n_tokens=64)), choose_method(Scenario(n_nodes=4, top_k=2, n_tokens=4))
-    ('exact', 'dp')
-    >>> choose_method(Scenario(n_nodes=8, top_k=2, n_tokens=64))
-    'fast'
+    Returns:
+        str, "exact", "dp" or "fast".
+
+    Example:
+        N = 4, K = 2, M = 4: (4 + 1)^4 = 625 load states x 10 node sets fits the DP; N = 8, M = 64:
+        65^8 states do not:
+
+        >>> from sift_jax.scenario import Scenario
+        >>> small = Scenario(n_nodes=4, top_k=2, n_tokens=4)
+        >>> choose_method(Scenario(n_nodes=8, top_k=1, n_tokens=64)), choose_method(small)
+        ('exact', 'dp')
+        >>> choose_method(Scenario(n_nodes=8, top_k=2, n_tokens=64)), choose_method(small, max_work=6249)
+        ('fast', 'fast')
     """
     from sift_jax.policies import prefill_dp
 
@@ -277,6 +297,45 @@ def prefill_with_info(sc: Scenario, dE, cap, g, topk, table, method: str = "exac
     Options: exact: `use_classes`, `use_bitmask`; dp: `max_work` (states x combos limit); fast: `n_passes`,
     `n_pair_passes`, `n_cand`, `n_partners`, `n_pair_starts`, `n_dual`, `max_cand` (see prefill_*.py).
     With method="auto" each solver receives only the options it accepts.
+
+    Args:
+        sc: scenario; uses eta (may be traced), n_nodes N and top_k K (static).
+        dE: float[N, D] marginal energies (J), inf beyond capacity (see `prefill`).
+        cap: int32[N] capacities D_v,max (tokens).
+        g: float[M, K] gate weights.
+        topk: int32[M, K] Top-K expert indices.
+        table: float[N, N + 1] mean mismatch Fbar, column N = skip.
+        method: "exact" (K = 1), "dp", "fast" or "auto" (`choose_method`); static.
+        **options: solver options (above); static.
+
+    Returns:
+        (Decision, PrefillInfo): the decision as `prefill` returns it, and the method used with a lower
+        bound on the optimal layer energy (J) and the relative gap.
+
+    Raises:
+        ConfigError: wrong shapes, an unknown method, "exact" with K > 1, or a DP beyond its size limit.
+
+    Example:
+        Two tokens with Top-2 experts {0, 1} and {1, 2} (g = 0.5 each; replacing an expert costs
+        0.5 * 1.5, skipping one 0.5 * 1.0). With eta = 0 each is served by its own experts: loads
+        (1, 2, 1), energy 3 + (1 + 2) + 1.5 = 7.5 J. With eta = 0.5 each token may skip one expert, and
+        the cheapest is token 0 on node 1 and token 1 on node 2: 1 + 1.5 = 2.5 J. "auto" picks the exact
+        DP here, so the lower bound is the energy itself:
+
+        >>> import jax
+        >>> import jax.numpy as jnp
+        >>> from sift_jax.scenario import Scenario
+        >>> sc = Scenario(n_nodes=3, top_k=2, n_tokens=2, eta=0.0)
+        >>> dE = jnp.array([[3.0, 1.0], [1.0, 2.0], [1.5, 2.5]])
+        >>> table = jnp.array([[0.0, 1.5, 1.5, 1.0], [1.5, 0.0, 1.5, 1.0], [1.5, 1.5, 0.0, 1.0]])
+        >>> g, topk = jnp.full((2, 2), 0.5), jnp.array([[0, 1], [1, 2]])
+        >>> solve = jax.jit(prefill_with_info, static_argnames="method")
+        >>> for eta in (0.0, 0.5):
+        ...     d, info = solve(sc.replace(eta=eta), dE, jnp.array([2, 2, 2]), g, topk, table, method="auto")
+        ...     print(eta, d.assign.tolist(), d.loads.tolist(), float(d.energy_j), info.method,
+        ...           bool(info.lower_bound == d.energy_j))
+        0.0 [[0, 1], [1, 2]] [1, 2, 1] 7.5 dp True
+        0.5 [[-1, 1], [-1, 2]] [0, 1, 1] 2.5 dp True
     """
     dE, cap, g, topk, table = (jnp.asarray(a) for a in (dE, cap, g, topk, table))
     _check(sc, dE, cap, g, topk, table)
@@ -301,26 +360,39 @@ def prefill(sc: Scenario, dE, cap, g, topk, table, method: str = "exact", **opti
     """SiftMoE prefill decision for M tokens of one layer (paper Alg. 1 / Alg. 2).
 
     Args:
-        sc: scenario; uses eta, n_nodes and top_k (static).
+        sc: scenario; uses eta (may be traced), n_nodes N and top_k K (static).
         dE: float[N, D] marginal energies dE_v(d + 1) (J), inf beyond capacity; node 0 = user, whose
-            first entry carries the one-off load energy.
-        cap: int32[N] capacities D_v,max. g: float[M, K] gate weights. topk: int32[M, K] expert indices.
+            first entry carries the one-off load energy (`sift_jax.costs.marginal_costs`).
+        cap: int32[N] capacities D_v,max (tokens).
+        g: float[M, K] gate weights.
+        topk: int32[M, K] Top-K expert indices (expert v lives on node v).
         table: float[N, N + 1] mean mismatch Fbar, column N = skip.
-        method: "exact" (K = 1), "dp", "fast" or "auto" (`choose_method`). Use `prefill_with_info` for
-            the method used and the lower bound.
+        method: "exact" (K = 1), "dp", "fast" or "auto" (`choose_method`); static. Use
+            `prefill_with_info` for the method used and the lower bound.
+        **options: solver options, see `prefill_with_info`.
 
     Returns:
-        Decision with assign int32[M, K], loads int32[N], energy_j, deviation_bound float[M], feasible,
-        n_replaced, n_skipped (totals over tokens).
+        Decision with assign int32[M, K] (node per slot, -1 = skipped), loads int32[N] (tokens per node),
+        energy_j (J), deviation_bound float[M], feasible, n_replaced, n_skipped (totals over tokens);
+        all zero (assign -1) when some token cannot be served.
 
-    >>> import jax.numpy as jnp
-    >>> from sift_jax.scenario import Scenario
-    >>> sc = Scenario(n_nodes=3, top_k=1, n_tokens=3, eta=0.5)
-    >>> dE = jnp.array([[5.0, 1.0, 1.0], [1.0, 2.0, 4.0], [2.0, 3.0, jnp.inf]])
-    >>> table = jnp.array([[0.0, 0.2, 0.9, 1.0], [0.3, 0.0, 0.2, 1.0], [0.9, 0.2, 0.0, 1.0]])
-    >>> d = prefill(sc, dE, jnp.array([3, 3, 2]), jnp.ones((3, 1)), jnp.array([[1], [1], [2]]), table)
-    >>> d.assign[:, 0].tolist(), d.loads.tolist(), float(d.energy_j)
-    ([1, 1, 2], [0, 2, 1], 5.0)
+    Raises:
+        ConfigError: see `prefill_with_info`.
+
+    Example:
+        K = 1, eta = 0.5: tokens 0 and 1 (expert 1) may use any node, token 2 (expert 2) only node 2.
+        Node 2 takes token 2 (2 J); then node 1 serves tokens 0 and 1 for 1 + 2 = 3 J, cheaper than
+        node 2's second unit (3 J) or the user (5 J):
+
+        >>> import jax
+        >>> import jax.numpy as jnp
+        >>> from sift_jax.scenario import Scenario
+        >>> sc = Scenario(n_nodes=3, top_k=1, n_tokens=3, eta=0.5)
+        >>> dE = jnp.array([[5.0, 1.0, 1.0], [1.0, 2.0, 4.0], [2.0, 3.0, jnp.inf]])
+        >>> table = jnp.array([[0.0, 0.2, 0.9, 1.0], [0.3, 0.0, 0.2, 1.0], [0.9, 0.9, 0.0, 1.0]])
+        >>> d = jax.jit(prefill)(sc, dE, jnp.array([3, 3, 2]), jnp.ones((3, 1)), jnp.array([[1], [1], [2]]), table)
+        >>> d.assign[:, 0].tolist(), d.loads.tolist(), float(d.energy_j), bool(d.feasible)
+        ([1, 1, 2], [0, 2, 1], 5.0, True)
     """
     return prefill_with_info(sc, dE, cap, g, topk, table, method, **options)[0]
 
@@ -334,13 +406,34 @@ def topk(sc: Scenario, dE, cap, g, topk_idx, table) -> Decision:
     siftmoe solvers the outcome is kept when constraints fail: `feasible` says whether nothing was lost
     and every token met eta, but assign/loads/energy are always the real outcome.
 
-    >>> import jax.numpy as jnp
-    >>> from sift_jax.scenario import Scenario
-    >>> sc = Scenario(n_nodes=2, top_k=1, n_tokens=3, eta=0.5)
-    >>> dE = jnp.array([[1.0, 1.0, 1.0], [1.0, 2.0, jnp.inf]])
-    >>> d = topk(sc, dE, jnp.array([3, 2]), jnp.ones((3, 1)), jnp.array([[1], [1], [1]]), jnp.array([[0.0, .3, 1.], [.3, 0., 1.]]))
-    >>> d.assign[:, 0].tolist(), int(d.n_skipped), bool(d.feasible)
-    ([1, 1, -1], 1, False)
+    Args:
+        sc: scenario; uses eta, n_nodes N and top_k K (static).
+        dE: float[N, D] marginal energies (J), inf beyond capacity (as `prefill`).
+        cap: int32[N] capacities D_v,max (tokens).
+        g: float[M, K] gate weights.
+        topk_idx: int32[M, K] Top-K expert indices (expert v lives on node v).
+        table: float[N, N + 1] mean mismatch Fbar, column N = skip.
+
+    Returns:
+        Decision with assign int32[M, K] (topk or -1 = lost), loads int32[N], energy_j of what is served
+        (J), deviation_bound float[M] (skip mismatch of the lost slots), feasible, n_replaced = 0 and
+        n_skipped = lost slots.
+
+    Raises:
+        ConfigError: wrong shapes.
+
+    Example:
+        Three tokens want node 1, which has room for two (its third marginal cost is inf): the third
+        token's expert is lost, a deviation of 1.0 > eta:
+
+        >>> import jax.numpy as jnp
+        >>> from sift_jax.scenario import Scenario
+        >>> sc = Scenario(n_nodes=2, top_k=1, n_tokens=3, eta=0.5)
+        >>> dE = jnp.array([[1.0, 1.0, 1.0], [1.0, 2.0, jnp.inf]])
+        >>> table = jnp.array([[0.0, 0.3, 1.0], [0.3, 0.0, 1.0]])
+        >>> d = jax.jit(topk)(sc, dE, jnp.array([3, 2]), jnp.ones((3, 1)), jnp.array([[1], [1], [1]]), table)
+        >>> d.assign[:, 0].tolist(), d.deviation_bound.tolist(), float(d.energy_j), int(d.n_skipped), bool(d.feasible)
+        ([1, 1, -1], [0.0, 0.0, 1.0], 3.0, 1, False)
     """
     dE, cap, g, topk_idx, table = (jnp.asarray(a) for a in (dE, cap, g, topk_idx, table))
     _check(sc, dE, cap, g, topk_idx, table)
@@ -393,8 +486,7 @@ def _instance_from_uniform(u, m, n, k, d, dtype, tight, cap_lo):
 
 def random_instances(key: jax.Array, batch: int, n_tokens: int, n_nodes: int, top_k: int,
                      max_load: int | None = None, dtype=jnp.float32, tight=0.3, cap_lo=0.0) -> dict:
-    """A batch of random prefill instances (for tests and benchmarks): dict of arrays with a leading
-    batch axis: dE [B, N, D], cap [B, N], g [B, M, K], topk [B, M, K], table [B, N, N + 1], eta [B].
+    """A batch of random prefill instances (for tests and benchmarks).
 
     One uniform draw for the whole batch (fast to compile), transformed per instance:
     Helpers: convex increasing marginal costs a_v exp(r_v d), a_v log-uniform in [0.3, 3], r_v uniform in
@@ -405,9 +497,30 @@ def random_instances(key: jax.Array, batch: int, n_tokens: int, n_nodes: int, to
     as the helpers'. Table: zero diagonal, off-diagonal mismatch in [0.1, 1.6], skip mismatch in
     [0.6, 1.4]. Gates: Dirichlet(1) over K distinct random experts. eta uniform in [0, 1].
 
-    >>> inst = random_instances(jax.random.key(0), 5, 4, 3, 2)
-    >>> sorted(inst), inst["dE"].shape, inst["g"].shape
-    (['cap', 'dE', 'eta', 'g', 'table', 'topk'], (5, 3, 4), (5, 4, 2))
+    Args:
+        key: a JAX PRNG key.
+        batch: B, number of instances (static).
+        n_tokens: M (static).
+        n_nodes: N (static).
+        top_k: K (static).
+        max_load: D, the width of dE (static; default M).
+        dtype: float dtype of the arrays.
+        tight: probability that a node gets a small capacity (0..2).
+        cap_lo: lower end of the large capacities, as a fraction of M + 1.
+
+    Returns:
+        dict of arrays with a leading batch axis: dE float[B, N, D] (J), cap int32[B, N], g float[B, M, K],
+        topk int32[B, M, K], table float[B, N, N + 1], eta float[B].
+
+    Example:
+        The sizes set shapes, so they are static under jit:
+
+        >>> inst = jax.jit(random_instances, static_argnums=(1, 2, 3, 4))(jax.random.key(0), 5, 4, 3, 2)
+        >>> sorted(inst), inst["dE"].shape, inst["g"].shape
+        (['cap', 'dE', 'eta', 'g', 'table', 'topk'], (5, 3, 4), (5, 4, 2))
+        >>> g, cap = np.asarray(inst["g"]), np.asarray(inst["cap"])
+        >>> bool(np.allclose(g.sum(-1), 1.0)), bool(np.all((cap >= 0) & (cap <= 4)))   # gates sum to 1, cap <= M
+        (True, True)
     """
     m, n, k = n_tokens, n_nodes, top_k
     d = m if max_load is None else max_load
@@ -419,9 +532,18 @@ def random_instance(key: jax.Array, n_tokens: int, n_nodes: int, top_k: int, max
                     dtype=jnp.float32, tight=0.3, cap_lo=0.0) -> dict:
     """One random prefill instance: `random_instances` without the batch axis.
 
-    >>> inst = random_instance(jax.random.key(0), 4, 3, 2)
-    >>> sorted(inst), inst["dE"].shape
-    (['cap', 'dE', 'eta', 'g', 'table', 'topk'], (3, 4))
+    Args:
+        key: a JAX PRNG key.
+        n_tokens, n_nodes, top_k, max_load, dtype, tight, cap_lo: as `random_instances`.
+
+    Returns:
+        dict: dE float[N, D] (J), cap int32[N], g float[M, K], topk int32[M, K], table float[N, N + 1],
+        eta float[].
+
+    Example:
+        >>> inst = jax.jit(random_instance, static_argnums=(1, 2, 3))(jax.random.key(0), 4, 3, 2)
+        >>> sorted(inst), inst["dE"].shape, inst["topk"].shape
+        (['cap', 'dE', 'eta', 'g', 'table', 'topk'], (3, 4), (4, 2))
     """
     m, n, k = n_tokens, n_nodes, top_k
     d = m if max_load is None else max_load

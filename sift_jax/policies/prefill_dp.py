@@ -26,6 +26,8 @@ from sift_jax.errors import ConfigError
 from sift_jax.policies.prefill import (PrefillInfo, candidate_mask, combo_table, decision_from_combos,
                                        effective_caps)
 
+__all__ = ["solve_dp"]
+
 DP_MAX_WORK = 2**22
 
 
@@ -40,7 +42,47 @@ def dp_size(n_tokens: int, n_nodes: int, top_k: int, max_load: int) -> tuple[int
 
 
 def solve_dp(sc, dE, cap, g, topk, table, max_work: int | None = None):
-    """Algorithm 2 (see module docstring). Returns (Decision, PrefillInfo)."""
+    """Exact prefill for any K by Algorithm 2 (see the module docstring).
+
+    Called by `prefill(..., method="dp")` after its input checks (arrays, shapes as there).
+
+    Args:
+        sc: scenario; uses eta (may be traced).
+        dE: float[N, D] marginal energies (J), inf beyond capacity.
+        cap: int32[N] capacities D_v,max (tokens).
+        g: float[M, K] gate weights.
+        topk: int32[M, K] Top-K expert indices.
+        table: float[N, N + 1] mean mismatch Fbar, column N = skip.
+        max_work: limit on states x combos (static; default DP_MAX_WORK).
+
+    Returns:
+        (Decision, PrefillInfo): the optimal decision (assign int32[M, K], loads int32[N], energy_j in J,
+        ...; zeroed when infeasible) and info with method "dp", lower_bound = energy_j (inf where
+        infeasible) and rel_gap 0.
+
+    Raises:
+        ConfigError: (min(M, D) + 1)^N x sum_k binom(N, k) > max_work.
+
+    Example:
+        With eta = 0 no expert may be replaced or skipped, so every token is served by its own Top-K
+        nodes: loads (1, 2, 1) and energy 3 + (1 + 2) + 1.5 = 7.5 J. With node 2 unavailable
+        (capacity 0) token 1 cannot be served:
+
+        >>> import jax
+        >>> import jax.numpy as jnp
+        >>> from sift_jax.scenario import Scenario
+        >>> sc = Scenario(n_nodes=3, top_k=2, n_tokens=2, eta=0.0)
+        >>> dE = jnp.array([[3.0, 1.0], [1.0, 2.0], [1.5, 2.5]])
+        >>> table = jnp.array([[0.0, 1.5, 1.5, 1.0], [1.5, 0.0, 1.5, 1.0], [1.5, 1.5, 0.0, 1.0]])
+        >>> g, topk = jnp.full((2, 2), 0.5), jnp.array([[0, 1], [1, 2]])
+        >>> solve = jax.jit(solve_dp)
+        >>> d, info = solve(sc, dE, jnp.array([2, 2, 2]), g, topk, table)
+        >>> d.assign.tolist(), d.loads.tolist(), float(d.energy_j), float(info.lower_bound), info.method
+        ([[0, 1], [1, 2]], [1, 2, 1], 7.5, 7.5, 'dp')
+        >>> d, info = solve(sc, dE, jnp.array([2, 2, 0]), g, topk, table)
+        >>> bool(d.feasible), d.assign.tolist(), float(info.lower_bound)
+        (False, [[-1, -1], [-1, -1]], inf)
+    """
     m, k = g.shape
     n, width = dE.shape
     states, n_combos = dp_size(m, n, k, width)

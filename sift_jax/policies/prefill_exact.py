@@ -38,6 +38,8 @@ from sift_jax.policies.lazy import lazy
 from sift_jax.policies.prefill import (PrefillInfo, decision_from_combos, effective_caps, layer_energy,
                                        user_prepaid)
 
+__all__ = ["solve_exact"]
+
 
 def _ssap(omega, cls, cost, cap):
     """Successive shortest augmenting paths over classes.
@@ -190,12 +192,45 @@ def feasible_nodes(sc, cap_eff, g, topk, table):
 
 
 def solve_exact(sc, dE, cap, g, topk, table, use_classes: bool | None = None, use_bitmask: bool | None = None):
-    """Exact K = 1 prefill (see module docstring). Returns (Decision, PrefillInfo).
+    """Exact K = 1 prefill by Algorithm 1 with the user-cost correction (see the module docstring).
+
+    Called by `prefill(..., method="exact")` after its input checks (arrays, shapes as there).
 
     Args:
-        use_classes: search over the (expert, threshold) token classes (default: when N (N + 1) < M).
-        use_bitmask: BFS over uint32 node bitmasks (`_ssap_bits`; default and only possible for N <= 32),
-            else over boolean matrices (`_ssap`).
+        sc: scenario; uses eta (may be traced).
+        dE: float[N, D] marginal energies (J), inf beyond capacity; non-decreasing per helper.
+        cap: int32[N] capacities D_v,max (tokens).
+        g: float[M, 1] gate weights.
+        topk: int32[M, 1] expert indices.
+        table: float[N, N + 1] mean mismatch Fbar, column N = skip.
+        use_classes: search over the (expert, threshold) token classes (static; default: when
+            N (N + 1) < M).
+        use_bitmask: BFS over uint32 node bitmasks (`_ssap_bits`; static; default and only possible for
+            N <= 32), else over boolean matrices (`_ssap`).
+
+    Returns:
+        (Decision, PrefillInfo): the optimal decision (assign int32[M, 1], loads int32[N], energy_j in J,
+        ...; zeroed when infeasible) and info with method "exact", lower_bound = energy_j (inf where
+        infeasible) and rel_gap 0.
+
+    Raises:
+        ConfigError: K > 1, or use_bitmask=True with N > 32.
+
+    Example:
+        The user's one-off load energy makes its first token cost 3 J and the next 1 J; the helper
+        charges 1.5 J and then 3 J. Both tokens on the user cost 4 J, both on the helper 4.5 J, one
+        each 4.5 J: the optimum is the user for both, although the helper is cheaper for the first
+        token (a plain Algorithm 1 would start there):
+
+        >>> import jax
+        >>> import jax.numpy as jnp
+        >>> from sift_jax.scenario import Scenario
+        >>> sc = Scenario(n_nodes=2, top_k=1, n_tokens=2, eta=1.0)
+        >>> dE = jnp.array([[3.0, 1.0], [1.5, 3.0]])
+        >>> table = jnp.array([[0.0, 0.5, 1.0], [0.5, 0.0, 1.0]])
+        >>> d, info = jax.jit(solve_exact)(sc, dE, jnp.array([2, 2]), jnp.ones((2, 1)), jnp.array([[1], [1]]), table)
+        >>> d.assign[:, 0].tolist(), d.loads.tolist(), float(d.energy_j), info.method, float(info.rel_gap)
+        ([0, 0], [2, 0], 4.0, 'exact', 0.0)
     """
     m, k = g.shape
     n = table.shape[0]

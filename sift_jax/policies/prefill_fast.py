@@ -46,6 +46,8 @@ from sift_jax.policies.lazy import lazy
 from sift_jax.policies.prefill import (PrefillInfo, _deviation, _slot_rows, candidate_mask, combo_index, combo_table,
                                        decision_from_combos, effective_caps, layer_energy, user_prepaid)
 
+__all__ = ["solve_fast"]
+
 
 def _reinsert(cost, combo, cand, members, ind, cap_eff, order, n_passes):
     """Construction (tokens without a set are inserted) and re-insertion passes under `cost`.
@@ -394,9 +396,17 @@ def lagrangian_bound(dE, cap_eff, cand, members, lam0, n_dual: int = 120, lr: fl
 def solve_fast(sc, dE, cap, g, topk, table, n_passes: int = 4, n_pair_passes: int = 3, n_cand: int = 6,
                n_partners: int = 12, n_pair_starts: int | None = None, n_dual: int = 120,
                max_cand: int | None = 1024, n_useful: int = 16):
-    """Heuristic prefill for any K with a lower bound (module docstring). Returns (Decision, PrefillInfo).
+    """Heuristic prefill for any K with a Lagrangian lower bound (see the module docstring).
+
+    Called by `prefill(..., method="fast")` after its input checks (arrays, shapes as there).
 
     Args:
+        sc: scenario; uses eta (may be traced).
+        dE: float[N, D] marginal energies (J), inf beyond capacity.
+        cap: int32[N] capacities D_v,max (tokens).
+        g: float[M, K] gate weights.
+        topk: int32[M, K] Top-K expert indices.
+        table: float[N, N + 1] mean mismatch Fbar, column N = skip.
         n_passes: most re-insertion passes after construction (stops early when no token moves).
         n_pair_passes: most pair-move passes (0: none; stops early when no pair improves).
         n_cand: candidate sets per token considered in a pair move (its cheapest ones + its current).
@@ -408,6 +418,27 @@ def solve_fast(sc, dE, cap, g, topk, table, n_passes: int = 4, n_pair_passes: in
             binds when sum_{k <= K} binom(N, k) > max_cand (e.g. N = 32, K = 4: 41,449 sets).
         n_useful: with truncated lists, the sets of each token are enumerated from its useful nodes
             (`_token_sets`) when no token has more than n_useful of them, else from all C sets.
+        All options are static.
+
+    Returns:
+        (Decision, PrefillInfo): the best decision found (assign int32[M, K], loads int32[N], energy_j
+        in J, ...; zeroed when none is found) and info with method "fast", lower_bound <= the optimal
+        energy (J; inf when proven infeasible) and rel_gap = (energy_j - lower_bound) / energy_j.
+
+    Example:
+        With eta = 0 the only feasible decision serves every token by its own Top-K nodes (energy
+        3 + (1 + 2) + 1.5 = 7.5 J), so the search must find it; the bound never exceeds it:
+
+        >>> import jax
+        >>> import jax.numpy as jnp
+        >>> from sift_jax.scenario import Scenario
+        >>> sc = Scenario(n_nodes=3, top_k=2, n_tokens=2, eta=0.0)
+        >>> dE = jnp.array([[3.0, 1.0], [1.0, 2.0], [1.5, 2.5]])
+        >>> table = jnp.array([[0.0, 1.5, 1.5, 1.0], [1.5, 0.0, 1.5, 1.0], [1.5, 1.5, 0.0, 1.0]])
+        >>> g, topk = jnp.full((2, 2), 0.5), jnp.array([[0, 1], [1, 2]])
+        >>> d, info = jax.jit(solve_fast)(sc, dE, jnp.array([2, 2, 2]), g, topk, table)
+        >>> d.assign.tolist(), float(d.energy_j), bool(info.lower_bound <= d.energy_j), info.method
+        ([[0, 1], [1, 2]], 7.5, True, 'fast')
     """
     m, k = g.shape
     n, width = dE.shape

@@ -13,6 +13,8 @@ from sift_jax.policies.prefill import prefill as _solve
 from sift_jax.policies.prefill import topk as _topk_practical
 from sift_jax.policies.decision import Decision
 
+__all__ = ["get_prefill"]
+
 
 def siftmoe(sc, dE, cap, g, topk, table, method: str = "auto", **options) -> Decision:
     """SiftMoE prefill: K = 1 exact (Alg. 1), K > 1 DP (Alg. 2) when its state count fits, else fast."""
@@ -50,10 +52,37 @@ _PREFILL = {"siftmoe": siftmoe, "topk-ideal": topk_ideal, "topk": _topk_practica
 def get_prefill(name: str) -> Callable[..., Decision]:
     """The prefilling policy called `name`.
 
-    >>> get_prefill("wdmoe")
-    Traceback (most recent call last):
-    ...
-    sift_jax.errors.ConfigError: policy = 'wdmoe' is invalid: allowed is one of siftmoe, topk-ideal, topk, oracle for prefilling (n_tokens > 1); wdmoe is a decoding rule
+    "siftmoe": `prefill` with method "auto" (K = 1 exact, K > 1 DP when it fits, else fast);
+    "topk-ideal": every Top-K expert delivered (deviation 0); "topk": practical Top-K
+    (`prefill.topk`); "oracle": the exact DP.
+
+    Args:
+        name: "siftmoe", "topk-ideal", "topk" or "oracle".
+
+    Returns:
+        The policy, a function (sc, dE, cap, g, topk, table, **options) -> Decision with dE float[N, D]
+        (J), cap int32[N], g float[M, K], topk int32[M, K], table float[N, N + 1] as in `prefill`.
+
+    Raises:
+        ConfigError: `name` is not a prefilling policy (wdmoe is decoding only).
+
+    Example:
+        Two tokens want node 1, which has room for one (its second marginal cost is inf): the ideal
+        baseline assumes both delivered and is flagged infeasible, practical Top-K loses one:
+
+        >>> import jax.numpy as jnp
+        >>> from sift_jax.scenario import Scenario
+        >>> sc = Scenario(n_nodes=2, top_k=1, n_tokens=2, eta=0.5)
+        >>> args = (sc, jnp.array([[1.0, 1.0], [1.0, jnp.inf]]), jnp.array([2, 2]), jnp.ones((2, 1)),
+        ...         jnp.array([[1], [1]]), jnp.array([[0.0, 0.3, 1.0], [0.3, 0.0, 1.0]]))
+        >>> ideal, practical = jax.jit(lambda *a: (get_prefill("topk-ideal")(*a), get_prefill("topk")(*a)))(*args)
+        >>> ideal.assign[:, 0].tolist(), bool(ideal.feasible), practical.assign[:, 0].tolist(), bool(practical.feasible)
+        ([1, 1], False, [1, -1], False)
+        >>> get_prefill("wdmoe")
+        Traceback (most recent call last):
+        ...
+        sift_jax.errors.ConfigError: policy = 'wdmoe' is invalid: allowed is one of siftmoe, topk-ideal, topk, oracle
+        for prefilling (n_tokens > 1); wdmoe is a decoding rule
     """
     if not isinstance(name, str) or name not in _PREFILL:
         raise ConfigError("policy", name, "one of " + ", ".join(_PREFILL) + " for prefilling (n_tokens > 1); "
