@@ -55,7 +55,7 @@ def uplink_energy(sc: Scenario, distance_m, gain, bits, uplink_time_s) -> jax.Ar
     t = jnp.where(ok_time, uplink_time_s, 1.0)
     x_ln2 = bits / (bw * t) * _LN2
     energy = _energy_from_exponent(x_ln2, t / snr_w)
-    power_ok = jnp.expm1(x_ln2) <= sc.max_tx_power_w * snr_w  # (2^x - 1)/snr <= p_max
+    power_ok = energy <= sc.max_tx_power_w * t  # the power E / T_up = (2^x - 1)/snr is <= p_max
     energy = jnp.where(ok_time & power_ok, energy, jnp.inf)
     return jnp.where(bits > 0, energy, 0.0)
 

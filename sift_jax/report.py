@@ -44,8 +44,10 @@ def _fmt(values) -> str:
 
 
 def monotone_decreasing(ds, curve: str, figure: str) -> Claim:
-    """Energy non-increasing along the swept field: 'holds' if every step's mean does not rise; 'holds
-    (within CI)' if every rise stays inside the overlap of the two points' 95% CIs.
+    """Energy decreasing along the swept field: 'holds' if no step's mean rises and the whole drop is larger
+    than the CIs (the last point's CI lies below the first's); 'holds (within CI)' if every rise stays inside
+    the overlap of the two points' 95% CIs and the curve is otherwise flat within its CIs (e.g. a drop of
+    1e-4 relative is no evidence of "energy falls as B grows"); 'fails' otherwise.
 
     Args:
         ds: a sweep result with `energy_per_token_j_{mean,ci_lo,ci_hi}` (J); axes beyond the first
@@ -65,7 +67,10 @@ def monotone_decreasing(ds, curve: str, figure: str) -> Claim:
         ...                  for k, d in (("mean", 0.0), ("ci_lo", -0.1), ("ci_hi", 0.1))},
         ...                 coords={"curve": ["siftmoe", "topk"], "eta": [0.0, 1.5]}, attrs={"spec_name": "demo"})
         >>> monotone_decreasing(ds, "siftmoe", "demo")
-        Claim(figure='demo', claim='siftmoe energy decreases as eta grows', verdict='holds', evidence='means [3, 2]')
+        Claim(figure='demo', claim='siftmoe energy decreases as eta grows', verdict='holds', evidence='means [3, 2], first to last -33.33%')
+        >>> flat = xr.DataArray([[0.0, 0.9999], [0.0, 0.0]], dims=("curve", "eta"))  # siftmoe: 3 -> 2.9999
+        >>> monotone_decreasing(ds + flat, "siftmoe", "demo").verdict  # falls, but by far less than the CIs
+        'holds (within CI)'
         >>> shift = xr.DataArray([[0.0, 1.05], [0.0, 0.0]], dims=("curve", "eta"))  # siftmoe: 3 -> 3.05
         >>> monotone_decreasing(ds + shift, "siftmoe", "demo").verdict  # a rise of 0.05 inside the CIs
         'holds (within CI)'
@@ -78,13 +83,14 @@ def monotone_decreasing(ds, curve: str, figure: str) -> Claim:
     if not np.all(np.isfinite(mean)):
         return Claim(figure, text, "n/a", "some points have no feasible sample")
     rises = np.diff(mean) > 0
-    if not rises.any():
+    if not rises.any() and hi[-1] < lo[0]:
         verdict = "holds"
     elif np.all(lo[1:][rises] <= hi[:-1][rises]):
         verdict = "holds (within CI)"
     else:
         verdict = "fails"
-    return Claim(figure, text, verdict, f"means {_fmt(mean)}")
+    change = (mean[-1] - mean[0]) / mean[0] if mean[0] > 0 else np.nan
+    return Claim(figure, text, verdict, f"means {_fmt(mean)}, first to last {change:+.2%}")
 
 
 def below(ds, low: str, high: str, figure: str) -> Claim:

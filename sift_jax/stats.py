@@ -74,9 +74,11 @@ class Stat:
 
 
 def _bin_index(x: np.ndarray) -> np.ndarray:
-    """Histogram bin of each value: 0 for x <= 1e-30 (incl. 0), last for x > 1e30."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        t = np.log10(np.maximum(x, 1e-300))
+    """Histogram bin of each value: 0 for x <= 1e-30 (incl. 0), last for x > 1e30.
+
+    Computed in float32 (half the cost of float64): a value is misbinned only within ~1e-5 (relative) of
+    a bin edge, far inside the bins' 6% width."""
+    t = np.log10(np.clip(x, 1e-31, 1e31, dtype=np.float32))
     t -= LOG10_LO
     t *= BINS_PER_DECADE
     np.floor(t, out=t)
@@ -180,7 +182,7 @@ class Accumulator:
         self.m2[rows] = np.where(some, self.m2[rows] + m2_b + delta * delta * n_a * n_b / np.maximum(n, 1),
                                  self.m2[rows])
         self.n[rows] = n
-        self.max[rows] = np.maximum(self.max[rows], np.where(v, x, -math.inf).max(axis=1))
+        self.max[rows] = np.maximum(self.max[rows], np.max(x, axis=1, where=v, initial=-math.inf))
         k = x.shape[0]
         idx = (_bin_index(xz) + (np.arange(k) * N_BINS)[:, None]).ravel()
         self.counts[rows] += np.bincount(idx, minlength=k * N_BINS).reshape(k, N_BINS)

@@ -12,6 +12,7 @@ spec, sample count, seed or code version.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import itertools
 import json
@@ -321,7 +322,9 @@ def point_params(scs: list[Scenario], varying: set[str]) -> tuple[tuple, tuple]:
     return (stacked, tables), sc_axes + ((0 if vary_tables else None),)
 
 
+@functools.cache
 def _code_hash() -> str:
+    """Hash of the package's sources as imported by this process (what produced its results)."""
     root = pathlib.Path(__file__).resolve().parent
     digest = hashlib.sha256()
     for path in sorted(root.rglob("*.py")):
@@ -397,9 +400,9 @@ def run(spec: Spec | str | os.PathLike, out: str | os.PathLike | None = "results
     size = montecarlo.check_run_args(n_samples, spec.seed, spec.chunk_size)
     points = spec.points()
     scs = [scenario_of(spec, p, quick) for p in points]
-    manifest = {"spec_sha256": hashlib.sha256(spec.text.encode()).hexdigest(), "code": _code_hash(),
-                "samples": n_samples, "seed": spec.seed, "quick": quick}
-    parts = _parts_dir(out, spec, manifest, resume)
+    parts = None if out is None else _parts_dir(out, spec, {
+        "spec_sha256": hashlib.sha256(spec.text.encode()).hexdigest(), "code": _code_hash(), "samples": n_samples,
+        "seed": spec.seed, "quick": quick}, resume)
     groups: dict[tuple, list[int]] = {}
     for i, sc in enumerate(scs):
         groups.setdefault(_static_signature(sc), []).append(i)
@@ -428,9 +431,7 @@ def run(spec: Spec | str | os.PathLike, out: str | os.PathLike | None = "results
     return ds
 
 
-def _parts_dir(out, spec: Spec, manifest: dict, resume: bool) -> pathlib.Path | None:
-    if out is None:
-        return None
+def _parts_dir(out, spec: Spec, manifest: dict, resume: bool) -> pathlib.Path:
     parts = pathlib.Path(out) / f"{spec.name}.parts"
     mpath = parts / "manifest.json"
     if parts.exists() and resume and mpath.exists():

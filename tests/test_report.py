@@ -25,6 +25,9 @@ def test_monotone_and_gap_verdicts():
     assert report.monotone_decreasing(_ds([3.0, 2.0, 1.0], [4, 4, 4]), "siftmoe", "t").verdict == "holds"
     assert report.monotone_decreasing(_ds([3.0, 3.005, 1.0], [4, 4, 4]), "siftmoe", "t").verdict == "holds (within CI)"
     assert report.monotone_decreasing(_ds([1.0, 3.0], [4, 4]), "siftmoe", "t").verdict == "fails"
+    # a strictly falling but flat curve (a drop far inside the CIs) is no evidence that energy falls
+    flat = report.monotone_decreasing(_ds([1.0, 1.0 - 1e-7, 1.0 - 2e-7], [4, 4, 4]), "siftmoe", "t")
+    assert flat.verdict == "holds (within CI)" and "-0.00%" in flat.evidence
     bw = "bandwidth_hz"
     assert report.gap_largest_at_tightest(_ds([1.0, 2.0], [5.0, 3.0], bw), "siftmoe", "topk", "t").verdict == "holds"
     assert report.gap_largest_at_tightest(_ds([1.0, 1.0], [2.0, 2.0], bw), "siftmoe", "topk", "t").verdict == "n/a"
