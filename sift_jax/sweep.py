@@ -221,13 +221,15 @@ def load_spec(source: str | os.PathLike) -> Spec:
     return spec
 
 
-def scenario_of(spec: Spec, point: dict, quick: bool) -> Scenario:
+def scenario_of(spec: Spec, point: dict, quick: bool, base: Scenario | None = None) -> Scenario:
     """The validated Scenario of one point: the preset, then `fixed`, then (quick) `quick_fixed`, then the point.
 
     Args:
         spec: the sweep spec.
         point: {field: value} of one point (an entry of `spec.points()`), in the fields' units.
         quick: also apply the spec's `[quick_fixed]` overrides.
+        base: `unvalidated_base(spec, quick)`, to build many points without redoing the preset and fixed
+            fields (the returned scenario is validated as a whole either way).
 
     Returns:
         The validated `Scenario` (integer fields given as floats, e.g. 2.0, become ints).
@@ -246,14 +248,27 @@ def scenario_of(spec: Spec, point: dict, quick: bool) -> Scenario:
         >>> float(sc.eta), sc.n_tokens, sc.n_layers, sc.top_k  # top_k from the preset
         (1.5, 1, 1, 2)
     """
+    base = unvalidated_base(spec, quick) if base is None else base
+    return base.replace(**_field_values(point))  # validates every field, not only the point's
+
+
+def _field_values(fields: dict) -> dict:
+    """TOML values as Scenario values: whole floats of integer fields as ints, lists as float arrays."""
+    ints = ("n_nodes", "top_k", "n_tokens", "n_layers", "n_slots", "n_clusters", "table_seed")
+    fields = {k: (int(v) if k in ints and float(v).is_integer() else v) for k, v in fields.items()}
+    return {k: (np.asarray(v, float) if isinstance(v, list) else v) for k, v in fields.items()}
+
+
+def unvalidated_base(spec: Spec, quick: bool) -> Scenario:
+    """The preset with the spec's `fixed` (and, quick, `quick_fixed`) fields, not yet validated: a point
+    completes it (a fixed value may only be valid together with an axis value)."""
     fields = dict(spec.fixed)
     if quick:
         fields.update(spec.quick_fixed)
-    fields.update(point)
-    ints = ("n_nodes", "top_k", "n_tokens", "n_layers", "n_slots", "n_clusters", "table_seed")
-    fields = {k: (int(v) if k in ints and float(v).is_integer() else v) for k, v in fields.items()}
-    fields = {k: (np.asarray(v, float) if isinstance(v, list) else v) for k, v in fields.items()}
-    return presets.get(spec.preset).replace(**fields)
+    for name, value in fields.items():
+        if name not in STATIC_FIELDS + DYNAMIC_FIELDS:
+            raise ConfigError(name, value, "a Scenario field (see sift_jax.scenario.UNITS)")
+    return dataclasses.replace(presets.get(spec.preset), **_field_values(fields))
 
 
 def _static_signature(sc: Scenario) -> tuple:
@@ -399,7 +414,8 @@ def run(spec: Spec | str | os.PathLike, out: str | os.PathLike | None = "results
     n_samples = samples if samples is not None else (spec.quick_samples if quick else spec.samples)
     size = montecarlo.check_run_args(n_samples, spec.seed, spec.chunk_size)
     points = spec.points()
-    scs = [scenario_of(spec, p, quick) for p in points]
+    base = unvalidated_base(spec, quick)
+    scs = [scenario_of(spec, p, quick, base) for p in points]
     parts = None if out is None else _parts_dir(out, spec, {
         "spec_sha256": hashlib.sha256(spec.text.encode()).hexdigest(), "code": _code_hash(), "samples": n_samples,
         "seed": spec.seed, "quick": quick}, resume)
