@@ -99,6 +99,10 @@ class Accumulator:
     how the samples were split into `add` calls. Invalid samples (mask False, or NaN/inf values) are only
     counted (`Stat.n_invalid`).
 
+    Args:
+        points: None for one series (`add` float[n], `result()`), or P to fold P series at once (`add`
+            float[P, n], `results()`): what a sweep does with its points, with array operations over them.
+
     Example:
         Mean 2.5 and sample standard deviation sqrt(5/3) of 1, 2, 3, 4; the masked-out value and the
         NaN are counted as invalid:
@@ -119,6 +123,11 @@ class Accumulator:
         ...     two.add(part, np.ones(part.size, bool))
         >>> one.result() == two.result()
         True
+        >>> both = Accumulator(points=2)  # two series at once, each exactly as on its own
+        >>> both.add(np.stack([x, 2 * x]), np.ones((2, x.size), bool))
+        >>> first, second = both.results()
+        >>> first == one.result(), second.mean / first.mean
+        (True, 2.0)
     """
 
     def __init__(self, points: int | None = None):
