@@ -70,6 +70,8 @@ def bundle(n, k, share=True, pruned=True, baseline=True):
         s = dataclasses.replace(sc, eta=eta)
         out = {"auto": decode(s, f, g, topk, table, share_substitutes=share),
                "oracle": oracle(s, f, g, topk, table, share_substitutes=share)}
+        if k > 1:  # "auto" is "sets" at these sizes; the dense grids are checked explicitly
+            out["direct"] = decode(s, f, g, topk, table, share_substitutes=share, strategy="direct")
         if k > 1 and pruned:
             out["pruned"] = decode(s, f, g, topk, table, share_substitutes=share, strategy="pruned",
                                    per_slot_candidates=2)
@@ -125,12 +127,12 @@ def assert_same_optimum(d, o, what):
 @pytest.mark.parametrize("k", [1, 2, 3])
 def test_matches_oracle_padded(k):
     """3,400 instances per K (10,200 in all), N in 2..8 by padding, share_substitutes=True; auto
-    ("direct") and pruned (R = 2, so both the owner grid and its exact fallback run)."""
+    ("sets"), direct and pruned (R = 2, so both the owner grid and its exact fallback run)."""
     inst = make_instances(np.random.default_rng(k), N_PAD, k, 4 * BATCH)
     out = run(N_PAD, k, inst)
     o = out["oracle"]
     assert 0.6 < o.feasible.mean() < 0.99  # both outcomes well represented
-    for name in ("auto", "pruned") if k > 1 else ("auto",):
+    for name in ("auto", "direct", "pruned") if k > 1 else ("auto",):
         assert_same_optimum(out[name], o, name)
         check_consistent(out[name], inst)
     # K = 1: the closed form of the paper, v* = argmin {f_v : g F[topk, v] <= eta} (ties: deviation, index)
@@ -157,7 +159,7 @@ def test_matches_oracle_real_shapes(n, k):
     """Unpadded shapes with K = N (every node is a Top-K expert)."""
     inst = make_instances(np.random.default_rng(10 * n + k), n, k, BATCH, pad=False)
     out = run(n, k, inst, pruned=False, baseline=False)
-    for name in ("auto",):
+    for name in ("auto", "direct"):
         assert_same_optimum(out[name], out["oracle"], f"{name} N={n} K={k}")
         check_consistent(out[name], inst)
 
@@ -168,7 +170,7 @@ def test_matching_matches_oracle(k):
     (K = 3 covers both the pair grids with slot patterns and the full-size additive grid)."""
     inst = make_instances(np.random.default_rng(100 + k), N_PAD, k, 2 * BATCH)
     out = run(N_PAD, k, inst, share=False)
-    for name in ("auto", "pruned"):
+    for name in ("auto", "direct", "pruned"):
         d = out[name]
         assert_same_optimum(d, out["oracle"], name)
         check_consistent(d, inst)

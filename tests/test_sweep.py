@@ -94,6 +94,25 @@ def test_only_axis_fields_carry_the_point_axis_and_results_match_simulate():
             assert float(got[f"{metric}_mean"]) == pytest.approx(alone.metrics[metric].mean, rel=1e-6)
 
 
+def test_eta_axis_takes_the_staircase_and_matches_simulate():
+    """Five eta points in one call (the SiftMoE candidates ranked once per sample, policies/staircase.py)
+    give exactly what each eta gives alone through simulate."""
+    etas = [0.0, 0.4, 0.8, 1.5, 2.5]
+    spec = sweeps.load_spec(BASE.replace('curves = ["topk"]', 'curves = ["siftmoe"]').replace(
+        "points_per_call = 2", "points_per_call = 5") + f'[[axes]]\nfield = "eta"\nvalues = {etas}\n')
+    ds = sweeps.run(spec, out=None)
+    base = sj.presets.get("mixtral-8x7b").replace(n_tokens=1, n_layers=2)
+    energies = []
+    for eta in etas:
+        alone = sj.simulate(base.replace(eta=eta), policy="siftmoe", samples=300, seed=2, chunk_size=128).metrics
+        got = ds.sel(curve="siftmoe", eta=eta)
+        for metric in ("energy_per_token_j", "deviation_bound", "infeasible_rate", "latency_s"):
+            assert float(got[f"{metric}_mean"]) == pytest.approx(alone[metric].mean, rel=1e-6, abs=1e-12)
+            assert int(got[f"{metric}_n"]) == alone[metric].n
+        energies.append(alone["energy_per_token_j"].mean)
+    assert energies[-1] < energies[0]  # the axis matters: a larger budget saves energy
+
+
 def test_dataset_attrs_and_netcdf_roundtrip(tmp_path):
     spec = _spec('[[axes]]\nfield = "eta"\nvalues = [0.5, 2.0]')
     ds = sweeps.run(spec, out=tmp_path)

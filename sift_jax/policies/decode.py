@@ -25,6 +25,11 @@ cap_i(v) = min(e_i(v), s_i). Candidates are compared by the key (energy, deviati
     2. Multi-node sets. In an optimal multi-node J every node is *strictly useful* (e_i(v) < s_i for a
        slot it serves; otherwise dropping it lowers the energy or, at equal energy and deviation, the
        node count), so only strictly useful nodes with finite cost take part.
+       - "sets": every node set of size 1..K as one candidate row (energy, deviation, packed slot
+         mapping), listed by size; none of it depends on eta. The choice is
+         `staircase.best_within(eta, rows)`: a masked lexicographic search for one eta, and under
+         `vmap` over eta alone (a sweep's eta axis) the rows are ranked once per sample and each eta
+         costs one comparison per row (the "staircase"). Ties go to the earlier row, so to fewer nodes.
        - "direct": dense grids over ordered j-tuples of nodes, j = 2..K (no gathers). A tuple with a
          repeated node stands for a smaller set with its energy counted twice, which that set beats;
          for j = K every slot has its own node, so the deviation of "slot i -> i-th member" is additive.
@@ -44,8 +49,9 @@ cap_i(v) = min(e_i(v), s_i). Candidates are compared by the key (energy, deviati
          nodes, an exact fallback (every node set of size 2..K, chunked with `lax.scan`, member values
          selected by one-hot matrix products) runs instead. It sits in a `lax.while_loop` that runs at
          most once, so under `vmap` it is executed only when some element of the batch overflows.
-       "auto" (default) uses "direct" when sum_(j=2..K) N^j <= 4096 (e.g. N = 8 with K <= 3, N = 64
-       with K = 2) and "pruned" otherwise.
+       "auto" (default) uses "sets" when there are at most 128 node sets of size 2..K (N = 8 with
+       K <= 3, N <= 16 with K = 2, every K = 1), else "direct" when sum_(j=2..K) N^j <= 4096 (e.g.
+       N = 64 with K = 2), else "pruned".
     3. The lexicographic minimum over all parts. The energy of a set is summed in ascending order of
        the costs (a sorting network), so every listing of one set gives bit-equal energies and the
        deviation tie-break cannot be overridden by rounding.
@@ -75,12 +81,14 @@ import numpy as np
 from sift_jax.errors import ConfigError
 from sift_jax.policies.decision import Decision
 from sift_jax.policies.lazy import lazy
+from sift_jax.policies.staircase import best_within
 from sift_jax.scenario import Scenario
 
 __all__ = ["decode"]
 
-STRATEGIES = ("auto", "direct", "pruned")
-DIRECT_MAX_DENSE = 4096  # "auto" uses "direct" when sum_(j=2..K) N^j (dense grid cells) is at most this
+STRATEGIES = ("auto", "sets", "direct", "pruned")
+SETS_MAX = 128  # "auto" uses "sets" when the node sets of size 2..K number at most this
+DIRECT_MAX_DENSE = 4096  # else "direct" when sum_(j=2..K) N^j (dense grid cells) is at most this
 MAX_SUBSETS = 2_000_000  # largest exact subset enumeration (fallback) we compile
 MAX_COMBOS = 1_000_000  # largest (R+1)^K owner grid
 MAX_MATCHING_K = 5  # share_substitutes=False enumerates K! slot permutations per subset
@@ -196,25 +204,25 @@ def _first_arg(better, rows):
     return idx
 
 
-def _singletons(f, e, s, cap, eta, share: bool):
-    """Single-node sets for every node: keys (energy, dev) float[N] each and use bool[K, N]."""
+def _singletons(f, e, s, share: bool):
+    """Single-node sets for every node, before the eta test: energy float[N] (f, inf if not finite),
+    dev float[N] and use bool[K, N] (the slots node v serves when it is the only node)."""
     k, n = e.shape
+    energy = jnp.where(jnp.isfinite(f), f, jnp.inf)
     if k == 1:  # the single slot is always served (a token runs at least one expert)
-        valid = jnp.isfinite(f) & (e[0] <= eta)
-        return (jnp.where(valid, f, jnp.inf), e[0]), jnp.ones((1, n), bool)
+        return energy, e[0], jnp.ones((1, n), bool)
     if share:
         use = [e[i] <= s[i] for i in range(k)]
         forced = _first_arg(operator.lt, [e[i] - s[i] for i in range(k)])  # served when no slot prefers v
         any_use = functools.reduce(operator.or_, use)
-        dev = jnp.where(any_use, seq_sum(cap),
+        dev = jnp.where(any_use, seq_sum(jnp.minimum(e, s[:, None])),
                         functools.reduce(operator.add, [jnp.where(forced == i, e[i], s[i]) for i in range(k)]))
         use = jnp.stack([use[i] | (~any_use & (forced == i)) for i in range(k)])
     else:
         best = _first_arg(operator.gt, [s[i] - e[i] for i in range(k)])  # one slot: the largest saving
         use = jnp.stack([best == i for i in range(k)])
         dev = functools.reduce(operator.add, [jnp.where(best == i, e[i], s[i]) for i in range(k)])
-    valid = jnp.isfinite(f) & (dev <= eta)
-    return (jnp.where(valid, f, jnp.inf), jnp.where(valid, dev, jnp.inf)), use
+    return energy, dev, use
 
 
 def _grid_axis(x, j: int, dims: int):
@@ -269,6 +277,57 @@ def _dense_blocks(fu, cap, s, eta, share: bool, n: int, k: int):
 
 def _shape(m: int, j: int, n: int) -> tuple[int, ...]:
     return tuple(n if a == m else 1 for a in range(j))
+
+
+def _set_row(members, fu, e, s, cap, topk, share: bool):
+    """(energy, dev, assign) of the node set `members` (a static ascending tuple, 2..K nodes).
+
+    energy: canonical sum of fu (inf unless every member is strictly useful and finite). Sharing:
+    slot i takes its best member (ties: its own expert, then the lowest index) when that is no worse
+    than skipping. Matching: the first injective pattern (`_matching_patterns` order) of least
+    deviation; a slot is served only where its member is no worse than skipping. assign: list over
+    slots of int32 arrays (-1 = skipped).
+    """
+    k = e.shape[0]
+    energy = canonical_sum([fu[m] for m in members])
+    if share:
+        assign, devs = [], []
+        for i in range(k):
+            best, node = e[i, members[0]], jnp.int32(members[0])
+            for m in members[1:]:
+                take = (e[i, m] < best) | ((e[i, m] == best) & (topk[i] == m))
+                best, node = jnp.where(take, e[i, m], best), jnp.where(take, jnp.int32(m), node)
+            served = best <= s[i]
+            assign.append(jnp.where(served, node, jnp.int32(-1)))
+            devs.append(jnp.minimum(best, s[i]))
+        return energy, functools.reduce(operator.add, devs), assign
+    dev, assign = None, None
+    for pat in _matching_patterns(k, len(members)):
+        d = functools.reduce(operator.add, [cap[i, members[p]] if p >= 0 else s[i] for i, p in enumerate(pat)])
+        a = [jnp.where(e[i, members[p]] <= s[i], jnp.int32(members[p]), jnp.int32(-1)) if p >= 0 else jnp.int32(-1)
+             for i, p in enumerate(pat)]
+        if dev is None:
+            dev, assign = d, a
+        else:
+            take = d < dev
+            dev, assign = jnp.where(take, d, dev), [jnp.where(take, x, y) for x, y in zip(a, assign)]
+    return energy, dev, assign
+
+
+def _best_row(rows, eta, n: int):
+    """Lexicographic minimum of (energy, dev) over the rows with dev <= eta, the earliest row on exact
+    ties (rows are listed by node count, so ties go to fewer nodes). rows: list of (energy, dev, assign
+    list over K); the assignment travels as one bit-packed code of the a_i + 1 through
+    `staircase.best_within` (which ranks the rows once for a whole vmapped axis of etas).
+
+    Returns (energy, dev, assign int32[K]); energy inf when no row qualifies.
+    """
+    bits = n.bit_length()  # a_i + 1 in [0, N] takes `bits` bits; shifts, not divisions (no SIMD integer division)
+    code = jnp.stack([functools.reduce(operator.or_, [(a + 1) << (bits * i) for i, a in enumerate(r[2])]) for r in rows])
+    energy, dev = jnp.stack([r[0] for r in rows]), jnp.stack([r[1] for r in rows])
+    best_e, best_d, best_a = best_within(eta, energy, dev, code.astype(jnp.int32))
+    assign = jnp.stack([((best_a >> (bits * i)) & ((1 << bits) - 1)) - 1 for i in range(len(rows[0][2]))])
+    return best_e, best_d, assign.astype(jnp.int32)
 
 
 def _dense_members(local, j: int, n: int, k: int):
@@ -487,6 +546,8 @@ def _resolve_strategy(strategy: str, n: int, k: int) -> str:
     if strategy not in STRATEGIES:
         raise ConfigError("strategy", strategy, "one of " + ", ".join(STRATEGIES))
     if strategy == "auto":
+        if n_multi_subsets(n, k) <= SETS_MAX:
+            return "sets"
         return "direct" if sum(n ** j for j in range(2, k + 1)) <= DIRECT_MAX_DENSE else "pruned"
     return strategy
 
@@ -502,6 +563,8 @@ def _check_options(n, k, share, strategy, per_slot):
                                       f" <= {MAX_SUBSETS:,}")
     if k > 1 and not share and k > MAX_MATCHING_K:
         raise ConfigError("top_k", k, f"K <= {MAX_MATCHING_K} with share_substitutes=False (K! slot permutations)")
+    if strategy == "sets" and n_multi_subsets(n, k) > 8 * SETS_MAX:
+        raise ConfigError("strategy", strategy, f"'direct', 'pruned' or 'auto' for N={n}, K={k} (too many node sets)")
     if strategy == "direct" and k > 1 and sum(n ** j for j in range(2, k + 1)) > 64 * DIRECT_MAX_DENSE:
         raise ConfigError("strategy", strategy, f"'pruned' or 'auto' for N={n}, K={k} (dense grid too large)")
     if strategy == "pruned" and k > 1 and (min(per_slot, n) + 1) ** k > MAX_COMBOS:
@@ -526,7 +589,7 @@ def decode(sc: Scenario, f, g, topk, table, share_substitutes: bool = True, stra
         topk: int[K] Top-K expert indices (expert v lives on node v), distinct, in [0, N).
         table: float[N, N+1] mean mismatch Fbar (zero diagonal; column N = skip = E||FFN_i||).
         share_substitutes: allow two slots to use the same node (eq. 12; static). False = a matching.
-        strategy: "auto", "direct" or "pruned" (static; see the module docstring). All are exact.
+        strategy: "auto", "sets", "direct" or "pruned" (static; see the module docstring). All are exact.
         per_slot_candidates: R, the per-slot list length of "pruned" (static; performance only).
 
     Returns:
@@ -576,14 +639,21 @@ def decode(sc: Scenario, f, g, topk, table, share_substitutes: bool = True, stra
     e, s = slot_values(g, topk, table)
     cap = jnp.minimum(e, s[:, None])
     node = jnp.arange(n)
-    (e1, d1), use1 = _singletons(f, e, s, cap, eta, share)
-    v, best_e, best_d, best_c = lex_argmin(e1, d1, 1)
+    e1, d1, use1 = _singletons(f, e, s, share)
+    finite = jnp.isfinite(f)
+    useful_slot = (e < s[:, None]) & finite[None, :]  # [K, N] strictly useful for slot i
+    useful = functools.reduce(operator.or_, _rows(useful_slot))
+    fu = jnp.where(useful, f, jnp.inf)
+    if strategy == "sets":  # every candidate is eta-free; only the final pass depends on eta
+        rows = [(e1[v], d1[v], [jnp.where(use1[i, v], jnp.int32(v), jnp.int32(-1)) for i in range(k)])
+                for v in range(n)]
+        rows += [_set_row(members, fu, e, s, cap, topk, share)
+                 for j in range(2, k + 1) for members in itertools.combinations(range(n), j)]
+        return _decision(*_best_row(rows, eta, n), topk, n)
+    valid1 = d1 <= eta
+    v, best_e, best_d, best_c = lex_argmin(jnp.where(valid1, e1, jnp.inf), jnp.where(valid1, d1, jnp.inf), 1)
     assign = jnp.where(jnp.any(use1 & (node == v)[None, :], axis=1), v, -1).astype(jnp.int32)
     if k > 1:
-        finite = jnp.isfinite(f)
-        useful_slot = (e < s[:, None]) & finite[None, :]  # [K, N] strictly useful for slot i
-        useful = functools.reduce(operator.or_, _rows(useful_slot))
-        fu = jnp.where(useful, f, jnp.inf)
         results = []  # (energy, dev, count, assign) of the best multi-node set of each search
         if strategy == "direct":
             for j, (ej, dj) in zip(range(2, k + 1), _dense_blocks(fu, cap, s, eta, share, n, k)):
