@@ -58,7 +58,12 @@ cap_i(v) = min(e_i(v), s_i). Candidates are compared by the key (energy, deviati
 
 Performance notes. Under `vmap` on CPU, reductions over tiny minor axes, gathers and broadcasts over
 many small axes are what costs, so the code reduces small static axes row by row, uses 2-pass
-lexicographic minima and dense grids. With the synthetic GPT-OSS tables (4 experts per cluster) a list
+lexicographic minima and dense grids. One exception: a lexicographic running minimum written as a
+chain of selects over the candidate rows (energy, deviation and mapping carried together) makes XLA's
+CPU fusion recompute the chain at every use (compile time exponential in the rows, runs 10-100x
+slower), so "sets" packs the mapping into one integer and leaves the choice to `staircase`. For one
+eta "sets" costs about 1.8x "direct" per decision on Mixtral (2.2e6 against 4.0e6 decisions/s, about
++5% on a whole `simulate`); on an eta axis it is 2-3x cheaper per point (BENCHMARKS.md, "Sweeps"). With the synthetic GPT-OSS tables (4 experts per cluster) a list
 never exceeds 4 entries, so the default R = 4 never falls back. With tables where many nodes are
 strictly useful for one expert (e.g. uniformly random tables) the fallback runs: still exact, about a
 hundred times slower. Raise `per_slot_candidates` for such tables ((R+1)^K grows fast).
