@@ -63,10 +63,10 @@ chain of selects over the candidate rows (energy, deviation and mapping carried 
 CPU fusion recompute the chain at every use (compile time exponential in the rows, runs 10-100x
 slower), so "sets" packs the mapping into one integer and leaves the choice to `staircase`. For one
 eta "sets" costs about 1.8x "direct" per decision on Mixtral (2.2e6 against 4.0e6 decisions/s, about
-+5% on a whole `simulate`); on an eta axis it is 2-3x cheaper per point (BENCHMARKS.md, "Sweeps"). With the synthetic GPT-OSS tables (4 experts per cluster) a list
-never exceeds 4 entries, so the default R = 4 never falls back. With tables where many nodes are
-strictly useful for one expert (e.g. uniformly random tables) the fallback runs: still exact, about a
-hundred times slower. Raise `per_slot_candidates` for such tables ((R+1)^K grows fast).
++5% on a whole `simulate`); on an eta axis it is 2-3x cheaper per point (BENCHMARKS.md, "Sweeps").
+With the synthetic GPT-OSS tables (4 experts per cluster) a list never exceeds 4 entries, so the
+default R = 4 never falls back. With tables where many nodes are strictly useful for one expert (e.g.
+uniformly random tables) the fallback runs: still exact, about a hundred times slower. Raise `per_slot_candidates` for such tables ((R+1)^K grows fast).
 
 Infeasible tokens (no feasible set) return feasible = False with every slot -1 and zero loads, energy,
 deviation, n_replaced and n_skipped (the convention of the prefill solvers).
@@ -291,7 +291,8 @@ def _set_row(members, fu, e, s, cap, topk, share: bool):
     slot i takes its best member (ties: its own expert, then the lowest index) when that is no worse
     than skipping. Matching: the first injective pattern (`_matching_patterns` order) of least
     deviation; a slot is served only where its member is no worse than skipping. assign: list over
-    slots of int32 arrays (-1 = skipped).
+    slots of int32 arrays (-1 = skipped). These are the rules of `_map_shared` / `_map_matching`,
+    written for static members (plain slices instead of their one-hot selections of traced members).
     """
     k = e.shape[0]
     energy = canonical_sum([fu[m] for m in members])

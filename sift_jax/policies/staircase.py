@@ -96,5 +96,4 @@ def best_within(eta, energy, dev, code):
         >>> float(best_within(jnp.float32(0.1), energy, dev, code)[0])  # nothing within 0.1
         inf
     """
-    e, d, c = _best(jnp.asarray(eta, energy.dtype), energy, dev, code)
-    return e, d, c
+    return _best(jnp.asarray(eta, energy.dtype), energy, dev, code)
