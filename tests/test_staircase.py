@@ -14,19 +14,21 @@ from sift_jax.policies.staircase import best_within
 
 
 def instances(rng, s, c):
-    """Candidates with exact ties (values on a 1/4 grid) and some impossible ones (energy inf)."""
+    """Candidates with exact ties (values on a 1/4 grid) and some impossible ones (energy or dev inf)."""
     energy = np.round(rng.uniform(0, 3, (s, c)) * 4) / 4
     energy[rng.uniform(size=(s, c)) < 0.2] = np.inf
     dev = np.round(rng.uniform(0, 2, (s, c)) * 4) / 4
+    dev[rng.uniform(size=(s, c)) < 0.1] = np.inf
     code = rng.integers(1, 1000, (s, c)).astype(np.int32)
     return energy.astype(np.float32), dev.astype(np.float32), code
 
 
 def brute_force(eta, energy, dev, code):
-    """NumPy: lexicographic minimum of (energy, dev, index) over the candidates with dev <= eta."""
+    """NumPy: lexicographic minimum of (energy, dev, index) over the candidates with dev <= eta (an
+    infinite dev never qualifies, not even for eta = inf)."""
     out = []
     for e_row, d_row, c_row in zip(energy, dev, code):
-        ok = [j for j in range(len(e_row)) if d_row[j] <= eta and np.isfinite(e_row[j])]
+        ok = [j for j in range(len(e_row)) if d_row[j] <= eta and np.isfinite(e_row[j] + d_row[j])]
         if not ok:
             out.append((np.inf, np.inf, 0))
             continue
@@ -35,7 +37,7 @@ def brute_force(eta, energy, dev, code):
     return np.array(out, dtype=object)
 
 
-ETAS = np.array([0.0, 0.25, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0], np.float32)
+ETAS = np.array([0.0, 0.25, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, np.inf], np.float32)
 
 
 def check(got, etas, inst):
@@ -92,3 +94,16 @@ def test_nothing_within_eta():
     assert [float(x) for x in best_within(jnp.float32(0.1), energy, dev, code)] == [np.inf, np.inf, 0.0]
     batch = jax.vmap(best_within, in_axes=(0, None, None, None))(jnp.zeros(6), energy, dev, code)
     assert np.all(np.isinf(batch[0])) and np.all(batch[2] == 0)
+
+
+def test_infinite_eta_takes_the_cheapest_finite_candidate():
+    """eta = inf (a valid Scenario value): the cheapest candidate with a finite deviation, on both paths
+    (the staircase's last step is open-ended)."""
+    energy, dev = jnp.array([2.0, 1.0, 0.5, 1.0]), jnp.array([0.1, 5.0, jnp.inf, 3.0])
+    code = jnp.array([7, 8, 9, 10], jnp.int32)
+    assert int(best_within(jnp.float32(jnp.inf), energy, dev, code)[2]) == 10
+    etas = jnp.array([0.0, 0.1, 4.0, jnp.inf, jnp.inf], jnp.float32)
+    assert len(etas) >= staircase.STAIRCASE_MIN_POINTS
+    got = jax.vmap(best_within, in_axes=(0, None, None, None))(etas, energy, dev, code)
+    assert got[2].tolist() == [0, 7, 10, 10, 10]
+    np.testing.assert_array_equal(got[1], np.float32([np.inf, 0.1, 3.0, 3.0, 3.0]))

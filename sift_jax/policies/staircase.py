@@ -1,19 +1,21 @@
 """The best candidate within a deviation budget, for one eta or a whole axis of them (custom vmap).
 
 A decision picks, among candidates with keys (energy, dev), the lexicographic minimum of those with
-dev <= eta. The candidates do not depend on eta, so under `vmap` over eta alone (a sweep's eta axis)
-they are ranked once: sorted by (energy, dev, index), the running minimum of dev is a staircase, and
-the answer for eta is the first sorted candidate where the staircase is <= eta. A point of the axis
-then costs one comparison per candidate instead of the masked two-key search (measured on Mixtral:
-see BENCHMARKS.md, "Sweeps"). Everywhere else (one eta, or eta and candidates batched together) the
-masked search runs directly.
+dev <= eta (first index on exact ties). The candidates do not depend on eta, so under `vmap` over eta
+alone (a sweep's eta axis) they are ranked once: candidate c is the answer exactly for
+dev_c <= eta < hi_c, where hi_c is the least dev among the candidates that beat c in the order
+(energy, dev, index) (the staircase of the Pareto front; the interval is empty off the front). A point
+of the axis then costs two comparisons per candidate and one gather instead of the masked two-key
+search. Everywhere else (one eta, or eta and candidates batched together) the masked search runs.
+
+Both loops of `_staircase` are `lax.fori_loop`s on purpose: XLA's CPU fusion otherwise duplicates the
+elementwise chains into every consumer (the hi chain into each point, the count into each gather),
+which measured 2-20x slower; a loop's result is materialised once (BENCHMARKS.md, "Sweeps").
 """
 
 from __future__ import annotations
 
-import functools
 import math
-import operator
 
 import jax
 import jax.numpy as jnp
@@ -38,17 +40,26 @@ def _masked(eta, energy, dev, code):
 def _staircase(eta, energy, dev, code):
     """eta float[P, ...] against shared candidates [..., C]: outputs [P, ...] (see the module docstring)."""
     c = energy.shape[-1]
-    idx = jnp.broadcast_to(jnp.arange(c, dtype=jnp.int32), energy.shape)
-    e_s, d_s, _, c_s = jax.lax.sort((energy, dev, idx, code), dimension=-1, num_keys=3)
-    stairs = jax.lax.cummin(jnp.where(jnp.isfinite(e_s), d_s, jnp.inf), axis=energy.ndim - 1)
-    # pos[P, ...] = steps above eta (c = none qualifies), summed step by step: elementwise over the
-    # points and samples (a reduction over the minor candidate axis is ~10x slower on CPU)
-    pos = functools.reduce(operator.add, [(stairs[..., j] > eta).astype(jnp.int32) for j in range(c)])
+    lo = jnp.where(jnp.isfinite(energy), dev, jnp.inf)  # an infinite energy is never a candidate
+    e_t, d_t = jnp.moveaxis(energy, -1, 0), jnp.moveaxis(lo, -1, 0)  # [C, ...]: rows of candidates
+    index = jnp.arange(c).reshape((c,) + (1,) * (e_t.ndim - 1))
+
+    def lower_stair(j, hi):  # hi[c] = min(hi[c], dev_j) for every c that candidate j beats
+        e_j, d_j = e_t[j], d_t[j]
+        beats = (e_j < e_t) | ((e_j == e_t) & ((d_j < d_t) | ((d_j == d_t) & (j < index))))
+        return jnp.minimum(hi, jnp.where(beats, d_j, jnp.inf))
+
+    hi = jax.lax.fori_loop(0, c, lower_stair, jnp.full(e_t.shape, jnp.inf, lo.dtype))
+
+    def add_winner(i, pick):  # pick = 1 + the candidate whose interval holds eta (0: none)
+        return pick + jnp.where((d_t[i] <= eta) & (eta < hi[i]), i + 1, 0)
+
+    shape = jnp.broadcast_shapes(eta.shape, lo.shape[:-1])
+    pick = jax.lax.fori_loop(0, c, add_winner, jnp.zeros(shape, jnp.int32))
     lead = energy.shape[:-1]
-    pad = lambda x, v: jnp.concatenate([x, jnp.full(lead + (1,), v, x.dtype)], axis=-1).reshape(-1)  # noqa: E731
-    row = jnp.arange(math.prod(lead), dtype=jnp.int32).reshape(lead) * (c + 1)
-    flat = jnp.broadcast_to(row, pos.shape) + pos
-    return (jnp.take(pad(e_s, jnp.inf), flat), jnp.take(pad(d_s, jnp.inf), flat), jnp.take(pad(c_s, 0), flat))
+    pad = lambda x, v: jnp.concatenate([jnp.full(lead + (1,), v, x.dtype), x], axis=-1).reshape(-1)  # noqa: E731
+    flat = jnp.arange(math.prod(lead), dtype=jnp.int32).reshape(lead) * (c + 1) + pick
+    return (jnp.take(pad(energy, jnp.inf), flat), jnp.take(pad(lo, jnp.inf), flat), jnp.take(pad(code, 0), flat))
 
 
 @jax.custom_batching.custom_vmap
@@ -78,7 +89,8 @@ def best_within(eta, energy, dev, code):
         code: int32[C] what to report for each candidate (e.g. an encoded slot assignment).
 
     Returns:
-        (energy, dev, code) of the chosen candidate, scalars; (inf, inf, 0) when none qualifies.
+        (energy, dev, code) of the chosen candidate, scalars; (inf, inf, 0) when none qualifies. A
+        candidate with an infinite dev never qualifies, not even for eta = inf.
 
     Example:
         Three candidates; the cheapest one is too far from the Top-K output for eta = 0.5, and the two
@@ -96,4 +108,7 @@ def best_within(eta, energy, dev, code):
         >>> float(best_within(jnp.float32(0.1), energy, dev, code)[0])  # nothing within 0.1
         inf
     """
-    return _best(jnp.asarray(eta, energy.dtype), energy, dev, code)
+    # eta = inf (allowed) means "any finite deviation": clamped, so an infinite dev never qualifies,
+    # and the staircase's half-open intervals [dev, hi) keep the front's last step (hi = inf)
+    eta = jnp.minimum(jnp.asarray(eta, energy.dtype), jnp.finfo(energy.dtype).max)
+    return _best(eta, energy, dev, code)
