@@ -491,20 +491,17 @@ def to_dataset(spec: Spec, points: list[dict], results: dict, n_samples: int, ch
     else:
         dims, shape = ("curve", "point"), (len(curves), len(points))
         coords = {"curve": curves, "point": np.arange(len(points))} | {a: ("point", list(v)) for a, v in spec.axes}
+
+    def fields(s: Stat) -> tuple:  # in STAT_FIELDS order; None (no valid sample) becomes NaN
+        lo, hi = s.ci95 if s.ci95 else (None, None)
+        return (s.mean, lo, hi, s.n, s.n_invalid, s.p50, s.p90, s.p99, s.tail_share, float(s.reliable))
+
     data = {}
     for metric in METRICS:
-        arrays = {f: np.full(shape, np.nan) for f in STAT_FIELDS}
-        for c, label in enumerate(curves):
-            for i in range(len(points)):
-                s = results[(label, i)][metric]
-                where = (c,) + np.unravel_index(i, shape[1:])
-                vals = {"mean": s.mean, "ci_lo": s.ci95[0] if s.ci95 else None, "ci_hi": s.ci95[1] if s.ci95 else None,
-                        "n": s.n, "n_invalid": s.n_invalid, "p50": s.p50, "p90": s.p90, "p99": s.p99,
-                        "tail_share": s.tail_share, "reliable": float(s.reliable)}
-                for f, v in vals.items():
-                    arrays[f][where] = np.nan if v is None else v
-        for f, arr in arrays.items():
-            data[f"{metric}_{f}"] = (dims, arr)
+        rows = [fields(results[(label, i)][metric]) for label in curves for i in range(len(points))]
+        table = np.array(rows, dtype=float).reshape(shape + (len(STAT_FIELDS),))  # None -> nan
+        for j, f in enumerate(STAT_FIELDS):
+            data[f"{metric}_{f}"] = (dims, table[..., j])
     attrs = {"spec_name": spec.name, "title": spec.title, "preset": spec.preset, "fading": spec.fading,
              "spec": spec.text, "seed": spec.seed, "samples": n_samples, "chunk_size": chunk_size,
              "quick": int(quick), "code_sha256": _code_hash()}
