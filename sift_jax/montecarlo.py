@@ -2,26 +2,28 @@
 
 A metric function maps (key, params) for one sample to {name: (value, valid)} scalars. The runner
 evaluates fixed-shape chunks of samples under one compiled `vmap` (over samples, and over a leading
-axis of sweep points), keyed by `fold_in(key(seed), i)` for sample i, and streams the values into
-host float64 accumulators (`stats.Accumulator`). Memory is O(chunk), independent of the sample
-count, and results are bit-identical for any chunk size (samples are keyed by index, and the host
-statistics run over canonical blocks of the sample sequence). The last chunk is padded to the
-fixed shape, so one compilation serves a whole run.
+axis of sweep points), keyed by `fold_in(key(seed), i)` for sample i. Each block of `inner_batch`
+samples is summarised on the device (count, scaled mean and M2, max, and each value's histogram bin:
+`Summary`), and the host folds the summaries into float64 accumulators (`stats.Accumulator.add_blocks`).
+Memory is O(chunk), independent of the sample count, and results are bit-identical for any chunk size
+(samples are keyed by index, blocks are fixed, and the host folds canonical groups of blocks in sample
+order). The last chunk is padded to the fixed shape (the padding is masked out on the device), so one
+compilation serves a whole run.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from sift_jax.errors import ConfigError
-from sift_jax.stats import Accumulator, Stat
+from sift_jax.stats import BINS_PER_DECADE, LOG10_LO, N_BINS, Accumulator, Stat
 
-__all__ = ["run", "sample_keys"]
+__all__ = ["run", "sample_keys", "Summary", "summarise"]
 
 DEFAULT_CHUNK = 8192
 TRACES = {"count": 0}  # times a chunk function was traced (compiled); tests assert one per static shape
@@ -72,48 +74,143 @@ def _in_axes(params, axes: tuple | None):
     return 0 if axes is None else jax.tree.unflatten(jax.tree.structure(params), list(axes))
 
 
-def _metrics_of(metric_fn: MetricFn, width: int, axes: tuple | None, params, idx, seed):
-    """{name: (float[P, S], bool[P, S])} for sample indices idx uint32[S] and P stacked points.
+class Summary(NamedTuple):
+    """One metric over a chunk as the host statistics consume it (`stats.Accumulator.add_blocks`):
+    per sample [P, S], per block [P, B] of `inner_batch` samples. Samples that are invalid, not finite
+    or padding count nowhere. A block's values are scaled by a power of two (exact), summed without
+    rounding loss as hi + lo (pairwise two-sum), and their squared deviations taken around a float32
+    center; the host rebuilds mean = scale (hi + lo) / n and M2 in float64.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> s = summarise(jnp.array([[1.0, 3.0, jnp.inf, 5.0]]), jnp.array([[True, True, True, False]]))
+        >>> s.value.tolist(), s.n.tolist(), s.max.tolist()  # inf and the masked 5.0 do not count
+        ([[1.0, 3.0, 0.0, 0.0]], [[2]], [[3.0]])
+        >>> float(s.scale[0, 0] * (s.hi[0, 0] + s.lo[0, 0]) / s.n[0, 0])  # the mean
+        2.0
+    """
+
+    value: jax.Array  # float[P, S]: the value where it counts, else 0
+    bin: jax.Array  # int16[P, S]: its histogram bin (as stats._bin_index; 0 where it does not count)
+    n: jax.Array  # int32[P, B]: samples that count
+    scale: jax.Array  # float[P, B]: a power of two >= half their largest |value| (1 when all are 0)
+    hi: jax.Array  # float[P, B]: sum of value / scale, rounded ...
+    lo: jax.Array  # float[P, B]: ... and its rounding error (hi + lo is the sum to ~float64 accuracy)
+    center: jax.Array  # float[P, B]: float32 mean of value / scale, around which m2 is taken
+    m2: jax.Array  # float[P, B]: sum of (value / scale - center)^2
+    max: jax.Array  # float[P, B]: their largest value (-inf when none)
+
+
+def _bins(x: jax.Array) -> jax.Array:
+    """int16 histogram bin of each value: `stats._bin_index` computed on the device (float32)."""
+    t = jnp.log10(jnp.clip(x.astype(jnp.float32), 1e-31, 1e31))
+    return (jnp.clip(jnp.floor((t - LOG10_LO) * BINS_PER_DECADE), -1, N_BINS - 2) + 1).astype(jnp.int16)
+
+
+def _two_sum(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Pairwise sum over the last axis (a power of two) as hi + lo: Knuth's two-sum keeps each addition's
+    rounding error, so hi + lo is the sum to ~float64 accuracy from float32 values (means that differ by
+    1e-8 between sweep points stay ordered). x float[..., W] -> (hi, lo) float[..., 1]."""
+    lo = jnp.zeros_like(x)
+    while x.shape[-1] > 1:
+        pairs = x.reshape(x.shape[:-1] + (-1, 2))
+        a, b = pairs[..., 0], pairs[..., 1]
+        hi = a + b
+        b_virtual = hi - a
+        err = (a - (hi - b_virtual)) + (b - b_virtual)
+        lo_pairs = lo.reshape(pairs.shape)
+        x, lo = hi, lo_pairs[..., 0] + lo_pairs[..., 1] + err
+    return x, lo
+
+
+def summarise(value: jax.Array, ok: jax.Array) -> Summary:
+    """Summary of one block of samples (what `_chunk` returns per block, B = 1).
+
+    Args:
+        value: float[P, W] metric values of W samples (W a power of two) for P points.
+        ok: bool[P, W] the samples that count (valid and not padding); non-finite values never count.
+
+    Returns:
+        A `Summary` with per-sample fields [P, W] and per-block fields [P, 1].
+
+    Example:
+        Values spanning 1e30: the scale is a power of two, so value / scale is exact and cannot overflow.
+
+        >>> import jax.numpy as jnp
+        >>> s = summarise(jnp.array([[1e30, 3e30]]), jnp.array([[True, True]]))
+        >>> float(s.scale[0, 0]) == 2.0 ** 101, round(float(s.scale[0, 0] * (s.hi[0, 0] + s.lo[0, 0]) / 2) / 2e30, 6)
+        (True, 1.0)
+    """
+    ok = ok & jnp.isfinite(value)
+    xz = jnp.where(ok, value, 0.0)
+    n = jnp.sum(ok, axis=-1, dtype=jnp.int32, keepdims=True)
+    largest = jnp.max(jnp.abs(xz), axis=-1, keepdims=True)
+    _, exponent = jnp.frexp(largest)  # largest = m 2^e, m in [0.5, 1): |x| / 2^(e-1) < 2, exactly scaled
+    scale = jnp.where(largest > 0, jnp.ldexp(jnp.ones_like(largest), exponent - 1), 1.0)
+    y = xz / scale
+    hi, lo = _two_sum(y)
+    center = (hi + lo) / jnp.maximum(n, 1)
+    m2 = jnp.sum(jnp.where(ok, jnp.square(y - center), 0.0), axis=-1, keepdims=True)
+    top = jnp.max(jnp.where(ok, value, -jnp.inf), axis=-1, keepdims=True)
+    return Summary(xz, _bins(xz), n, scale, hi, lo, center, m2, top)
+
+
+def raw_metrics(metric_fn: MetricFn, axes: tuple | None, params, idx, seed) -> dict:
+    """{name: (value float[P, S], valid bool[P, S])} for sample indices idx uint32[S] and P stacked points.
 
     Leaves of `params` with axis None in `axes` are shared by all points: whatever depends only on them
     and on the sample key (random draws, gates, tables) is computed once per sample, not once per point.
-    S is a multiple of `width` (`inner_batch(samples)`): samples are computed in blocks of that fixed width under
-    `lax.map`, so XLA compiles the same per-block code whatever the chunk size or device count; this is
-    what makes results bit-identical across chunk sizes and devices (XLA's CPU code for a vmapped
-    batch depends on the batch width, down to the last ulp of exp/log).
+    """
+    per_sample = jax.vmap(metric_fn, in_axes=(0, None))
+    return jax.vmap(per_sample, in_axes=(None, _in_axes(params, axes)))(sample_keys(seed, idx), params)
+
+
+def _metrics_of(metric_fn: MetricFn, width: int, axes: tuple | None, params, idx, bounds, seed):
+    """{name: Summary} of samples idx uint32[S] for P stacked points; only start <= i < limit count
+    (bounds = uint32[2] (start, limit): the rest is padding, whose indices may wrap around 2^32).
+
+    S is a multiple of `width` (`inner_batch(samples)`): samples are computed and summarised in blocks
+    of that fixed width under `lax.map`, so XLA compiles the same per-block code whatever the chunk size
+    or device count; this is what makes results bit-identical across chunk sizes and devices (XLA's CPU
+    code for a vmapped batch depends on the batch width, down to the last ulp of exp/log).
     """
     TRACES["count"] += 1  # Python side effect: runs at trace time only
-    per_sample = jax.vmap(metric_fn, in_axes=(0, None))
-    in_axes = _in_axes(params, axes)
-    per_block = lambda block: jax.vmap(per_sample, in_axes=(None, in_axes))(sample_keys(seed, block), params)  # noqa: E731
-    out = jax.lax.map(per_block, idx.reshape(-1, width))  # {name: ([B, P, width], [B, P, width])}
+
+    def per_block(block):
+        raw = raw_metrics(metric_fn, axes, params, block, seed)
+        real = (block >= bounds[0]) & (block < bounds[1])
+        return {name: summarise(value, valid & real) for name, (value, valid) in raw.items()}
+
+    out = jax.lax.map(per_block, idx.reshape(-1, width))  # {name: Summary of [B, P, width or 1]}
     return jax.tree.map(lambda a: jnp.moveaxis(a, 0, 1).reshape(a.shape[1], -1), out)
 
 
 @functools.partial(jax.jit, static_argnames=("metric_fn", "size", "width", "axes"))
-def _chunk(metric_fn: MetricFn, params, start, size: int, seed, width: int | None = None, axes: tuple | None = None):
-    """Metrics of samples start..start+size-1 on one device: {name: (float[P, size], bool[P, size])}.
+def _chunk(metric_fn: MetricFn, params, start, limit, size: int, seed, width: int | None = None,
+           axes: tuple | None = None):
+    """Summaries of samples start..start+size-1 on one device: {name: Summary}. start, limit: uint32
+    scalars; samples from limit on are padding.
 
     width: samples per vmapped block (default `inner_batch()`); size must be a multiple of it."""
-    idx = jnp.asarray(start, jnp.uint32) + jnp.arange(size, dtype=jnp.uint32)
-    return _metrics_of(metric_fn, width or inner_batch(), axes, params, idx, seed)
+    idx = start + jnp.arange(size, dtype=jnp.uint32)
+    return _metrics_of(metric_fn, width or inner_batch(), axes, params, idx, jnp.stack([start, limit]), seed)
 
 
 @functools.partial(jax.jit, static_argnames=("metric_fn", "size", "width", "axes"))
-def _chunk_shard_map(metric_fn: MetricFn, params, start, size: int, seed, width: int, axes: tuple | None):
+def _chunk_shard_map(metric_fn: MetricFn, params, start, limit, size: int, seed, width: int, axes: tuple | None):
     """`_chunk` with the sample axis split over all devices by `jax.shard_map` on a 1-D mesh."""
-    idx = jnp.asarray(start, jnp.uint32) + jnp.arange(size, dtype=jnp.uint32)
+    idx = start + jnp.arange(size, dtype=jnp.uint32)
     mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ("samples",))
     spec = jax.sharding.PartitionSpec
     sharded = jax.shard_map(functools.partial(_metrics_of, metric_fn, width, axes), mesh=mesh,
-                            in_specs=(spec(), spec("samples"), spec()), out_specs=spec(None, "samples"))
-    return sharded(params, idx, seed)
+                            in_specs=(spec(), spec("samples"), spec(), spec()), out_specs=spec(None, "samples"))
+    return sharded(params, idx, jnp.stack([start, limit]), seed)
 
 
 SHARDING_MODES = ("dispatch", "shard_map")
 
 
-def _launch(metric_fn, device_params, start: int, size: int, seed: int, mode: str, width: int, axes):
+def _launch(metric_fn, device_params, start: int, limit: int, size: int, seed: int, mode: str, width: int, axes):
     """Start one chunk asynchronously; returns what `_collect` turns into host arrays.
 
     One device: `_chunk`. Several devices, mode "dispatch" (default): the same single-device program
@@ -123,19 +220,21 @@ def _launch(metric_fn, device_params, start: int, size: int, seed: int, mode: st
     the last ulp for ~3% of samples, so it is equal to one device only to float rounding.
     """
     n_dev = len(device_params)
+    start, limit = np.uint32(start), np.uint32(limit)  # traced as uint32: runs may reach 2^32 - 1 samples
     if n_dev == 1:
-        return [_chunk(metric_fn, device_params[0], start, size, seed, width, axes)]
+        return [_chunk(metric_fn, device_params[0], start, limit, size, seed, width, axes)]
     if mode == "shard_map":
-        return [_chunk_shard_map(metric_fn, device_params[0], start, size, seed, width, axes)]
+        return [_chunk_shard_map(metric_fn, device_params[0], start, limit, size, seed, width, axes)]
     share = size // n_dev
-    return [_chunk(metric_fn, p, start + i * share, share, seed, width, axes) for i, p in enumerate(device_params)]
+    return [_chunk(metric_fn, p, start + np.uint32(i * share), limit, share, seed, width, axes)
+            for i, p in enumerate(device_params)]
 
 
 def _collect(parts) -> dict:
     host = jax.device_get(parts)
     if len(host) == 1:
         return host[0]
-    return {k: tuple(np.concatenate([h[k][j] for h in host], axis=1) for j in (0, 1)) for k in host[0]}
+    return {k: host[0][k]._make(np.concatenate(f, axis=1) for f in zip(*(h[k] for h in host))) for k in host[0]}
 
 
 def check_run_args(samples, seed, chunk_size) -> int:
@@ -210,17 +309,17 @@ def run(metric_fn: MetricFn, params, n_points: int, samples: int, seed: int = 0,
     width = inner_batch(samples)
     if axes is not None and (len(axes) != len(jax.tree.leaves(params)) or 0 not in axes):
         raise ConfigError("axes", axes, "one entry (0 or None) per leaf of params, at least one 0")
-    pending = _launch(metric_fn, device_params, 0, size, seed, sharding, width, axes)  # ahead: host merges overlap compute
+    pending = _launch(metric_fn, device_params, 0, samples, size, seed, sharding, width, axes)  # ahead: host merges overlap compute
     for start in range(0, samples, size):
         out = pending
         if start + size < samples:
-            pending = _launch(metric_fn, device_params, start + size, size, seed, sharding, width, axes)
+            pending = _launch(metric_fn, device_params, start + size, samples, size, seed, sharding, width, axes)
         host = _collect(out)
         take = min(size, samples - start)
         if accs is None:
             accs = {name: Accumulator(points=n_points) for name in host}
-        for name, (value, valid) in host.items():
-            accs[name].add(value[:, :take], valid[:, :take])
+        for name, summary in host.items():
+            accs[name].add_blocks(summary, take, width)
         if progress is not None:
             progress(start + take)
     per_metric = {name: acc.results() for name, acc in accs.items()}

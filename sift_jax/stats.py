@@ -1,7 +1,12 @@
 """Streaming, mergeable statistics in float64 on the host: moments (Chan's merge), a log-spaced
 histogram for quantiles and tail diagnostics, and 95% confidence intervals.
 
-Samples are consumed in canonical blocks of `BLOCK` samples in sample order, so every statistic is
+Two ways in. `Accumulator.add` takes raw values and masks (any split into calls). `add_blocks` takes what
+the Monte Carlo runner's compiled chunks return (`montecarlo`): per block of `width` samples the count,
+sum (to ~float64 accuracy, as hi + lo) and sum of squared deviations, computed on the device in float32
+after an exact power-of-two scaling (so heavy tails cannot overflow), plus each sample's value and
+histogram bin. Either way samples are folded in
+canonical groups of `BLOCK` samples (of whole blocks) in sample order, so every statistic is
 bit-identical whatever chunk size produced the samples.
 """
 
@@ -142,6 +147,8 @@ class Accumulator:
         self.sums = np.zeros((p, N_BINS), np.float64)
         self._buf_x: list[np.ndarray] = []
         self._buf_v: list[np.ndarray] = []
+        self._buf_blocks: list = []  # add_blocks: summaries not yet folded (less than a group)
+        self._mode, self._width = None, 0  # fed by add ("raw") or add_blocks ("blocks")
         self._buffered = 0
 
     def add(self, values: np.ndarray, valid: np.ndarray) -> None:
@@ -152,6 +159,9 @@ class Accumulator:
                 metric's unit.
             valid: bool mask of the same shape as `values`.
         """
+        if self._mode == "blocks":
+            raise ValueError("add after add_blocks: feed an accumulator one way")
+        self._mode = "raw"
         rows = len(self.n)
         self._buf_x.append(np.asarray(values, np.float64).reshape(rows, -1))
         self._buf_v.append(np.asarray(valid, bool).reshape(rows, -1))
@@ -177,29 +187,83 @@ class Accumulator:
         in bin 0 with weight 0 and are taken out of its count."""
         v = v & np.isfinite(x)
         n_b = np.count_nonzero(v, axis=1)
-        n_out = x.shape[1] - n_b
-        self.n_invalid[rows] += n_out
         xz = np.where(v, x, 0.0)
-        some = n_b > 0
         mean_b = xz.sum(axis=1) / np.maximum(n_b, 1)
         dev = np.where(v, xz - mean_b[:, None], 0.0)
-        m2_b = np.einsum("ij,ij->i", dev, dev)
+        self._merge(rows, n_b, mean_b, np.einsum("ij,ij->i", dev, dev), np.max(x, axis=1, where=v, initial=-math.inf))
+        self._histogram(rows, _bin_index(xz), xz, x.shape[1] - n_b)
+
+    def _merge(self, rows, n_b, mean_b, m2_b, max_b) -> None:
+        """Chan's merge of one group's moments (per point: count, mean, M2, max) into the running ones."""
         n_a, mean_a = self.n[rows], self.mean[rows]
         n = n_a + n_b
+        some = n_b > 0
         delta = mean_b - mean_a
         self.mean[rows] = np.where(some, mean_a + delta * n_b / np.maximum(n, 1), mean_a)
         self.m2[rows] = np.where(some, self.m2[rows] + m2_b + delta * delta * n_a * n_b / np.maximum(n, 1),
                                  self.m2[rows])
         self.n[rows] = n
-        self.max[rows] = np.maximum(self.max[rows], np.max(x, axis=1, where=v, initial=-math.inf))
-        k = x.shape[0]
-        idx = (_bin_index(xz) + (np.arange(k) * N_BINS)[:, None]).ravel()
+        self.max[rows] = np.maximum(self.max[rows], max_b)
+
+    def _histogram(self, rows, bins: np.ndarray, xz: np.ndarray, n_out: np.ndarray) -> None:
+        """Add one group's samples (bins int[k, b], values xz with the invalid ones zeroed, in bin 0) to
+        the histograms of points `rows`; n_out[k] invalid samples are taken out of bin 0's count."""
+        k = xz.shape[0]
+        idx = (bins.astype(np.intp) + (np.arange(k) * N_BINS)[:, None]).ravel()
         self.counts[rows] += np.bincount(idx, minlength=k * N_BINS).reshape(k, N_BINS)
         self.counts[rows, 0] -= n_out
+        self.n_invalid[rows] += n_out
         self.sums[rows] += np.bincount(idx, weights=xz.ravel(), minlength=k * N_BINS).reshape(k, N_BINS)
 
+    def add_blocks(self, blocks, take: int, width: int) -> None:
+        """Append `take` samples summarised by a compiled chunk (`montecarlo.Summary`), in sample order.
+
+        Args:
+            blocks: a `montecarlo.Summary` of host arrays: value float[P, S] (0 where invalid), bin int[P, S],
+                and per block of `width` samples n int[P, B], scale, hi, lo, center, m2, max float[P, B].
+            take: how many of the S samples are real (the rest is padding, which the blocks exclude).
+            width: samples per block (a divisor of `BLOCK` or a multiple of it).
+        """
+        if self._mode == "raw":
+            raise ValueError("add_blocks after add: feed an accumulator one way")
+        self._mode, self._width = "blocks", width
+        self._buf_blocks.append(_cut(blocks, 0, take, width))
+        self._buffered += take
+        group = max(BLOCK, width)
+        if self._buffered >= group:
+            self._fold_blocks(width, group, final=False)
+
+    def _fold_blocks(self, width: int, group: int, final: bool) -> None:
+        """Fold the buffered blocks group by group (the last, partial group only when `final`)."""
+        parts = self._buf_blocks
+        merged = parts[0] if len(parts) == 1 else parts[0]._make(np.concatenate(a, axis=1) for a in zip(*parts))
+        total = merged.value.shape[1]
+        stop = total if final else (total // group) * group
+        per = group // width
+        for g0 in range(0, stop, group):
+            s = slice(g0, min(g0 + group, stop))
+            b = slice(g0 // width, g0 // width + per)
+            n_blk = merged.n[:, b].astype(np.int64)
+            scale = merged.scale[:, b].astype(np.float64)  # float64 from here on
+            mean_y = (merged.hi[:, b].astype(np.float64) + merged.lo[:, b]) / np.maximum(n_blk, 1)
+            # m2 was taken around the float32 center: sum (y - c)^2 = M2 + n (mean - c)^2
+            m2_y = np.maximum(merged.m2[:, b] - n_blk * (mean_y - merged.center[:, b]) ** 2, 0.0)
+            mean_blk = scale * mean_y
+            n_b = n_blk.sum(axis=1)
+            mean_b = (n_blk * mean_blk).sum(axis=1) / np.maximum(n_b, 1)
+            m2_b = (scale * scale * m2_y).sum(axis=1) + (n_blk * (mean_blk - mean_b[:, None]) ** 2).sum(axis=1)
+            self._merge(slice(None), n_b, mean_b, m2_b, merged.max[:, b].max(axis=1).astype(np.float64))
+            n_out = (s.stop - s.start) - n_b
+            for r0 in range(0, len(n_b), ROW_GROUP):
+                rows = slice(r0, r0 + ROW_GROUP)
+                self._histogram(rows, merged.bin[rows, s], merged.value[rows, s].astype(np.float64), n_out[rows])
+        self._buf_blocks = [_cut(merged, stop, total, width)] if stop < total else []
+        self._buffered = total - stop
+
     def _flush(self) -> None:
-        if self._buffered:
+        if self._buf_blocks:
+            self._fold_blocks(self._width, max(BLOCK, self._width), final=True)
+        elif self._buffered:
             self._block(np.concatenate(self._buf_x, axis=1), np.concatenate(self._buf_v, axis=1))
             self._buf_x, self._buf_v, self._buffered = [], [], 0
 
@@ -246,6 +310,15 @@ class Accumulator:
                             p50=p50[p], p90=p90[p], p99=p99[p], max=top, tail_share=tail[p],
                             reliable=bool(n_p >= 30 and tail[p] <= RELIABLE_TAIL_SHARE)))
         return out
+
+
+PER_SAMPLE = ("value", "bin")  # the fields of a block summary with one column per sample
+
+
+def _cut(summary, start: int, stop: int, width: int):
+    """Samples start..stop-1 of a block summary (start a multiple of width) and the blocks they touch."""
+    blocks = slice(start // width, -(-stop // width))
+    return summary._make(a[:, start:stop] if f in PER_SAMPLE else a[:, blocks] for f, a in zip(summary._fields, summary))
 
 
 def _row(a: np.ndarray, i: np.ndarray) -> np.ndarray:

@@ -1,6 +1,7 @@
 """Streaming statistics and the chunked runner: coverage, chunk invariance, quantiles."""
 
 import dataclasses
+import math
 
 import jax
 import jax.numpy as jnp
@@ -131,3 +132,37 @@ def test_runner_bad_arguments(kw):
 def test_constant_metric_is_reliable():
     s = _stat(np.full(5000, 0.148))
     assert s.tail_share == pytest.approx(5 / 5000) and s.reliable
+
+
+@dataclasses.dataclass(frozen=True)
+class _HeavyTail:
+    """x: values spanning 1e-3 .. 1e36 (no float32 sum or square of them fits), some inf, valid 9 times in
+    10; y: the same draws within the histogram's range (1e-3 .. 1e29)."""
+
+    def __call__(self, key, params):
+        k1, k2, k3 = jax.random.split(key, 3)
+        u = jax.random.uniform(k1)
+        x = jnp.where(jax.random.uniform(k2) < 0.01, jnp.inf, params["scale"] * 10.0 ** (39.0 * u - 3.0))
+        ok = jax.random.uniform(k3) < 0.9
+        return {"x": (x, ok), "y": (params["scale"] * 10.0 ** (32.0 * u - 3.0), ok)}
+
+
+@pytest.mark.parametrize("samples, chunk", [(5_000, None), (1_234, 512)])
+def test_runner_summaries_match_numpy_on_the_raw_values(samples, chunk):
+    """The device-side block summaries (scaled moments, bins, padding masked) give the statistics NumPy
+    computes in float64 from the raw per-sample values of the same run."""
+    params = {"scale": jnp.array([1.0, 2.0])}
+    (a, b) = montecarlo.run(_HeavyTail(), params, 2, samples, seed=7, chunk_size=chunk)
+    idx = jnp.arange(samples, dtype=jnp.uint32)
+    raw = jax.device_get(montecarlo.raw_metrics(_HeavyTail(), None, params, idx, 7))
+    for p, got in enumerate((a, b)):
+        for name in ("x", "y"):
+            x, valid = raw[name][0][p].astype(np.float64), raw[name][1][p]
+            good, s = x[valid & np.isfinite(x)], got[name]
+            assert s.n == good.size and s.n_invalid == samples - good.size
+            assert s.mean == pytest.approx(good.mean(), rel=1e-10)  # two-sum in float32: ~W eps^2 (float: 1e-6)
+            assert s.std == pytest.approx(good.std(ddof=1), rel=1e-5)
+            assert s.max == good.max()
+        top = np.sort(good)[-math.ceil(good.size / 1000):]  # y: within the histogram's range
+        assert s.p50 == pytest.approx(np.quantile(good, 0.5), rel=0.06)
+        assert s.tail_share == pytest.approx(top.sum() / good.sum(), rel=0.06)
