@@ -14,6 +14,7 @@ compilation serves a whole run.
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -77,9 +78,9 @@ def _in_axes(params, axes: tuple | None):
 class Summary(NamedTuple):
     """One metric over a chunk as the host statistics consume it (`stats.Accumulator.add_blocks`):
     per sample [P, S], per block [P, B] of `inner_batch` samples. Samples that are invalid, not finite
-    or padding count nowhere. A block's values are scaled by a power of two (exact), summed without
-    rounding loss as hi + lo (pairwise two-sum), and their squared deviations taken around a float32
-    center; the host rebuilds mean = scale (hi + lo) / n and M2 in float64.
+    or padding count nowhere. A block's values are scaled by a power of two (exact), summed to ~1e-11 as
+    hi + lo (an exact sum of heads plus a sum of small tails), and their squared deviations taken around a
+    float32 center; the host rebuilds mean = scale (hi + lo) / n and M2 in float64.
 
     Example:
         >>> import jax.numpy as jnp
@@ -94,8 +95,8 @@ class Summary(NamedTuple):
     bin: jax.Array  # int16[P, S]: its histogram bin (as stats._bin_index; 0 where it does not count)
     n: jax.Array  # int32[P, B]: samples that count
     scale: jax.Array  # float[P, B]: a power of two >= half their largest |value| (1 when all are 0)
-    hi: jax.Array  # float[P, B]: sum of value / scale, rounded ...
-    lo: jax.Array  # float[P, B]: ... and its rounding error (hi + lo is the sum to ~float64 accuracy)
+    hi: jax.Array  # float[P, B]: exact sum of value / scale rounded to multiples of 2^-11 ...
+    lo: jax.Array  # float[P, B]: ... plus the sum of the remainders (hi + lo: the sum to ~1e-11)
     center: jax.Array  # float[P, B]: float32 mean of value / scale, around which m2 is taken
     m2: jax.Array  # float[P, B]: sum of (value / scale - center)^2
     max: jax.Array  # float[P, B]: their largest value (-inf when none)
@@ -107,20 +108,19 @@ def _bins(x: jax.Array) -> jax.Array:
     return (jnp.clip(jnp.floor((t - LOG10_LO) * BINS_PER_DECADE), -1, N_BINS - 2) + 1).astype(jnp.int16)
 
 
-def _two_sum(x: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Pairwise sum over the last axis (a power of two) as hi + lo: Knuth's two-sum keeps each addition's
-    rounding error, so hi + lo is the sum to ~float64 accuracy from float32 values (means that differ by
-    1e-8 between sweep points stay ordered). x float[..., W] -> (hi, lo) float[..., 1]."""
-    lo = jnp.zeros_like(x)
-    while x.shape[-1] > 1:
-        pairs = x.reshape(x.shape[:-1] + (-1, 2))
-        a, b = pairs[..., 0], pairs[..., 1]
-        hi = a + b
-        b_virtual = hi - a
-        err = (a - (hi - b_virtual)) + (b - b_virtual)
-        lo_pairs = lo.reshape(pairs.shape)
-        x, lo = hi, lo_pairs[..., 0] + lo_pairs[..., 1] + err
-    return x, lo
+def _exact_sum(y: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Sum of y float[..., W] (|y| < 2, W a power of two) over the last axis as hi + lo, to ~1e-11 relative.
+
+    Each value is split exactly into a head on the grid 2^-g, g = 23 - log2 W (floor(y 2^g) 2^-g: scaling by
+    a power of two and flooring are exact) and a tail below one grid step. Any sum of W heads is a multiple
+    of 2^-g below 2W, which float32 holds exactly: hi is exact in any summation order. Only the tails'
+    sum lo is rounded, relative to the tails' size. So means that differ by 1e-8 between sweep points stay
+    ordered, which a float32 sum (1e-7) would not keep. (The textbook split (y + 1.5 W) - 1.5 W does not
+    survive XLA's algebraic simplifier; float64 under x64 only makes the heads coarser than needed.)
+    Returns (hi, lo) float[..., 1]."""
+    grid = 2.0 ** (23 - int(math.log2(y.shape[-1])))
+    head = jnp.floor(y * grid) / grid
+    return jnp.sum(head, axis=-1, keepdims=True), jnp.sum(y - head, axis=-1, keepdims=True)
 
 
 def summarise(value: jax.Array, ok: jax.Array) -> Summary:
@@ -148,7 +148,7 @@ def summarise(value: jax.Array, ok: jax.Array) -> Summary:
     _, exponent = jnp.frexp(largest)  # largest = m 2^e, m in [0.5, 1): |x| / 2^(e-1) < 2, exactly scaled
     scale = jnp.where(largest > 0, jnp.ldexp(jnp.ones_like(largest), exponent - 1), 1.0)
     y = xz / scale
-    hi, lo = _two_sum(y)
+    hi, lo = _exact_sum(y)
     center = (hi + lo) / jnp.maximum(n, 1)
     m2 = jnp.sum(jnp.where(ok, jnp.square(y - center), 0.0), axis=-1, keepdims=True)
     top = jnp.max(jnp.where(ok, value, -jnp.inf), axis=-1, keepdims=True)
