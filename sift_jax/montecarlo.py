@@ -95,7 +95,7 @@ class Summary(NamedTuple):
     bin: jax.Array  # int16[P, S]: its histogram bin (as stats._bin_index; 0 where it does not count)
     n: jax.Array  # int32[P, B]: samples that count
     scale: jax.Array  # float[P, B]: a power of two >= half their largest |value| (1 when all are 0)
-    hi: jax.Array  # float[P, B]: exact sum of value / scale rounded to multiples of 2^-11 ...
+    hi: jax.Array  # float[P, B]: exact sum of value / scale floored to the grid 2^(log2 W - 23) ...
     lo: jax.Array  # float[P, B]: ... plus the sum of the remainders (hi + lo: the sum to ~1e-11)
     center: jax.Array  # float[P, B]: float32 mean of value / scale, around which m2 is taken
     m2: jax.Array  # float[P, B]: sum of (value / scale - center)^2
