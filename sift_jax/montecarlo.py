@@ -3,7 +3,7 @@
 A metric function maps (key, params) for one sample to {name: (value, valid)} scalars. The runner
 evaluates fixed-shape chunks of samples under one compiled `vmap` (over samples, and over a leading
 axis of sweep points), keyed by `fold_in(key(seed), i)` for sample i. Each block of `inner_batch`
-samples is summarised on the device (count, scaled mean and M2, max, and each value's histogram bin:
+samples is summarised on the device (count, scaled sum and M2, max, and each value's histogram bin:
 `Summary`), and the host folds the summaries into float64 accumulators (`stats.Accumulator.add_blocks`).
 Memory is O(chunk), independent of the sample count, and results are bit-identical for any chunk size
 (samples are keyed by index, blocks are fixed, and the host folds canonical groups of blocks in sample

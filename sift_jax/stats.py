@@ -2,12 +2,11 @@
 histogram for quantiles and tail diagnostics, and 95% confidence intervals.
 
 Two ways in. `Accumulator.add` takes raw values and masks (any split into calls). `add_blocks` takes what
-the Monte Carlo runner's compiled chunks return (`montecarlo`): per block of `width` samples the count,
-sum (to ~float64 accuracy, as hi + lo) and sum of squared deviations, computed on the device in float32
-after an exact power-of-two scaling (so heavy tails cannot overflow), plus each sample's value and
-histogram bin. Either way samples are folded in
-canonical groups of `BLOCK` samples (of whole blocks) in sample order, so every statistic is
-bit-identical whatever chunk size produced the samples.
+the Monte Carlo runner's compiled chunks return (`montecarlo.Summary`): per block of `width` samples the
+count, the sum (as hi + lo, to ~1e-11) and the sum of squared deviations, computed on the device after an
+exact power-of-two scaling (so heavy tails cannot overflow float32), plus each sample's value and histogram
+bin. Either way samples are folded in canonical groups of `BLOCK` samples (of whole blocks) in sample
+order, so every statistic is bit-identical whatever chunk size produced the samples.
 """
 
 from __future__ import annotations
@@ -229,12 +228,13 @@ class Accumulator:
         self._mode, self._width = "blocks", width
         self._buf_blocks.append(_cut(blocks, 0, take, width))
         self._buffered += take
-        group = max(BLOCK, width)
-        if self._buffered >= group:
-            self._fold_blocks(width, group, final=False)
+        if self._buffered >= max(BLOCK, width):
+            self._fold_blocks(final=False)
 
-    def _fold_blocks(self, width: int, group: int, final: bool) -> None:
+    def _fold_blocks(self, final: bool) -> None:
         """Fold the buffered blocks group by group (the last, partial group only when `final`)."""
+        width = self._width
+        group = max(BLOCK, width)  # whole blocks, and canonical: it depends on the sample count only
         parts = self._buf_blocks
         merged = parts[0] if len(parts) == 1 else parts[0]._make(np.concatenate(a, axis=1) for a in zip(*parts))
         total = merged.value.shape[1]
@@ -262,7 +262,7 @@ class Accumulator:
 
     def _flush(self) -> None:
         if self._buf_blocks:
-            self._fold_blocks(self._width, max(BLOCK, self._width), final=True)
+            self._fold_blocks(final=True)
         elif self._buffered:
             self._block(np.concatenate(self._buf_x, axis=1), np.concatenate(self._buf_v, axis=1))
             self._buf_x, self._buf_v, self._buffered = [], [], 0
