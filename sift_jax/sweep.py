@@ -4,7 +4,10 @@ A spec (see README, "Sweep specs") names a preset, the curves (policy, or policy
 fading), fixed overrides and one or more axes over Scenario fields. Points are grouped by their static
 signature (fields that set shapes); each group's dynamic parameters are stacked and evaluated in
 batches of `points_per_call` points as one compiled, vmapped, chunked call (the last batch is padded),
-so a group compiles once however many points it has. Finished batches are written atomically to
+so a group compiles once however many points it has. Only the swept fields carry the point axis by
+default (`point_axes="swept"`: draws and costs that do not depend on them are computed once per sample);
+`point_axes="all"` stacks every dynamic field, so specs that differ only in which field they sweep share
+one compiled program per curve (`quick` runs use it: compilation dominates them). Finished batches are written atomically to
 `<out>/<name>.parts/`; `resume=True` reuses them after a crash, and refuses parts written by another
 spec, sample count, seed or code version.
 """
@@ -36,6 +39,7 @@ __all__ = ["Curve", "Spec", "load_spec", "run", "scenario_of", "stack_scenarios"
 
 SPEC_KEYS = ("name", "title", "preset", "curves", "samples", "quick_samples", "seed", "chunk_size", "fading",
              "fixed", "quick_fixed", "axes", "mode", "points_per_call", "options")
+POINT_AXES = ("swept", "all")
 STAT_FIELDS = ("mean", "ci_lo", "ci_hi", "n", "n_invalid", "p50", "p90", "p99", "tail_share", "reliable")
 
 
@@ -365,7 +369,8 @@ def _stat_from_json(d: dict) -> Stat:
 
 
 def run(spec: Spec | str | os.PathLike, out: str | os.PathLike | None = "results", resume: bool = False,
-        samples: int | None = None, quick: bool = False, progress: Callable[[int, int], None] | None = None):
+        samples: int | None = None, quick: bool = False, progress: Callable[[int, int], None] | None = None,
+        point_axes: str | None = None):
     """Run a sweep; returns an `xarray.Dataset` (also written to `<out>/<name>.nc` when `out` is set).
 
     Args:
@@ -374,6 +379,12 @@ def run(spec: Spec | str | os.PathLike, out: str | os.PathLike | None = "results
             spec, sample count, seed or code version). samples: override the spec's sample count.
         quick: use `quick_samples` and the spec's `[quick_fixed]` overrides.
         progress: callback(done, total) in samples x points.
+        point_axes: which dynamic fields carry the point axis: "swept" (only the spec's axes; whatever
+            does not depend on them is computed once per sample, the fastest per sample) or "all" (every
+            dynamic field, so every spec with the same preset, fading, curve, sizes and points_per_call
+            reuses one compiled program in this process: fewer compilations, more work per sample).
+            Values agree to float rounding. Default: "all" when `quick` (compilation dominates tiny
+            runs), else "swept".
 
     Returns:
         An `xarray.Dataset` with dims (curve, *axes) for product specs or (curve, point) for zipped
@@ -411,6 +422,10 @@ def run(spec: Spec | str | os.PathLike, out: str | os.PathLike | None = "results
         True
     """
     spec = spec if isinstance(spec, Spec) else load_spec(spec)
+    point_axes = point_axes or ("all" if quick else "swept")
+    if point_axes not in POINT_AXES:
+        raise ConfigError("point_axes", point_axes, "one of " + ", ".join(POINT_AXES))
+    varying = set(DYNAMIC_FIELDS) if point_axes == "all" else {field for field, _ in spec.axes}
     n_samples = samples if samples is not None else (spec.quick_samples if quick else spec.samples)
     size = montecarlo.check_run_args(n_samples, spec.seed, spec.chunk_size)
     points = spec.points()
@@ -418,7 +433,7 @@ def run(spec: Spec | str | os.PathLike, out: str | os.PathLike | None = "results
     scs = [scenario_of(spec, p, quick, base) for p in points]
     parts = None if out is None else _parts_dir(out, spec, {
         "spec_sha256": hashlib.sha256(spec.text.encode()).hexdigest(), "code": _code_hash(), "samples": n_samples,
-        "seed": spec.seed, "quick": quick}, resume)
+        "seed": spec.seed, "quick": quick, "point_axes": point_axes}, resume)
     groups: dict[tuple, list[int]] = {}
     for i, sc in enumerate(scs):
         groups.setdefault(_static_signature(sc), []).append(i)
@@ -431,14 +446,14 @@ def run(spec: Spec | str | os.PathLike, out: str | os.PathLike | None = "results
         if part is not None and part.exists():
             stats = [{m: _stat_from_json(s) for m, s in pt.items()} for pt in json.loads(part.read_text())]
         else:
-            stats = _evaluate(spec, curve, [scs[i] for i in members], n_samples, size, progress, k, total)
+            stats = _evaluate(spec, curve, [scs[i] for i in members], varying, n_samples, size, progress, k, total)
             if part is not None:
                 _atomic_write(part, json.dumps([{m: _stat_to_json(s) for m, s in pt.items()} for pt in stats]))
         for i, st in zip(members, stats):
             results[(curve.label, i)] = st
         if progress is not None:
             progress((k + 1) * n_samples * spec.points_per_call, total)
-    ds = to_dataset(spec, points, results, n_samples, size, quick)
+    ds = to_dataset(spec, points, results, n_samples, size, quick, point_axes)
     if out is not None:
         path = pathlib.Path(out) / f"{spec.name}.nc"
         tmp = path.with_suffix(f".nc.tmp{os.getpid()}")
@@ -465,12 +480,12 @@ def _parts_dir(out, spec: Spec, manifest: dict, resume: bool) -> pathlib.Path:
     return parts
 
 
-def _evaluate(spec: Spec, curve: Curve, scs: list[Scenario], n_samples: int, size: int, progress, k: int,
-              total: int) -> list[dict[str, Stat]]:
-    """One batch: pad to points_per_call, stack, one compiled call per chunk."""
+def _evaluate(spec: Spec, curve: Curve, scs: list[Scenario], varying: set[str], n_samples: int, size: int,
+              progress, k: int, total: int) -> list[dict[str, Stat]]:
+    """One batch: pad to points_per_call, stack the `varying` fields, one compiled call per chunk."""
     n_real = len(scs)
     padded = scs + [scs[-1]] * (spec.points_per_call - n_real)
-    params, axes = point_params(padded, {field for field, _ in spec.axes})
+    params, axes = point_params(padded, varying)
     fn = TaskMetrics(policy=curve.policy, regime=spec.fading, bits=curve.bits,
                      options=tuple(sorted(spec.options.items())))
     base = k * n_samples * spec.points_per_call
@@ -479,7 +494,8 @@ def _evaluate(spec: Spec, curve: Curve, scs: list[Scenario], n_samples: int, siz
     return stats[:n_real]
 
 
-def to_dataset(spec: Spec, points: list[dict], results: dict, n_samples: int, chunk_size: int, quick: bool):
+def to_dataset(spec: Spec, points: list[dict], results: dict, n_samples: int, chunk_size: int, quick: bool,
+               point_axes: str = "swept"):
     """Labelled results: dims (curve, *axes) for product specs or (curve, point) for zipped ones."""
     import xarray as xr
 
@@ -504,7 +520,7 @@ def to_dataset(spec: Spec, points: list[dict], results: dict, n_samples: int, ch
             data[f"{metric}_{f}"] = (dims, table[..., j])
     attrs = {"spec_name": spec.name, "title": spec.title, "preset": spec.preset, "fading": spec.fading,
              "spec": spec.text, "seed": spec.seed, "samples": n_samples, "chunk_size": chunk_size,
-             "quick": int(quick), "code_sha256": _code_hash()}
+             "quick": int(quick), "point_axes": point_axes, "code_sha256": _code_hash()}
     attrs |= {k: (int(v) if isinstance(v, bool) else v) for k, v in provenance().items()}
     attrs["note"] = ("mean/ci/quantiles are NaN only where n == 0 (no valid sample, e.g. all infeasible); "
                      "see the _n and _n_invalid variables")

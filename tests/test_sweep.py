@@ -94,6 +94,32 @@ def test_only_axis_fields_carry_the_point_axis_and_results_match_simulate():
             assert float(got[f"{metric}_mean"]) == pytest.approx(alone.metrics[metric].mean, rel=1e-6)
 
 
+def test_point_axes_all_shares_one_program_across_swept_fields():
+    """point_axes="all" stacks every dynamic field: a spec sweeping eta and one sweeping the bandwidth
+    compile one program between them, and agree with the default ("swept") to float rounding."""
+    siftmoe = BASE.replace('curves = ["topk"]', 'curves = ["siftmoe"]')
+    by_eta = sweeps.load_spec(siftmoe.replace("n_layers = 2", "n_layers = 2\nbandwidth_hz = 2e6")
+                              + '[[axes]]\nfield = "eta"\nvalues = [0.0, 2.5]\n')
+    by_bw = sweeps.load_spec(siftmoe.replace("n_layers = 2", "n_layers = 2\neta = 1.5")
+                             + '[[axes]]\nfield = "bandwidth_hz"\nvalues = [1.8e6, 2.2e6]\n')
+    jax.clear_caches()
+    before = montecarlo.TRACES["count"]
+    shared_eta = sweeps.run(by_eta, out=None, point_axes="all")
+    shared_bw = sweeps.run(by_bw, out=None, point_axes="all")
+    assert montecarlo.TRACES["count"] - before == 1
+    assert shared_eta.attrs["point_axes"] == "all"
+    for spec, shared in ((by_eta, shared_eta), (by_bw, shared_bw)):
+        alone = sweeps.run(spec, out=None)  # default: only the swept field carries the point axis
+        assert alone.attrs["point_axes"] == "swept"
+        for metric in ("energy_per_token_j", "deviation_bound", "infeasible_rate", "latency_s"):
+            np.testing.assert_array_equal(shared[f"{metric}_n"].values, alone[f"{metric}_n"].values)
+            np.testing.assert_allclose(shared[f"{metric}_mean"].values, alone[f"{metric}_mean"].values,
+                                       rtol=1e-6, atol=1e-12)
+    assert montecarlo.TRACES["count"] - before == 3  # one more program per swept field
+    with pytest.raises(sj.ConfigError, match="point_axes"):
+        sweeps.run(by_eta, out=None, point_axes="some")
+
+
 def test_eta_axis_takes_the_staircase_and_matches_simulate():
     """Five eta points in one call (the SiftMoE candidates ranked once per sample, policies/staircase.py)
     give exactly what each eta gives alone through simulate."""
@@ -213,7 +239,7 @@ def test_reproduce_quick_writes_expected_files(tmp_path):
         spec = sweeps.load_spec(ROOT / "sweeps" / f"{name}.toml")
         assert (tmp_path / f"{name}.png").stat().st_size > 1000, name
         ds = xr.load_dataset(tmp_path / f"{name}.nc")
-        assert int(ds.attrs["quick"]) == 1 and list(ds["curve"].values) == [c.label for c in spec.curves]
+        assert int(ds.attrs["quick"]) == 1 and ds.attrs["point_axes"] == "all" and list(ds["curve"].values) == [c.label for c in spec.curves]
         counted = ds["energy_per_token_j_n"].values + ds["energy_per_token_j_n_invalid"].values
         assert (counted == spec.quick_samples).all(), name
         assert f"![{name}]({name}.png)" in text
