@@ -7,9 +7,9 @@ batches of `points_per_call` points as one compiled, vmapped, chunked call (the 
 so a group compiles once however many points it has. Only the swept fields carry the point axis by
 default (`point_axes="swept"`: draws and costs that do not depend on them are computed once per sample);
 `point_axes="all"` stacks every dynamic field, so specs that differ only in which field they sweep share
-one compiled program per curve (`quick` runs use it: compilation dominates them). Finished batches are written atomically to
-`<out>/<name>.parts/`; `resume=True` reuses them after a crash, and refuses parts written by another
-spec, sample count, seed or code version.
+one compiled program per curve (`quick` runs use it: compilation dominates them). Finished batches are
+written atomically to `<out>/<name>.parts/`; `resume=True` reuses them after a crash, and refuses parts
+written by another spec, sample count, seed, point axes or code version.
 """
 
 from __future__ import annotations
