@@ -103,7 +103,8 @@ def cli():
 
 
 @cli.command()
-@click.option("--preset", default="mixtral-8x7b", show_default=True, help="switch-base-8 | mixtral-8x7b | gpt-oss-20b")
+@click.option("--preset", default="mixtral-8x7b", show_default=True,
+              help="switch-base-8 | mixtral-8x7b | gpt-oss-20b (fitted to the paper); *-4090 (data sheets)")
 @click.option("--policy", default="siftmoe", show_default=True, help="siftmoe | topk | topk-ideal | wdmoe | oracle")
 @click.option("--samples", default=10_000, show_default=True, type=int, help="Monte Carlo samples (tasks)")
 @click.option("--seed", default=0, show_default=True, type=int)
@@ -191,8 +192,9 @@ def plot(nc_path, metric, png):
     except (OSError, ValueError) as err:
         raise ConfigError("file", nc_path, f"a sweep result .nc file ({err})") from None
     if f"{metric}_mean" not in ds:
-        raise ConfigError("metric", metric, "one of energy_per_token_j, deviation_bound, replace_rate, skip_rate, "
-                                            "infeasible_rate, latency_s")
+        from sift_jax.simulate import METRICS
+
+        raise ConfigError("metric", metric, f"one of {', '.join(m for m in METRICS if f'{m}_mean' in ds)}")
     path = plots.plot_dataset(ds, png or nc_path.removesuffix(".nc") + f"_{metric}.png", metric)
     click.echo(f"wrote {path}")
 
@@ -211,6 +213,31 @@ def reproduce(quick, out, spec_dir, only, samples, quiet):
     path = repro.reproduce(out=out, quick=quick, spec_dir=spec_dir, only=only.split(",") if only else None,
                            echo=None if quiet else click.echo, samples=samples)
     click.echo(f"wrote {path}")
+
+
+@cli.command("fit-paper")
+@click.option("--model", default="all", show_default=True, help="switch-base-8 | mixtral-8x7b | all")
+@click.option("--samples", default=3000, show_default=True, type=int, help="Monte Carlo samples per anchor point")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object per model")
+@click.option("--quiet", is_flag=True, help="no per-combination lines")
+def fit_paper(model, samples, seed, as_json, quiet):
+    """Fit the constants the paper omits (uplink loss, M, user load power) to its Top-K curves."""
+    from sift_jax import fit, presets
+
+    models = list(fit.PROBLEMS) if model == "all" else [model]
+    for name in models:
+        res = fit.fit(name, samples=samples, seed=seed, progress=None if quiet or as_json else click.echo)
+        if as_json:
+            click.echo(json.dumps(res.to_dict()))
+            continue
+        values = ", ".join(f"{k} = {v:.4g}" for k, v in res.values.items())
+        click.echo(f"{name}: {values} (uplink loss {res.gain_db:.1f} dB), uplink share at the default "
+                   f"{res.uplink_share:.0%}, loss {res.loss:.3g}; preset now uses {presets.FITTED.get(name)}")
+        for anchor, value, log_ratio in res.residuals:
+            where = "paper default" if anchor.kind == "level" else f"{anchor.field} {anchor.x:g} / {anchor.x2:g}"
+            click.echo(f"  {anchor.kind:5s} {anchor.panel}: {where}: paper {anchor.y:.4g}, model {value:.4g}, "
+                       f"log ratio {log_ratio:+.3f}")
 
 
 @cli.command()

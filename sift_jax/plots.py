@@ -7,7 +7,7 @@ import textwrap
 
 import numpy as np
 
-__all__ = ["plot_dataset"]
+__all__ = ["paper_band", "plot_dataset"]
 
 # field -> (axis label, scale to display units)
 AXIS_LABELS = {
@@ -20,6 +20,8 @@ AXIS_LABELS = {
 }
 METRIC_LABELS = {
     "energy_per_token_j": "Average energy per token (J)",
+    "uplink_energy_j": "Uplink (radio) energy per token (J)",
+    "local_energy_j": "User-side expert energy per token (J)",
     "deviation_bound": "Deviation bound per layer (Prop. 1)",
     "replace_rate": "Replaced Top-K slots (fraction)",
     "skip_rate": "Skipped Top-K slots (fraction)",
@@ -43,12 +45,106 @@ def x_axis(ds) -> tuple[str, np.ndarray]:
     return dims[0], np.asarray(ds[dims[0]].values, float)
 
 
-def plot_dataset(ds, path: str | os.PathLike, metric: str = "energy_per_token_j", log_y: bool | None = None) -> str:
+def paper_band(ds, metric: str = "energy_per_token_j", target=None) -> tuple | None:
+    """The paper's plotted y-range of the panel `ds` reproduces, as a band to draw (or None).
+
+    Args:
+        ds: a sweep result; its `spec_name` attribute names the panel.
+        metric: the plotted metric; only "energy_per_token_j" has a paper range.
+        target: the panel's `targets.PanelTarget` (default: `targets.get(ds.attrs["spec_name"])`).
+
+    Returns:
+        (x_lo, x_hi, y_lo, y_hi, label): the target's x range (the swept field's SI unit), the plotted
+        y-range (J) and a legend label; None without a target, for another metric, or when the target
+        sweeps another field than `ds`.
+
+    Example:
+        >>> import xarray as xr
+        >>> ds = xr.Dataset(coords={"curve": ["topk"], "bandwidth_hz": [9e5, 1.2e6]}, attrs={"spec_name": "fig5a"})
+        >>> paper_band(ds)
+        (900000.0, 1200000.0, 0.03, 0.11, "paper's plotted range (Fig. 5(a))")
+        >>> paper_band(ds, "skip_rate") is None, paper_band(ds.assign_attrs(spec_name="mine")) is None
+        (True, True)
+    """
+    from sift_jax import targets
+
+    if metric != "energy_per_token_j":
+        return None
+    target = target if target is not None else targets.get(str(ds.attrs.get("spec_name", "")))
+    if target is None or target.field != x_axis(ds)[0]:
+        return None
+    return (*target.x_range, *target.y_range, f"paper's plotted range ({target.figure})")
+
+
+def _y_limits(values: np.ndarray, band: tuple | None, log_y: bool) -> tuple[float, float] | None:
+    """y-limits (with a 5% margin, or a factor 1.3 on a log axis) holding the data and the band."""
+    ys = values[np.isfinite(values)]
+    if band is not None:
+        ys = np.concatenate([ys, [band[2], band[3]]])
+    if log_y:
+        ys = ys[ys > 0]
+    if ys.size == 0:
+        return None
+    lo, hi = float(ys.min()), float(ys.max())
+    if log_y:
+        return lo / 1.3, hi * 1.3
+    pad = 0.05 * (hi - lo) if hi > lo else 0.05 * max(abs(hi), 1e-12)
+    return (max(lo - pad, 0.0) if lo >= 0 else lo - pad), hi + pad
+
+
+def _figure(ds, metric: str, log_y: bool | None, target):
+    """The matplotlib figure of `plot_dataset` (not saved)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    field, xs = x_axis(ds)
+    label, scale = AXIS_LABELS.get(field, (field, 1.0))
+    fig, ax = plt.subplots(figsize=(5.2, 3.8), dpi=120)
+    sel = {d: 0 for d in ds.dims if d not in ("curve", field, "point")}
+    band = paper_band(ds, metric, target)
+    shown = []
+    for curve in ds["curve"].values:
+        sub = ds.sel(curve=curve).isel(sel)
+        mean = np.asarray(sub[f"{metric}_mean"].values, float)
+        lo, hi = (np.asarray(sub[f"{metric}_ci_{k}"].values, float) for k in ("lo", "hi"))
+        line, = ax.plot(xs * scale, mean, marker="o", ms=4, label=CURVE_NAMES.get(str(curve), str(curve)))
+        ax.fill_between(xs * scale, np.maximum(lo, 0), hi, color=line.get_color(), alpha=0.2, lw=0)
+        shown += [mean, np.maximum(lo, 0), hi]
+    ax.set_xlabel(label)
+    ax.set_ylabel(METRIC_LABELS.get(metric, metric))
+    values = np.asarray(ds[f"{metric}_mean"].values, float)
+    values = values[np.isfinite(values) & (values > 0)]
+    if band is not None:
+        values = np.concatenate([values, [v for v in band[2:4] if v > 0]])
+    if log_y is None:
+        log_y = values.size > 1 and values.max() / values.min() > 50
+    if log_y:
+        ax.set_yscale("log")
+    limits = _y_limits(np.concatenate(shown) if shown else np.array([]), band, log_y)
+    if band is not None:
+        x_lo, x_hi, y_lo, y_hi, text = band
+        y_lo = y_lo if y_lo > 0 or not log_y else (limits[0] if limits else y_hi / 10)
+        ax.fill_between([x_lo * scale, x_hi * scale], y_lo, y_hi, color="0.6", alpha=0.2, lw=0, zorder=0, label=text)
+    if limits is not None:
+        ax.set_ylim(*limits)
+    ax.set_title(textwrap.fill(ds.attrs.get("title", ""), 64), fontsize=9)  # long titles wrap, never clip
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_dataset(ds, path: str | os.PathLike, metric: str = "energy_per_token_j", log_y: bool | None = None,
+                 target=None) -> str:
     """Draw `metric` (mean and 95% CI band per curve) against the first swept field; write a PNG.
 
     Extra axes beyond the first are averaged out of the picture by taking their first value. The x axis
     is shown in display units (`AXIS_LABELS`, e.g. bandwidth in MHz); the y axis is logarithmic when
-    the positive means span more than a factor 50 (log_y None).
+    the positive means (and the paper's band) span more than a factor 50 (log_y None). For a paper panel
+    (a `targets.PanelTarget`) and energy_per_token_j, the paper's plotted y-range is drawn as a light grey
+    band over the target's x range (`paper_band`), and the y-limits hold both the data and the band.
 
     Args:
         ds: a sweep result (`sj.sweep.run`): dims (curve, *axes) or (curve, point), with variables
@@ -56,6 +152,7 @@ def plot_dataset(ds, path: str | os.PathLike, metric: str = "energy_per_token_j"
         path: PNG file to write.
         metric: a name from `sj.METRICS`.
         log_y: force (True) or forbid (False) a log y axis; None decides from the data.
+        target: the panel's targets (default: `targets.get(ds.attrs["spec_name"])`).
 
     Returns:
         The path written, as a string.
@@ -70,34 +167,17 @@ def plot_dataset(ds, path: str | os.PathLike, metric: str = "energy_per_token_j"
         ...     png = plot_dataset(ds, os.path.join(out, "energy.png"))
         ...     os.path.basename(png), open(png, "rb").read(4)[1:]
         ('energy.png', b'PNG')
-    """
-    import matplotlib
 
-    matplotlib.use("Agg")
+        Named like Fig. 4(b), the same data get the paper's plotted range (0.5 - 0.8 J) as a grey band:
+
+        >>> with tempfile.TemporaryDirectory() as out:
+        ...     png = plot_dataset(ds.assign_attrs(spec_name="fig4b"), os.path.join(out, "fig4b.png"))
+        ...     os.path.getsize(png) > 1000
+        True
+    """
     import matplotlib.pyplot as plt
 
-    field, xs = x_axis(ds)
-    label, scale = AXIS_LABELS.get(field, (field, 1.0))
-    fig, ax = plt.subplots(figsize=(5.2, 3.8), dpi=120)
-    sel = {d: 0 for d in ds.dims if d not in ("curve", field, "point")}
-    for curve in ds["curve"].values:
-        sub = ds.sel(curve=curve).isel(sel)
-        mean = np.asarray(sub[f"{metric}_mean"].values, float)
-        lo, hi = (np.asarray(sub[f"{metric}_ci_{k}"].values, float) for k in ("lo", "hi"))
-        line, = ax.plot(xs * scale, mean, marker="o", ms=4, label=CURVE_NAMES.get(str(curve), str(curve)))
-        ax.fill_between(xs * scale, np.maximum(lo, 0), hi, color=line.get_color(), alpha=0.2, lw=0)
-    ax.set_xlabel(label)
-    ax.set_ylabel(METRIC_LABELS.get(metric, metric))
-    values = np.asarray(ds[f"{metric}_mean"].values, float)
-    values = values[np.isfinite(values) & (values > 0)]
-    if log_y is None:
-        log_y = values.size > 1 and values.max() / values.min() > 50
-    if log_y:
-        ax.set_yscale("log")
-    ax.set_title(textwrap.fill(ds.attrs.get("title", ""), 64), fontsize=9)  # long titles wrap, never clip
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
+    fig = _figure(ds, metric, log_y, target)
     fig.savefig(path)
     plt.close(fig)
     return str(path)

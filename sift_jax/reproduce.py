@@ -1,4 +1,4 @@
-"""`sift-jax reproduce`: every paper spec -> netCDF, PNG and REPORT.md with the paper's claims checked."""
+"""`sift-jax reproduce`: every paper spec -> netCDF, PNG, REPORT.md and claims.json with the paper's claims checked."""
 
 from __future__ import annotations
 
@@ -30,10 +30,13 @@ def default_spec_dir() -> pathlib.Path:
 def reproduce(out: str = "results", quick: bool = False, spec_dir: str | None = None, only: list[str] | None = None,
               echo: Callable[[str], None] | None = print, with_lab: bool = True,
               samples: int | None = None) -> pathlib.Path:
-    """Run the paper specs (all, or `only`), write `<out>/<name>.nc|.png` and `<out>/REPORT.md`.
+    """Run the paper specs (all, or `only`), write `<out>/<name>.nc|.png`, `<out>/REPORT.md` and `<out>/claims.json`.
 
-    Each spec runs through `sweep.run`, is drawn by `plots.plot_dataset` and judged by
-    `report.claims_for`; REPORT.md collects the claims table, the figures and the provenance.
+    Each spec runs through `sweep.run`, is drawn by `plots.plot_dataset` (with the paper's plotted range
+    from `sweeps/paper_targets.toml`) and judged by `report.claims_for` against the paper's targets;
+    REPORT.md collects the claims table, the energy breakdown (`report.breakdown_rows`), the figures and
+    the provenance; claims.json holds the claims as a list of dicts (figure, claim, verdict, evidence,
+    source) for tools.
 
     Args:
         out: output directory (created if needed).
@@ -71,15 +74,15 @@ def reproduce(out: str = "results", quick: bool = False, spec_dir: str | None = 
         raise ConfigError("specs", ", ".join(missing), f"spec files present in {root}")
     out_dir = pathlib.Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    sections, claims = [], []
+    sections, claims, breakdown = [], [], []
     t_start = time.perf_counter()
     for name in names:
         t0 = time.perf_counter()
         spec = sweeps.load_spec(root / f"{name}.toml")
         ds = sweeps.run(spec, out=out_dir, quick=quick, samples=samples)
         png = plots.plot_dataset(ds, out_dir / f"{name}.png")
-        found = report.claims_for(ds)
-        claims += found
+        claims += report.claims_for(ds)
+        breakdown += report.breakdown_rows(ds)
         sections.append((name, spec.title, pathlib.Path(png).name, ds.attrs["samples"]))
         if echo:
             echo(f"{name}: {spec.title} ({ds.attrs['samples']} samples/point, {time.perf_counter() - t0:.1f} s)")
@@ -90,12 +93,13 @@ def reproduce(out: str = "results", quick: bool = False, spec_dir: str | None = 
         lab = quick_lab(out_dir / "moe_lab", seed=0) if quick else quick_lab(out_dir / "moe_lab", seed=0, quick=False)
         if echo:
             echo("moe lab: accuracy vs eta and bound tightness written")
+    (out_dir / "claims.json").write_text(report.claims_json(claims))
     path = out_dir / "REPORT.md"
-    path.write_text(_report_text(sections, claims, lab, quick, time.perf_counter() - t_start))
+    path.write_text(_report_text(sections, claims, lab, quick, time.perf_counter() - t_start, breakdown))
     return path
 
 
-def _report_text(sections, claims, lab, quick, seconds) -> str:
+def _report_text(sections, claims, lab, quick, seconds, breakdown=()) -> str:
     from sift_jax import report
     from sift_jax.provenance import provenance
 
@@ -106,9 +110,18 @@ def _report_text(sections, claims, lab, quick, seconds) -> str:
                   "This checks the pipeline; verdicts below are not evidence. Run `sift-jax reproduce` for them.", ""]
     lines += [f"Run time {seconds:.0f} s; jax {prov['jax']} on {prov['backend']} ({prov['device_count']} device(s)), "
               f"x64={prov['x64']}, git {prov['sift_jax_git']}.", "", "## Claims", "",
-              "Verdicts are computed from the data: 'holds' needs separated 95% CIs (or a strictly monotone mean); "
-              "'holds (within CI)' means the means agree with the claim but some CIs overlap.", "",
-              report.markdown(claims), "", "## Figures", ""]
+              "Verdicts are computed from the data (`sift_jax.report`; the same claims are in claims.json): "
+              + report.VERDICT_RULES + " The grey band in each paper figure is the paper's plotted y-range "
+              "(tick labels, not data).", "",
+              report.markdown(claims), "", "## Energy breakdown", ""]
+    if breakdown:
+        lines += ["Energy per token split into the user's uplink (radio) energy to the helpers and its own "
+                  "(user-side) expert load and compute energy, per curve at the panel's paper default (else the "
+                  "first point). The paper's falling curves need the uplink energy to dominate (SIFTMOE.md 5.2).",
+                  "", report.breakdown_markdown(breakdown), ""]
+    else:
+        lines += ["The datasets carry no uplink/local energy split.", ""]
+    lines += ["## Figures", ""]
     for name, title, png, samples in sections:
         lines += [f"### {name}: {title}", "", f"{samples} samples per point.", "", f"![{name}]({png})", ""]
     if lab is not None:

@@ -22,7 +22,8 @@ from sift_jax.stats import Stat
 
 __all__ = ["METRICS", "SimResult", "TaskMetrics", "simulate"]
 
-METRICS = ("energy_per_token_j", "deviation_bound", "replace_rate", "skip_rate", "infeasible_rate", "latency_s")
+METRICS = ("energy_per_token_j", "uplink_energy_j", "local_energy_j", "deviation_bound", "replace_rate", "skip_rate",
+           "infeasible_rate", "latency_s")
 REGIMES = ("slow", "fast")
 BASELINES = ("topk", "topk-ideal", "wdmoe")
 
@@ -40,7 +41,9 @@ class SimResult:
         scenario, policy, samples, seed, chunk_size: the inputs. info: policy details (e.g. prefill method).
         provenance: versions, backend, devices, PRNG, x64, git revision.
 
-    Units: energy_per_token_j in J per token (summed over layers), latency_s in s per task (summed
+    Units: energy_per_token_j in J per token (summed over layers), split into uplink_energy_j (the user's
+    radio energy to the helpers, eqs. 10/22) and local_energy_j (the user's own expert: load and compute,
+    eq. 3), both J per token and summing to energy_per_token_j; latency_s in s per task (summed
     over layers), deviation_bound in the mismatch table's unit (Prop. 1, mean per layer), the rates
     as fractions of the L x M x K Top-K slots (infeasible_rate: of tasks).
 
@@ -142,14 +145,28 @@ class TaskMetrics:
         # average over every sample; siftmoe/oracle have no selection where infeasible.
         executed = jnp.bool_(True) if self.policy in BASELINES else feasible
         slots = sc.n_layers * sc.n_tokens * sc.top_k
+        total, local = local_split(sc, dec)
         return {
-            "energy_per_token_j": (jnp.sum(dec.energy_j) / sc.n_tokens, executed),
+            "energy_per_token_j": (total / sc.n_tokens, executed),
+            "uplink_energy_j": ((total - local) / sc.n_tokens, executed),
+            "local_energy_j": (local / sc.n_tokens, executed),
             "deviation_bound": (jnp.mean(dec.deviation_bound), executed),
             "replace_rate": (jnp.sum(dec.n_replaced) / slots, executed),
             "skip_rate": (jnp.sum(dec.n_skipped) / slots, executed),
             "infeasible_rate": (1.0 - feasible.astype(jnp.result_type(float)), jnp.bool_(True)),
             "latency_s": (jnp.sum(latency), executed),
         }
+
+
+def local_split(sc: Scenario, dec) -> tuple[jax.Array, jax.Array]:
+    """(total, local) energy of a task's decisions (J, summed over layers): local is the user's own expert
+    (`costs.user_energy` of the user's load, eq. 3; 0 where the decision serves nothing or the user's load
+    misses the deadline, as every policy counts it), clipped to the total so that the uplink share
+    total - local is never negative from rounding (the policies sum per-node energies in their own order)."""
+    total = jnp.sum(dec.energy_j)
+    user = costs.user_energy(sc, dec.loads[..., 0])
+    local = jnp.sum(jnp.where(jnp.isfinite(user) & (dec.energy_j > 0), user, 0.0))
+    return total, jnp.minimum(local, total)
 
 
 def check_policy(policy: str, regime: str = "slow", bits: str | None = None) -> None:
