@@ -233,7 +233,9 @@ def fit_paper(model, samples, seed, as_json, quiet):
             continue
         values = ", ".join(f"{k} = {v:.4g}" for k, v in res.values.items())
         click.echo(f"{name}: {values} (uplink loss {res.gain_db:.1f} dB), uplink share at the default "
-                   f"{res.uplink_share:.0%}, loss {res.loss:.3g}; preset now uses {presets.FITTED.get(name)}")
+                   f"{res.uplink_share:.0%}, loss {res.loss:.3g}"
+                   + (f"; at the edge of its range: {', '.join(res.at_bound)}" if res.at_bound else ""))
+        click.echo(f"  the preset {name!r} uses {presets.FITTED.get(name)}")
         for anchor, value, log_ratio in res.residuals:
             where = "paper default" if anchor.kind == "level" else f"{anchor.field} {anchor.x:g} / {anchor.x2:g}"
             click.echo(f"  {anchor.kind:5s} {anchor.panel}: {where}: paper {anchor.y:.4g}, model {value:.4g}, "

@@ -26,8 +26,8 @@ user's load power (no power cap; the deadline involves neither), so on common ra
 energy per token is exactly E(x; G, P) = U(x) G_ref / G + L0(x) + (L1(x) - L0(x)) P / P_ref, with U the
 uplink part at G_ref and L1, L0 the local part at P_ref and at P = 0. One Monte Carlo run per value of the
 discrete parameters gives U, L0, L1 at every anchor; the continuous parameters are then a dense grid over
-that closed form. Layers are i.i.d. given the distances, so the mean over L layers is L times one layer's
-(the fit simulates one layer).
+that closed form. Every layer is simulated: layers differ in their routing skew and mismatch tables, so one
+layer times L would not be the same mean.
 
 Anchors (the reading of the plots, INFERRED): on a fitted panel the Top-K curve starts at the top of the
 paper's plotted y-range at the smallest x and ends at its bottom at the largest x (a y-range starting at 0
@@ -79,11 +79,11 @@ class FitProblem:
 
 PROBLEMS = {
     "switch-base-8": FitProblem(
-        preset="switch-base-8-4090", panels=("fig5a",), level_panels=("fig3b", "fig5a", "fig5b"), grid={"n_tokens": (256, 384, 512)},
+        preset="switch-base-8-4090", panels=("fig5a",), level_panels=("fig3b", "fig5a", "fig5b"), grid={"n_tokens": (256, 320, 384, 448, 512)},
         note="M within XSum article lengths (~430 words) truncated at T5's 512-token input; uplink loss 30-60 dB"),
     "mixtral-8x7b": FitProblem(
         preset="mixtral-8x7b-4090", panels=("fig6b",), level_panels=("fig4b", "fig6a", "fig6b"),
-        grid={"n_tokens": (24, 28, 32)}, load_power_w=(5.0, 100.0),
+        grid={"n_tokens": (16, 20, 24, 28, 32)}, load_power_w=(5.0, 100.0),
         note="M = 32 (a CommonsenseQA question with its five choices, 30-60 tokens; at M = 48-64 helpers overflow "
              "the 74 ms deadline); P_UE,load 10-100 W; uplink loss 30-60 dB"),
 }
@@ -181,6 +181,7 @@ class FitResult:
         gain_db: fitted uplink loss (dB). loss: sum of squared log residuals.
         residuals: [(anchor, model value (J, or a ratio), log(model / paper))].
         uplink_share: uplink / total of Top-K's energy at the paper default.
+        at_bound: names of the fitted parameters that ended on an edge of their range (the data want more).
         table: every discrete combination tried: [(combo dict, best gain_db, best load power W, loss)].
         samples: Monte Carlo samples per anchor.
     """
@@ -191,13 +192,14 @@ class FitResult:
     loss: float
     residuals: list
     uplink_share: float
+    at_bound: tuple
     table: list
     samples: int
 
     def to_dict(self) -> dict:
         """Plain-Python form (for `--json`)."""
         return {"model": self.model, "values": self.values, "gain_db": self.gain_db, "loss": self.loss,
-                "samples": self.samples, "uplink_share": self.uplink_share,
+                "samples": self.samples, "uplink_share": self.uplink_share, "at_bound": list(self.at_bound),
                 "residuals": [{"kind": a.kind, "panel": a.panel, "field": a.field, "x": a.x, "x2": a.x2, "paper": a.y,
                                "model": e, "log_ratio": r} for a, e, r in self.residuals],
                 "table": [{"combo": c, "gain_db": g, "user_load_power_w": p, "loss": lo} for c, g, p, lo in self.table]}
@@ -220,26 +222,28 @@ def scan(problem: FitProblem, combo: dict, anchor_list: list[Anchor], samples: i
     from sift_jax import montecarlo, presets, similarity
     from sift_jax.simulate import TaskMetrics
 
-    base = presets.get(problem.preset).replace(**problem.fixed, **combo)
-    n_layers = base.n_layers
-    one = base.replace(n_layers=1, gain_up=1.0)
+    one = presets.get(problem.preset).replace(**problem.fixed, **combo, gain_up=1.0)
     pts = _points(anchor_list)
     points = [one.replace(**({pt[0]: pt[1]} if pt else {}), user_load_power_w=p) for p in (p_ref, 0.0) for pt in pts]
     tables = similarity.synthetic_tables(one)
     stack = jax.tree.map(lambda *v: np.stack([np.asarray(x) for x in v]), *[(s, tables) for s in points])
     stats = montecarlo.run(TaskMetrics("topk"), stack, len(points), samples, seed)
-    up = np.array([s["uplink_energy_j"].mean for s in stats]) * n_layers
-    loc = np.array([s["local_energy_j"].mean for s in stats]) * n_layers
+    up = np.array([s["uplink_energy_j"].mean for s in stats])
+    loc = np.array([s["local_energy_j"].mean for s in stats])
     n = len(pts)
     return up[:n], loc[:n], loc[n:]
+
+
+def _grid(lo: float, hi: float, step: float) -> np.ndarray:
+    """lo, lo + step, ..., hi (inclusive; values rounded to the step's decimals, so bounds stay exact)."""
+    return np.round(lo + step * np.arange(int(round((hi - lo) / step)) + 1), 6)
 
 
 def _best(problem: FitProblem, anchor_list: list[Anchor], up, l1, l0, p_ref: float):
     """Grid minimum of sum (log model - log paper)^2 over (gain dB, load power) for one combination, among
     the settings where the uplink is at least `problem.min_uplink_share` of Top-K's energy at the default."""
-    g_db = np.arange(problem.gain_db[0], problem.gain_db[1] + 1e-9, 0.1)
-    powers = (np.arange(problem.load_power_w[0], problem.load_power_w[1] + 1e-9, 0.5)
-              if problem.load_power_w else np.array([np.nan]))
+    g_db = _grid(*problem.gain_db, 0.1)
+    powers = _grid(*problem.load_power_w, 0.5) if problem.load_power_w else np.array([np.nan])
     gain = 10.0 ** (-g_db / 10.0)
     p = np.where(np.isnan(powers), p_ref, powers)
     energy = (up[None, None, :] / gain[:, None, None] + l0[None, None, :]
@@ -261,7 +265,7 @@ def fit(model: str, samples: int = 1000, seed: int = 0, targets: dict | None = N
 
     Args:
         model: a key of `PROBLEMS` ("switch-base-8", "mixtral-8x7b").
-        samples: Monte Carlo samples per anchor and combination (one layer each; scaled by L exactly).
+        samples: Monte Carlo samples (tasks of L layers) per anchor point and combination.
         seed: run seed (common random numbers across anchors and combinations).
         targets: {panel: PanelTarget} (default: the repository's targets file).
         problem: override the model's `FitProblem` (e.g. a tiny grid in tests).
@@ -312,4 +316,9 @@ def fit(model: str, samples: int = 1000, seed: int = 0, targets: dict | None = N
     if power is not None:
         values["user_load_power_w"] = power
     residuals = [(a, float(e), float(math.log(e / a.y))) for a, e in zip(anchor_list, model_vals)]
-    return FitResult(model, values, g_db, loss, residuals, share, table, samples)
+    at_bound = tuple(name for name, value, edges in
+                     [("gain_up", g_db, problem.gain_db), ("user_load_power_w", power, problem.load_power_w)]
+                     + [(f, combo[f], (min(problem.grid[f]), max(problem.grid[f]))) for f in fields
+                        if len(problem.grid[f]) > 1]
+                     if edges is not None and value is not None and value in edges)
+    return FitResult(model, values, g_db, loss, residuals, share, at_bound, table, samples)

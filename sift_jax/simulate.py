@@ -114,59 +114,56 @@ class TaskMetrics:
     options: tuple[tuple[str, Any], ...] = ()
 
     def layer(self, sc: Scenario, distance_m, gain, g, topk, table):
-        """Decision and latency (s) of one layer. gain: float[N-1]; g, topk: [M, K]; table: [N, N+1]."""
+        """Decision, latency (s) and uplink energy (J) of one layer. gain: float[N-1]; g, topk: [M, K];
+        table: [N, N+1]. The uplink energy is summed from the helpers' own energies (not the decision's
+        total minus the user's, which would cancel catastrophically in float32 where the user dominates)."""
         opts = dict(self.options)
         if self.regime == "fast":  # gain: float[N-1, Q] per-slot gains; energy_j is the realised energy
             from sift_jax.policies import fastfading
-            dec = fastfading.layer_decision(sc, distance_m, gain, g, topk, table, self.policy, self.bits, **opts)
-        elif sc.n_tokens == 1:
-            f = costs.node_costs(sc, distance_m, gain)
-            dec = policies.get(self.policy)(sc, f, g[0], topk[0], table, **opts)
-            dec = dataclasses.replace(dec, assign=dec.assign[None], deviation_bound=jnp.reshape(dec.deviation_bound, (1,)))
+            dec, info = fastfading.layer_decision_with_info(sc, distance_m, gain, g, topk, table, self.policy,
+                                                            self.bits, **opts)
+            helper = info.helper_energy_j
         else:
-            d_e = costs.marginal_costs(sc, distance_m, gain, sc.n_tokens)
-            cap = costs.capacities(sc, distance_m, gain)
-            dec = policies.get_prefill(self.policy)(sc, d_e, cap, g, topk, table, **opts)
+            if sc.n_tokens == 1:
+                f = costs.node_costs(sc, distance_m, gain)
+                dec = policies.get(self.policy)(sc, f, g[0], topk[0], table, **opts)
+                dec = dataclasses.replace(dec, assign=dec.assign[None],
+                                          deviation_bound=jnp.reshape(dec.deviation_bound, (1,)))
+            else:
+                d_e = costs.marginal_costs(sc, distance_m, gain, sc.n_tokens)
+                cap = costs.capacities(sc, distance_m, gain)
+                dec = policies.get_prefill(self.policy)(sc, d_e, cap, g, topk, table, **opts)
+            helper = costs.helper_energy(sc, distance_m, gain, dec.loads[1:])
+        uplink = jnp.sum(jnp.where((dec.loads[1:] > 0) & jnp.isfinite(helper), helper, 0.0))
         # under fast fading the downlink uses the representative gain (fastfading's downlink_gain, default 1)
         link_gain = jnp.full((sc.n_helpers,), dict(self.options).get("downlink_gain", 1.0)) if self.regime == "fast" \
             else gain
         latency = jnp.max(costs.node_latency(sc, distance_m, link_gain, dec.loads))
-        return dec, latency
+        return dec, latency, uplink
 
     def __call__(self, key, params):
         sc, tables = params
         k_channel, k_gate = jax.random.split(key)
         ch = channel.draw(k_channel, sc, fast=self.regime == "fast")
         g, topk = gating.draw(k_gate, sc)
-        dec, latency = jax.vmap(self.layer, in_axes=(None, None, 0, 0, 0, 0))(
+        dec, latency, uplink = jax.vmap(self.layer, in_axes=(None, None, 0, 0, 0, 0))(
             sc, ch.distance_m, ch.gain, g, topk, tables)
         feasible = jnp.all(dec.feasible)
         # Baselines always execute their selection (lost experts count as skips), so their metrics
         # average over every sample; siftmoe/oracle have no selection where infeasible.
         executed = jnp.bool_(True) if self.policy in BASELINES else feasible
         slots = sc.n_layers * sc.n_tokens * sc.top_k
-        total, local = local_split(sc, dec)
+        user = costs.user_energy(sc, dec.loads[:, 0])  # [L] eq. (3); 0 for an unused user
         return {
-            "energy_per_token_j": (total / sc.n_tokens, executed),
-            "uplink_energy_j": ((total - local) / sc.n_tokens, executed),
-            "local_energy_j": (local / sc.n_tokens, executed),
+            "energy_per_token_j": (jnp.sum(dec.energy_j) / sc.n_tokens, executed),
+            "uplink_energy_j": (jnp.sum(uplink) / sc.n_tokens, executed),
+            "local_energy_j": (jnp.sum(jnp.where(jnp.isfinite(user), user, 0.0)) / sc.n_tokens, executed),
             "deviation_bound": (jnp.mean(dec.deviation_bound), executed),
             "replace_rate": (jnp.sum(dec.n_replaced) / slots, executed),
             "skip_rate": (jnp.sum(dec.n_skipped) / slots, executed),
             "infeasible_rate": (1.0 - feasible.astype(jnp.result_type(float)), jnp.bool_(True)),
             "latency_s": (jnp.sum(latency), executed),
         }
-
-
-def local_split(sc: Scenario, dec) -> tuple[jax.Array, jax.Array]:
-    """(total, local) energy of a task's decisions (J, summed over layers): local is the user's own expert
-    (`costs.user_energy` of the user's load, eq. 3; 0 where the decision serves nothing or the user's load
-    misses the deadline, as every policy counts it), clipped to the total so that the uplink share
-    total - local is never negative from rounding (the policies sum per-node energies in their own order)."""
-    total = jnp.sum(dec.energy_j)
-    user = costs.user_energy(sc, dec.loads[..., 0])
-    local = jnp.sum(jnp.where(jnp.isfinite(user) & (dec.energy_j > 0), user, 0.0))
-    return total, jnp.minimum(local, total)
 
 
 def check_policy(policy: str, regime: str = "slow", bits: str | None = None) -> None:
