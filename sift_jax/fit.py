@@ -64,6 +64,11 @@ class FitProblem:
         min_uplink_share: only settings where the uplink is at least this share of Top-K's energy at the
             default qualify (the paper's curves fall "owing to lower uplink transmission energy").
         note: why these parameters and ranges.
+
+    Example:
+        >>> p = PROBLEMS["mixtral-8x7b"]
+        >>> p.preset, p.panels, p.grid["n_tokens"], p.load_power_w
+        ('mixtral-8x7b-4090', ('fig6b',), (16, 20, 24, 28, 32), (5.0, 100.0))
     """
 
     preset: str
@@ -93,8 +98,13 @@ PROBLEMS = {
 class Anchor:
     """One thing the Top-K curve should match, at one or two points of a field.
 
-    kind "level": Top-K's energy at x (the paper default) equals y (J per token).
+    kind "level": Top-K's energy at the paper default (x = nan) equals y (J per token).
     kind "ratio": Top-K's energy at x over its energy at x2 equals y (the fall across a panel).
+
+    Example:
+        >>> a = Anchor("ratio", "fig5a", "bandwidth_hz", 0.9e6, 0.11 / 0.03, 1.2e6)
+        >>> round(a.y, 3), a.x2
+        (3.667, 1200000.0)
     """
 
     kind: str
@@ -184,6 +194,13 @@ class FitResult:
         at_bound: names of the fitted parameters that ended on an edge of their range (the data want more).
         table: every discrete combination tried: [(combo dict, best gain_db, best load power W, loss)].
         samples: Monte Carlo samples per anchor.
+
+    Example:
+        >>> a = Anchor("level", "fig3b", "default", float("nan"), 0.035)
+        >>> r = FitResult("switch-base-8", {"n_tokens": 384}, 42.8, 0.0, [(a, 0.035, 0.0)], 0.93, (), [], 16)
+        >>> d = r.to_dict()
+        >>> d["values"], d["residuals"][0]["kind"], d["uplink_share"]
+        ({'n_tokens': 384}, 'level', 0.93)
     """
 
     model: str
@@ -216,8 +233,16 @@ def scan(problem: FitProblem, combo: dict, anchor_list: list[Anchor], samples: i
         p_ref: reference user load power (W).
 
     Returns:
-        (U, L1, L0) float[P] J per token over all L layers at the `_points` of the anchors: uplink at gain_up = 1, local at P = p_ref, local
-        at P = 0.
+        (U, L1, L0) float[P] J per token over all L layers at the `_points` of the anchors (the level's
+        default, then each ratio's two points): uplink at gain_up = 1, local at P = p_ref, local at P = 0.
+
+    Example:
+        The local part is affine in the load power and the uplink does not depend on it:
+
+        >>> tiny = dataclasses.replace(PROBLEMS["mixtral-8x7b"], fixed={"n_layers": 1})
+        >>> up, l1, l0 = scan(tiny, {"n_tokens": 4}, [Anchor("level", "x", "default", float("nan"), 1.0)], 8)
+        >>> up.shape, bool(up[0] > 0), bool(l1[0] > l0[0] > 0)
+        ((1,), True, True)
     """
     from sift_jax import montecarlo, presets, similarity
     from sift_jax.simulate import TaskMetrics

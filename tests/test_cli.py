@@ -19,8 +19,10 @@ def test_simulate_json_schema(capsys):
           "--n-layers", "2", "--json"])
     out = json.loads(capsys.readouterr().out)
     assert out["preset"] == "mixtral-8x7b" and out["policy"] == "topk" and out["samples"] == 64
-    assert set(out["metrics"]) == {"energy_per_token_j", "deviation_bound", "replace_rate", "skip_rate",
-                                   "infeasible_rate", "latency_s"}
+    assert set(out["metrics"]) == {"energy_per_token_j", "uplink_energy_j", "local_energy_j", "deviation_bound",
+                                   "replace_rate", "skip_rate", "infeasible_rate", "latency_s"}
+    parts = out["metrics"]["uplink_energy_j"]["mean"] + out["metrics"]["local_energy_j"]["mean"]
+    assert abs(parts - out["metrics"]["energy_per_token_j"]["mean"]) <= 1e-6 * out["metrics"]["energy_per_token_j"]["mean"]
     for stat in out["metrics"].values():
         assert {"mean", "ci95", "n", "p50", "p90", "p99"} <= set(stat)
     assert out["provenance"]["jax"]
