@@ -94,14 +94,12 @@ def _y_limits(values: np.ndarray, band: tuple | None, log_y: bool) -> tuple[floa
 
 def _figure(ds, metric: str, log_y: bool | None, target):
     """The matplotlib figure of `plot_dataset` (not saved)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: the caller's backend (e.g. a notebook's) is left alone
 
     field, xs = x_axis(ds)
     label, scale = AXIS_LABELS.get(field, (field, 1.0))
-    fig, ax = plt.subplots(figsize=(5.2, 3.8), dpi=120)
+    fig = Figure(figsize=(5.2, 3.8), dpi=120)
+    ax = fig.subplots()
     sel = {d: 0 for d in ds.dims if d not in ("curve", field, "point")}
     band = paper_band(ds, metric, target)
     shown = []
@@ -175,9 +173,6 @@ def plot_dataset(ds, path: str | os.PathLike, metric: str = "energy_per_token_j"
         ...     os.path.getsize(png) > 1000
         True
     """
-    import matplotlib.pyplot as plt
-
     fig = _figure(ds, metric, log_y, target)
     fig.savefig(path)
-    plt.close(fig)
     return str(path)

@@ -50,3 +50,9 @@ def test_per_helper_override_list(capsys):
     main(["simulate", "--preset", "switch-base-8", "--policy", "topk", "--samples", "16", "--n-tokens", "1",
           "--n-layers", "1", "--bandwidth-hz", "1e6,1e6,1e6,2e6,2e6,2e6,3e6", "--json"])
     assert json.loads(capsys.readouterr().out)["metrics"]["energy_per_token_j"]["n"] >= 0
+
+
+def test_fit_paper_refuses_an_unknown_model_in_one_line():
+    res = _run(["fit-paper", "--model", "gpt-5"])
+    assert res.returncode == 2 and "model" in res.stderr and "switch-base-8" in res.stderr
+    assert "Traceback" not in res.stderr

@@ -1,5 +1,9 @@
 """Structural checks of the notebooks (fast); executing them is `pytest --nbmake notebooks/`.
 
+The notebooks are committed WITH their outputs, executed top to bottom at quick sizes, so a reader browsing
+them sees the figures: `SIFT_QUICK=1 .venv/bin/jupyter execute --inplace notebooks/NAME.ipynb` (or
+`jupyter nbconvert --to notebook --execute --inplace`). nbmake does not write outputs back.
+
 Set SIFT_RUN_NOTEBOOKS=1 to also execute each notebook here with nbclient at quick sizes (SIFT_QUICK=1);
 CI executes them through nbmake instead, so this is off by default.
 """
@@ -35,16 +39,40 @@ def test_every_notebook_is_listed_and_present():
         assert name in readme
 
 
+MAX_BYTES = 1_000_000  # stored outputs stay small: a few PNG figures and tables, no large text dumps
+
+
+def _texts(output) -> list[str]:
+    """Every text an output carries (stream text, error traceback, text/* data)."""
+    if output.output_type == "stream":
+        return [output.text]
+    if output.output_type == "error":
+        return [output.ename, output.evalue, *output.traceback]
+    return [v for k, v in output.get("data", {}).items() if k.startswith("text/") and isinstance(v, str)]
+
+
 @pytest.mark.parametrize("name", NOTEBOOKS)
-def test_notebook_is_valid_and_committed_without_outputs(name):
+def test_notebook_is_valid_and_committed_with_quick_outputs(name):
     nb = _read(name)
     nbformat.validate(nb)
     assert nb.metadata["kernelspec"]["name"] == "python3"
     assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith("# ")
-    for cell in nb.cells:
-        if cell.cell_type == "code":
-            assert cell.outputs == [], f"{name}: committed with outputs"
-            assert cell.execution_count is None
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    # executed top to bottom in one fresh kernel: execution counts 1, 2, ..., n in cell order
+    counts = [c.execution_count for c in code]
+    assert counts == list(range(1, len(code) + 1)), f"{name}: not executed in order in one run: {counts}"
+    outputs = [o for c in code for o in c.outputs]
+    errors = [o for o in outputs if o.output_type == "error"]
+    assert not errors, f"{name}: committed with an error output: {[(o.ename, o.evalue) for o in errors]}"
+    tracebacks = [t[:200] for o in outputs for t in _texts(o) if "Traceback (most recent call last)" in t]
+    assert not tracebacks, f"{name}: an output holds a traceback: {tracebacks}"
+    images = [o for o in outputs if o.output_type in ("display_data", "execute_result")
+              and any(k.startswith("image/") for k in o.get("data", {}))]
+    assert images, f"{name}: committed without any figure output"
+    # the stored run is the quick one (the first code cell reports the mode)
+    first = "".join(t for o in code[0].outputs for t in _texts(o))
+    assert "quick mode" in first, f"{name}: outputs not from a SIFT_QUICK=1 run: {first!r}"
+    assert (ROOT / name).stat().st_size < MAX_BYTES, f"{name}: stored outputs too large"
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)

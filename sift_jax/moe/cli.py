@@ -41,13 +41,12 @@ def _write_json(path: pathlib.Path, doc: dict):
     path.write_text(json.dumps(doc, indent=2, default=default))
 
 
-def _plt():
-    import matplotlib
+def _subplots(*grid, **kw):
+    """(Figure, axes) without pyplot, so the caller's backend (e.g. a notebook's inline one) is left alone."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    fig = Figure(figsize=kw.pop("figsize", None))
+    return fig, fig.subplots(*grid, **kw)
 
 
 # ------------------------------------------------------------------------------------------- figures
@@ -55,8 +54,7 @@ def _plt():
 
 def plot_train_curve(history: dict, summary: dict, path) -> None:
     """Training cross-entropy per step and the validation points."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(5, 3.2))
+    fig, ax = _subplots(figsize=(5, 3.2))
     ce = np.asarray(history["ce"])
     ax.plot(np.arange(1, ce.size + 1), ce, lw=0.8, label="train CE")
     ev = summary.get("evals", [])
@@ -67,14 +65,12 @@ def plot_train_curve(history: dict, summary: dict, path) -> None:
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def plot_tables(table: np.ndarray, path) -> None:
     """Heatmaps of the calibration tables Fbar[l] (column N = skip)."""
-    plt = _plt()
     n_l = table.shape[0]
-    fig, axes = plt.subplots(1, n_l, figsize=(2.6 * n_l, 2.6), squeeze=False)
+    fig, axes = _subplots(1, n_l, figsize=(2.6 * n_l, 2.6), squeeze=False)
     for l, ax in enumerate(axes[0]):
         im = ax.imshow(table[l], cmap="viridis")
         ax.set_title(f"layer {l + 1}")
@@ -83,15 +79,13 @@ def plot_tables(table: np.ndarray, path) -> None:
         fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def plot_tightness(res: dict, out: pathlib.Path) -> list[str]:
     """The lab's four figures; returns their file names."""
-    plt = _plt()
     etas = np.asarray(res["etas"])
     names = []
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    fig, axes = _subplots(1, 2, figsize=(9, 3.4))
     for ax, metric, label in ((axes[0], "accuracy", "next-byte accuracy"), (axes[1], "loss", "test loss (nats/byte)")):
         d = res[metric]
         per = np.asarray(d["siftmoe_per_draw"])
@@ -106,10 +100,9 @@ def plot_tightness(res: dict, out: pathlib.Path) -> list[str]:
     axes[0].legend()
     fig.tight_layout()
     fig.savefig(out / "accuracy_vs_eta.png", dpi=120)
-    plt.close(fig)
     names.append("accuracy_vs_eta.png")
 
-    fig, ax = plt.subplots(figsize=(5, 3.4))
+    fig, ax = _subplots(figsize=(5, 3.4))
     d = res["energy_per_token_j"]
     ax.plot(etas, d["siftmoe"], "o-", label="SiftMoE")
     ax.axhline(d["topk"], color="r", ls=":", label="Top-K practical")
@@ -121,11 +114,10 @@ def plot_tightness(res: dict, out: pathlib.Path) -> list[str]:
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(out / "energy_vs_eta.png", dpi=120)
-    plt.close(fig)
     names.append("energy_vs_eta.png")
 
     r = res["ratios"]
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    fig, axes = _subplots(1, 2, figsize=(9, 3.4))
     if r["prop1_exact"].size:
         axes[0].hist(r["prop1_exact"], bins=51, range=(0, 1.02), alpha=0.6, label="exact F (must be <= 1)")
         hi = max(1.0, float(np.quantile(r["prop1_table"], 0.99)))
@@ -145,16 +137,14 @@ def plot_tightness(res: dict, out: pathlib.Path) -> list[str]:
     axes[1].legend(markerscale=8)
     fig.tight_layout()
     fig.savefig(out / "prop1_ratio.png", dpi=120)
-    plt.close(fig)
     names.append("prop1_ratio.png")
 
-    fig, ax = plt.subplots(figsize=(5, 3.4))
+    fig, ax = _subplots(figsize=(5, 3.4))
     ax.hist(r["thm1"], bins=50, alpha=0.8)
     ax.set_xlabel("final MoE-layer deviation e^(L) / Thm. 1 bound")
     ax.set_ylabel("tokens x runs")
     fig.tight_layout()
     fig.savefig(out / "thm1_ratio.png", dpi=120)
-    plt.close(fig)
     names.append("thm1_ratio.png")
     return names
 
