@@ -46,15 +46,19 @@ def test_min_distance_above_max_rejected():
 
 
 def test_presets_valid_and_paper_values():
-    sw, mx, go = (sj.presets.get(n) for n in sj.presets.names())
-    assert (sw.n_nodes, sw.top_k, sw.bandwidth_hz, sw.deadline_s, sw.eta) == (8, 1, 1e6, 0.7, 200.0)
-    assert (mx.n_nodes, mx.top_k, mx.bandwidth_hz, mx.deadline_s, mx.eta) == (8, 2, 2e6, 0.074, 1.5)
-    assert (go.n_nodes, go.top_k, go.bandwidth_hz, go.deadline_s, go.eta) == (32, 4, 0.8e6, 0.35, 30.0)
-    for sc in (sw, mx, go):
-        assert math.isclose(sc.helper_power_w, 10 ** 3.8 / 1e3)  # 38 dBm
-        assert math.isclose(sc.noise_psd_w_per_hz, 10 ** -17.4 / 1e3)  # -174 dBm/Hz
-        assert (sc.pathloss_exponent, sc.gain_up, sc.gain_down, sc.fading, sc.fading_shape) == (4.0, 1, 1, "gamma", 2)
-        assert sc.max_distance_m == 150.0 and math.isinf(sc.max_tx_power_w)
+    for suffix in ("", "-4090"):  # the paper's regime (fitted) and the data-sheet one share the paper's values
+        sw, mx, go = (sj.presets.get(n + suffix) for n in ("switch-base-8", "mixtral-8x7b", "gpt-oss-20b"))
+        assert (sw.n_nodes, sw.top_k, sw.bandwidth_hz, sw.deadline_s, sw.eta) == (8, 1, 1e6, 0.7, 200.0)
+        assert (mx.n_nodes, mx.top_k, mx.bandwidth_hz, mx.deadline_s, mx.eta) == (8, 2, 2e6, 0.074, 1.5)
+        assert (go.n_nodes, go.top_k, go.bandwidth_hz, go.deadline_s, go.eta) == (32, 4, 0.8e6, 0.35, 30.0)
+        for name, sc in zip(("switch-base-8", "mixtral-8x7b", "gpt-oss-20b"), (sw, mx, go)):
+            assert math.isclose(sc.helper_power_w, 10 ** 3.8 / 1e3)  # 38 dBm
+            assert math.isclose(sc.noise_psd_w_per_hz, 10 ** -17.4 / 1e3)  # -174 dBm/Hz
+            assert (sc.pathloss_exponent, sc.gain_down, sc.fading, sc.fading_shape) == (4.0, 1, "gamma", 2)
+            assert sc.max_distance_m == 150.0 and math.isinf(sc.max_tx_power_w)
+            # the uplink carries the fitted path-loss reference; the data-sheet presets keep the paper's factor 1
+            want = sj.presets.FITTED[name]["gain_up"] if not suffix else 1.0
+            assert math.isclose(sc.gain_up, want)
 
 
 def test_per_helper_array_accepted():
