@@ -92,7 +92,9 @@ class TaskMetrics:
 
     Attributes:
         policy: a name from `sj.policies.names()`. regime: "slow" or "fast" fading.
-        bits: fast-fading bit loading ("uniform", "closed-form"/"dynamic", "dp") or None.
+        bits: fast-fading bit loading ("uniform", "closed-form"/"dynamic", "dp") or None; or a tuple of
+            them: one selection per layer, loaded by each rule, with keys "<bits>/<metric>" (`key`), so
+            the curves of one policy under several bit loadings cost one selection (what `sweep` runs).
         options: sorted (name, value) pairs passed to the policy.
 
     Example:
@@ -110,19 +112,34 @@ class TaskMetrics:
 
     policy: str
     regime: str = "slow"
-    bits: str | None = None
+    bits: str | tuple[str, ...] | None = None
     options: tuple[tuple[str, Any], ...] = ()
 
-    def layer(self, sc: Scenario, distance_m, gain, g, topk, table):
-        """Decision, latency (s) and uplink energy (J) of one layer. gain: float[N-1]; g, topk: [M, K];
-        table: [N, N+1]. The uplink energy is summed from the helpers' own energies (not the decision's
-        total minus the user's, which would cancel catastrophically in float32 where the user dominates)."""
+    @property
+    def bit_loadings(self) -> tuple:
+        """The bit loadings evaluated per sample: `bits` as a tuple ((None,) under slow fading)."""
+        return self.bits if isinstance(self.bits, tuple) else (self.bits,)
+
+    def key(self, bits, metric: str) -> str:
+        """Output key of `metric` for one bit loading: the metric name, or "<bits>/<metric>" when `bits` is a
+        tuple (several bit loadings of one selection, see `__call__`)."""
+        return f"{bits}/{metric}" if isinstance(self.bits, tuple) else metric
+
+    def layer(self, sc: Scenario, distance_m, gain, g, topk, table) -> list:
+        """[(Decision, latency s, uplink energy J)] of one layer, one entry per bit loading (`bit_loadings`).
+
+        gain: float[N-1] (slow) or float[N-1, Q] per-slot gains (fast); g, topk: [M, K]; table: [N, N+1].
+        Under fast fading the selection runs once and every bit loading loads its slots
+        (`fastfading.layer_decisions_with_info`). The uplink energy is summed from the helpers' own energies
+        (not the decision's total minus the user's, which would cancel catastrophically in float32 where
+        the user dominates); latency uses the downlink gain of the regime (fast: the representative gain)."""
         opts = dict(self.options)
-        if self.regime == "fast":  # gain: float[N-1, Q] per-slot gains; energy_j is the realised energy
+        if self.regime == "fast":  # energy_j is the realised energy
             from sift_jax.policies import fastfading
-            dec, info = fastfading.layer_decision_with_info(sc, distance_m, gain, g, topk, table, self.policy,
-                                                            self.bits, **opts)
-            helper = info.helper_energy_j
+            pairs = fastfading.layer_decisions_with_info(sc, distance_m, gain, g, topk, table, self.policy,
+                                                         self.bit_loadings, **opts)
+            decisions = [(dec, info.helper_energy_j) for dec, info in pairs]
+            link_gain = jnp.full((sc.n_helpers,), opts.get("downlink_gain", 1.0))
         else:
             if sc.n_tokens == 1:
                 f = costs.node_costs(sc, distance_m, gain)
@@ -133,21 +150,27 @@ class TaskMetrics:
                 d_e = costs.marginal_costs(sc, distance_m, gain, sc.n_tokens)
                 cap = costs.capacities(sc, distance_m, gain)
                 dec = policies.get_prefill(self.policy)(sc, d_e, cap, g, topk, table, **opts)
-            helper = costs.helper_energy(sc, distance_m, gain, dec.loads[1:])
-        uplink = jnp.sum(jnp.where((dec.loads[1:] > 0) & jnp.isfinite(helper), helper, 0.0))
-        # under fast fading the downlink uses the representative gain (fastfading's downlink_gain, default 1)
-        link_gain = jnp.full((sc.n_helpers,), dict(self.options).get("downlink_gain", 1.0)) if self.regime == "fast" \
-            else gain
-        latency = jnp.max(costs.node_latency(sc, distance_m, link_gain, dec.loads))
-        return dec, latency, uplink
+            decisions = [(dec, costs.helper_energy(sc, distance_m, gain, dec.loads[1:]))]
+            link_gain = gain
+        out = []
+        for dec, helper in decisions:
+            uplink = jnp.sum(jnp.where((dec.loads[1:] > 0) & jnp.isfinite(helper), helper, 0.0))
+            out.append((dec, jnp.max(costs.node_latency(sc, distance_m, link_gain, dec.loads)), uplink))
+        return out
 
     def __call__(self, key, params):
         sc, tables = params
         k_channel, k_gate = jax.random.split(key)
         ch = channel.draw(k_channel, sc, fast=self.regime == "fast")
         g, topk = gating.draw(k_gate, sc)
-        dec, latency, uplink = jax.vmap(self.layer, in_axes=(None, None, 0, 0, 0, 0))(
-            sc, ch.distance_m, ch.gain, g, topk, tables)
+        per_bits = jax.vmap(self.layer, in_axes=(None, None, 0, 0, 0, 0))(sc, ch.distance_m, ch.gain, g, topk, tables)
+        metrics = {}
+        for bits, (dec, latency, uplink) in zip(self.bit_loadings, per_bits):
+            metrics |= {self.key(bits, name): value for name, value in self._metrics(sc, dec, latency, uplink).items()}
+        return metrics
+
+    def _metrics(self, sc: Scenario, dec, latency, uplink) -> dict:
+        """{metric: (value, valid)} of one task from its per-layer decisions [L], latencies and uplink energies."""
         feasible = jnp.all(dec.feasible)
         # Baselines always execute their selection (lost experts count as skips), so their metrics
         # average over every sample; siftmoe/oracle have no selection where infeasible.

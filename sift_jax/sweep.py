@@ -7,7 +7,9 @@ batches of `points_per_call` points as one compiled, vmapped, chunked call (the 
 so a group compiles once however many points it has. Only the swept fields carry the point axis by
 default (`point_axes="swept"`: draws and costs that do not depend on them are computed once per sample);
 `point_axes="all"` stacks every dynamic field, so specs that differ only in which field they sweep share
-one compiled program per curve (`quick` runs use it: compilation dominates them). Finished batches are
+one compiled program per curve (`quick` runs use it: compilation dominates them). Under fast fading the
+curves of one policy are evaluated together (`curve_groups`): one selection per layer, loaded by each of
+their bit loadings, so a SiftMoE figure with three bit loadings pays for one selection. Finished batches are
 written atomically to `<out>/<name>.parts/`; `resume=True` reuses them after a crash, and refuses parts
 written by another spec, sample count, seed, point axes or code version.
 """
@@ -35,7 +37,7 @@ from sift_jax.scenario import DYNAMIC_FIELDS, PER_HELPER_FIELDS, STATIC_FIELDS, 
 from sift_jax.simulate import METRICS, REGIMES, TaskMetrics, check_policy
 from sift_jax.stats import Stat
 
-__all__ = ["Curve", "Spec", "load_spec", "run", "scenario_of", "stack_scenarios"]
+__all__ = ["Curve", "Spec", "curve_groups", "load_spec", "run", "scenario_of", "stack_scenarios"]
 
 SPEC_KEYS = ("name", "title", "preset", "curves", "samples", "quick_samples", "seed", "chunk_size", "fading",
              "fixed", "quick_fixed", "axes", "mode", "points_per_call", "options")
@@ -437,20 +439,22 @@ def run(spec: Spec | str | os.PathLike, out: str | os.PathLike | None = "results
     groups: dict[tuple, list[int]] = {}
     for i, sc in enumerate(scs):
         groups.setdefault(_static_signature(sc), []).append(i)
-    batches = [(curve, idx[b:b + spec.points_per_call]) for curve in spec.curves for idx in groups.values()
+    batches = [(curves, idx[b:b + spec.points_per_call]) for curves in curve_groups(spec) for idx in groups.values()
                for b in range(0, len(idx), spec.points_per_call)]
     total = len(batches) * n_samples * spec.points_per_call
     results: dict[tuple[str, int], dict[str, Stat]] = {}
-    for k, (curve, members) in enumerate(batches):
-        part = parts / f"{curve.label.replace(':', '_')}__{members[0]}.json" if parts else None
-        if part is not None and part.exists():
-            stats = [{m: _stat_from_json(s) for m, s in pt.items()} for pt in json.loads(part.read_text())]
+    for k, (curves, members) in enumerate(batches):
+        files = {c.label: parts / f"{c.label.replace(':', '_')}__{members[0]}.json" for c in curves} if parts else {}
+        if files and all(f.exists() for f in files.values()):
+            by_curve = {label: [{m: _stat_from_json(s) for m, s in pt.items()} for pt in json.loads(f.read_text())]
+                        for label, f in files.items()}
         else:
-            stats = _evaluate(spec, curve, [scs[i] for i in members], varying, n_samples, size, progress, k, total)
-            if part is not None:
-                _atomic_write(part, json.dumps([{m: _stat_to_json(s) for m, s in pt.items()} for pt in stats]))
-        for i, st in zip(members, stats):
-            results[(curve.label, i)] = st
+            by_curve = _evaluate(spec, curves, [scs[i] for i in members], varying, n_samples, size, progress, k, total)
+            for label, f in files.items():
+                _atomic_write(f, json.dumps([{m: _stat_to_json(s) for m, s in pt.items()} for pt in by_curve[label]]))
+        for label, stats in by_curve.items():
+            for i, st in zip(members, stats):
+                results[(label, i)] = st
         if progress is not None:
             progress((k + 1) * n_samples * spec.points_per_call, total)
     ds = to_dataset(spec, points, results, n_samples, size, quick, point_axes)
@@ -480,18 +484,39 @@ def _parts_dir(out, spec: Spec, manifest: dict, resume: bool) -> pathlib.Path:
     return parts
 
 
-def _evaluate(spec: Spec, curve: Curve, scs: list[Scenario], varying: set[str], n_samples: int, size: int,
-              progress, k: int, total: int) -> list[dict[str, Stat]]:
-    """One batch: pad to points_per_call, stack the `varying` fields, one compiled call per chunk."""
+def curve_groups(spec: Spec) -> list[tuple[Curve, ...]]:
+    """The spec's curves in evaluation groups: under fast fading the curves of one policy share a group (one
+    selection per layer, loaded by each bit loading: `TaskMetrics` with a tuple of bits); else one per curve.
+
+    Example:
+        >>> spec = load_spec('name = "d"\\npreset = "switch-base-8"\\nfading = "fast"\\n'
+        ...                  'curves = ["siftmoe:dynamic", "topk:uniform", "siftmoe:uniform"]\\n'
+        ...                  '[[axes]]\\nfield = "eta"\\nvalues = [0.5]\\n')
+        >>> [[c.label for c in group] for group in curve_groups(spec)]
+        [['siftmoe:dynamic', 'siftmoe:uniform'], ['topk:uniform']]
+    """
+    if spec.fading != "fast":
+        return [(c,) for c in spec.curves]
+    by_policy: dict[str, list[Curve]] = {}
+    for c in spec.curves:
+        by_policy.setdefault(c.policy, []).append(c)
+    return [tuple(group) for group in by_policy.values()]
+
+
+def _evaluate(spec: Spec, curves: tuple[Curve, ...], scs: list[Scenario], varying: set[str], n_samples: int,
+              size: int, progress, k: int, total: int) -> dict[str, list[dict[str, Stat]]]:
+    """One batch of one curve group: pad to points_per_call, stack the `varying` fields, one compiled call
+    per chunk. Returns {curve label: [{metric: Stat}] per real point}."""
     n_real = len(scs)
     padded = scs + [scs[-1]] * (spec.points_per_call - n_real)
     params, axes = point_params(padded, varying)
-    fn = TaskMetrics(policy=curve.policy, regime=spec.fading, bits=curve.bits,
+    bits = tuple(c.bits for c in curves) if spec.fading == "fast" else None
+    fn = TaskMetrics(policy=curves[0].policy, regime=spec.fading, bits=bits,
                      options=tuple(sorted(spec.options.items())))
     base = k * n_samples * spec.points_per_call
     cb = None if progress is None else (lambda done: progress(base + done * spec.points_per_call, total))
-    stats = montecarlo.run(fn, params, spec.points_per_call, n_samples, spec.seed, size, cb, axes=axes)
-    return stats[:n_real]
+    stats = montecarlo.run(fn, params, spec.points_per_call, n_samples, spec.seed, size, cb, axes=axes)[:n_real]
+    return {c.label: [{m: pt[fn.key(c.bits, m)] for m in METRICS} for pt in stats] for c in curves}
 
 
 def to_dataset(spec: Spec, points: list[dict], results: dict, n_samples: int, chunk_size: int, quick: bool,

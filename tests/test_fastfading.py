@@ -397,6 +397,34 @@ def test_layer_decision_decode_matches_parts():
     assert np.asarray(dec.feasible).sum() >= n // 2 and np.any(hl > 0)
 
 
+def test_several_bit_loadings_equal_separate_calls():
+    """One selection loaded by three rules gives exactly the three single-rule decisions; bits must be a
+    non-empty tuple of known rules."""
+    sc = small_scenario(top_k=2, n_tokens=3, eta=0.8)
+    dist, gain, g, topk, table = _layer_inputs(sc, 7, 8)
+    gain, g, topk = gain[:, 0], g[:, 0], topk[:, 0]
+    rules = ("uniform", "dynamic", "dp")
+
+    @jax.jit
+    def run(dist, gain, g, topk):
+        def one(d, gl, gg, tk):
+            together = ff.layer_decisions_with_info(sc, d, gl, gg, tk, table, "siftmoe", rules)
+            alone = [ff.layer_decision_with_info(sc, d, gl, gg, tk, table, "siftmoe", b) for b in rules]
+            return together, alone
+        return jax.vmap(one)(dist, gain, g, topk)
+
+    together, alone = run(dist, gain, g, topk)
+    for (dec_t, info_t), (dec_a, info_a) in zip(together, alone):
+        for a, b in zip(jax.tree.leaves((dec_t, info_t)), jax.tree.leaves((dec_a, info_a))):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6)
+    energies = [np.asarray(dec.energy_j) for dec, _ in together]
+    # the rules really differ (per realisation no rule is always cheapest: dp minimises the expectation)
+    assert not np.allclose(energies[0], energies[1], rtol=1e-3, atol=0) and not np.allclose(energies[1], energies[2], rtol=1e-3, atol=0)
+    for bad in ((), "uniform", ("uniform", "greedy")):
+        with pytest.raises(ConfigError, match="bits"):
+            ff.layer_decisions_with_info(sc, dist[0], gain[0], g[0], topk[0], table, "siftmoe", bad)
+
+
 def test_layer_decision_prefill_optimal_on_surrogate():
     """Prefill selection = brute-force minimum of the surrogate layer energy (K = 1, 5 tokens, 4 nodes)."""
     sc = small_scenario(n_tokens=5, top_k=1, eta=0.45)

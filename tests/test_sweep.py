@@ -120,6 +120,45 @@ def test_point_axes_all_shares_one_program_across_swept_fields():
         sweeps.run(by_eta, out=None, point_axes="some")
 
 
+def test_fast_fading_bit_loadings_of_one_policy_share_one_program_and_match_simulate(tmp_path):
+    """Under fast fading the curves of one policy run as one program (one selection, each bit loading on
+    it): three curves compile two programs, and every curve equals simulate with its own bit loading."""
+    spec = sweeps.load_spec(textwrap.dedent("""
+        name = "ff"
+        preset = "switch-base-8"
+        fading = "fast"
+        curves = ["siftmoe:dynamic", "topk:uniform", "siftmoe:uniform"]
+        samples = 48
+        seed = 5
+        points_per_call = 2
+        [fixed]
+        n_tokens = 6
+        n_layers = 2
+        [[axes]]
+        field = "bandwidth_hz"
+        values = [0.9e6, 1.2e6]
+        """))
+    assert [[c.label for c in g] for g in sweeps.curve_groups(spec)] == [["siftmoe:dynamic", "siftmoe:uniform"],
+                                                                         ["topk:uniform"]]
+    jax.clear_caches()
+    before = montecarlo.TRACES["count"]
+    ds = sweeps.run(spec, out=tmp_path)
+    assert montecarlo.TRACES["count"] - before == 2
+    assert sorted(p.name for p in (tmp_path / "ff.parts").glob("*__0.json")) == [
+        "siftmoe_dynamic__0.json", "siftmoe_uniform__0.json", "topk_uniform__0.json"]
+    base = sj.presets.get("switch-base-8").replace(n_tokens=6, n_layers=2)
+    for label in ("siftmoe:dynamic", "siftmoe:uniform", "topk:uniform"):
+        policy, bits = label.split(":")
+        alone = sj.simulate(base.replace(bandwidth_hz=1.2e6), policy=policy, samples=48, seed=5, fading="fast",
+                            bits=bits).metrics
+        got = ds.sel(curve=label, bandwidth_hz=1.2e6)
+        for metric in sj.METRICS:
+            assert float(got[f"{metric}_mean"]) == pytest.approx(alone[metric].mean, rel=1e-6, abs=1e-12), metric
+            assert int(got[f"{metric}_n"]) == alone[metric].n
+    dyn, uni = (ds["energy_per_token_j_mean"].sel(curve=c) for c in ("siftmoe:dynamic", "siftmoe:uniform"))
+    assert bool((dyn < uni).all())  # the group keeps the curves apart: Thm. 3 saves energy on the same selection
+
+
 def test_eta_axis_takes_the_staircase_and_matches_simulate():
     """Five eta points in one call (the SiftMoE candidates ranked once per sample, policies/staircase.py)
     give exactly what each eta gives alone through simulate."""

@@ -58,7 +58,8 @@ from sift_jax.policies import fastfading_bits as fb
 from sift_jax.policies.decision import Decision
 from sift_jax.scenario import Scenario
 
-__all__ = ["FastInfo", "SlotPlan", "allocate_bits", "layer_decision", "layer_decision_with_info", "paper_estimate",
+__all__ = ["FastInfo", "SlotPlan", "allocate_bits", "layer_decision", "layer_decision_with_info",
+           "layer_decisions_with_info", "paper_estimate",
            "realised_energy", "surrogate_costs", "surrogate_load_energy", "surrogate_marginal_costs"]
 
 BITS = ("uniform", "closed-form", "dp")
@@ -453,24 +454,6 @@ class FastInfo:
     power_infeasible: jax.Array
 
 
-def _prefill_policy(policy: str):
-    """`policies.get_prefill(policy)` when the registry has it; else prefill (method "auto") / topk."""
-    from sift_jax import policies
-
-    if hasattr(policies, "get_prefill"):
-        return policies.get_prefill(policy)
-    from sift_jax.policies.prefill import prefill as solve_prefill
-    from sift_jax.policies.prefill import topk as prefill_topk
-
-    if policy == "siftmoe":
-        def solve(sc, dE, cap, g, topk, table, method="auto", **options):
-            return solve_prefill(sc, dE, cap, g, topk, table, method=method, **options)
-        return solve
-    if policy == "topk":
-        return prefill_topk
-    raise ConfigError("policy", policy, "siftmoe or topk for prefilling (M > 1)")
-
-
 def layer_decision_with_info(sc: Scenario, distance_m, slot_gain, g, topk, table, policy: str = "siftmoe",
                              bits: str = "closed-form", **options) -> tuple[Decision, FastInfo]:
     """`layer_decision` that also returns a `FastInfo`.
@@ -510,7 +493,43 @@ def layer_decision_with_info(sc: Scenario, distance_m, slot_gain, g, topk, table
         >>> abs(float(info.surrogate_energy_j) / float(dec.energy_j) - 2.0) < 1e-5
         True
     """
-    bits = check_bits(policy, bits)
+    return layer_decisions_with_info(sc, distance_m, slot_gain, g, topk, table, policy, (bits,), **options)[0]
+
+
+def layer_decisions_with_info(sc: Scenario, distance_m, slot_gain, g, topk, table, policy: str = "siftmoe",
+                              bits: tuple[str, ...] = ("closed-form",),
+                              **options) -> list[tuple[Decision, FastInfo]]:
+    """`layer_decision_with_info` for several bit loadings of one selection: the selection (on the
+    surrogate, which does not depend on the bit loading) runs once, then each rule loads the same slots.
+
+    Args:
+        sc, distance_m, slot_gain, g, topk, table, policy, **options: as `layer_decision_with_info`.
+        bits: bit loadings, each "uniform", "closed-form" (alias "dynamic") or "dp"; static.
+
+    Returns:
+        A list of (Decision, FastInfo), one per entry of `bits`, each equal to
+        `layer_decision_with_info(..., bits=that entry)` (same selection, same slot gains).
+
+    Raises:
+        ConfigError: as `layer_decision_with_info`; also an empty `bits`.
+
+    Example:
+        Dynamic loading never pays more than uniform loading on the same selection and gains
+        (see `layer_decision`'s example for the deep-fade case):
+
+        >>> import jax
+        >>> sc = Scenario(n_nodes=3, top_k=1, eta=0.5, deadline_s=0.05, slot_s=0.01, n_slots=4)
+        >>> table = jnp.array([[0.0, 1.0, 1.0, 1.0], [1.0, 0.0, 0.2, 1.0], [1.0, 0.2, 0.0, 1.0]])
+        >>> g, topk, d = jnp.ones((1, 1)), jnp.array([[1]]), jnp.array([60.0, 60.0])
+        >>> h = jnp.array([[0.05, 0.05, 2.0, 2.0], [1.0, 1.0, 1.0, 1.0]])
+        >>> (u, _), (c, _) = jax.jit(lambda h: layer_decisions_with_info(sc, d, h, g, topk, table,
+        ...                                                              bits=("uniform", "dynamic")))(h)
+        >>> u.assign.tolist() == c.assign.tolist(), float(c.energy_j) < float(u.energy_j)
+        (True, True)
+    """
+    if isinstance(bits, str) or not bits:
+        raise ConfigError("bits", bits, "a non-empty tuple of bit loadings (uniform, closed-form, dynamic, dp)")
+    names = [check_bits(policy, b) for b in bits]
     opts = dict(options)
     mine = {k: opts.pop(k) for k in OPTIONS if k in opts}
     iota_opt, h_rep = mine.get("inv_gain_mean"), mine.get("downlink_gain", 1.0)
@@ -518,8 +537,9 @@ def layer_decision_with_info(sc: Scenario, distance_m, slot_gain, g, topk, table
                                                        and math.isfinite(h_rep) and h_rep > 0):
         raise ConfigError("downlink_gain", h_rep, "a finite number > 0 (the representative downlink power gain)")
     inverse_gain_mean(sc, iota_opt)  # raise early for families without a finite E[1/h]
-    if bits == "dp":
-        _dp_tables(sc, mine.get("dp_grid", fb.DP_GRID), mine.get("dp_quad", fb.DP_QUAD))  # checks, cached
+    dp_grid, dp_quad = mine.get("dp_grid", fb.DP_GRID), mine.get("dp_quad", fb.DP_QUAD)
+    if "dp" in names:
+        _dp_tables(sc, dp_grid, dp_quad)  # checks, cached
     g, topk, table = jnp.asarray(g), jnp.asarray(topk), jnp.asarray(table)
     slot_gain = jnp.asarray(slot_gain)
     if slot_gain.shape != (sc.n_helpers, sc.n_slots):
@@ -534,33 +554,35 @@ def layer_decision_with_info(sc: Scenario, distance_m, slot_gain, g, topk, table
         sel = sel.replace(assign=jnp.reshape(sel.assign, (1, -1)), deviation_bound=jnp.reshape(sel.deviation_bound, (1,)))
     else:
         d_e, cap = surrogate_marginal_costs(sc, distance_m, g.shape[0], iota_opt, h_rep)
-        sel = _prefill_policy(policy)(sc, d_e, cap, g, topk, table, **opts)
+        sel = policies.get_prefill(policy)(sc, d_e, cap, g, topk, table, **opts)
     loads = sel.loads
     hl = loads[1:]
-    gamma, plan = allocate_bits(sc, distance_m, hl, slot_gain, bits, iota_opt, h_rep,
-                                mine.get("dp_grid", fb.DP_GRID), mine.get("dp_quad", fb.DP_QUAD),
-                                mine.get("dp_iters", fb.DP_ITERS))
-    e_help, ok = realised_energy(sc, distance_m, slot_gain, gamma, plan, hl)
     e_user = costs.user_energy(sc, loads[0])
     user_ok = jnp.isfinite(e_user)
     e_user = jnp.where(user_ok, e_user, 0.0)
-    energy = e_user + jnp.sum(jnp.where(ok, e_help, 0.0))
     dtype = jnp.result_type(float)
     latency = jnp.max(costs.node_latency(sc, distance_m, jnp.full((sc.n_helpers,), h_rep, dtype), loads))
-    time_ok = (plan.uplink_s > 0) & (plan.uplink_s >= per_helper(sc, sc.helper_load_time_s))
     paper = paper_estimate(sc, distance_m, hl, slot_gain, iota_opt, h_rep)
-    dec = Decision(assign=sel.assign, loads=loads, energy_j=energy, deviation_bound=sel.deviation_bound,
-                   feasible=sel.feasible & user_ok & jnp.all(ok), n_replaced=sel.n_replaced, n_skipped=sel.n_skipped)
-    info = FastInfo(
-        surrogate_energy_j=sel.energy_j,
-        paper_estimate_j=e_user + jnp.sum(jnp.where(ok, paper, 0.0)),
-        helper_energy_j=e_help,
-        latency_s=latency,
-        slots=jnp.where(hl > 0, plan.slots, 0).astype(jnp.int32),
-        cap_bound=plan.capped,
-        power_infeasible=jnp.any((hl > 0) & time_ok & ~jnp.isfinite(e_help)),
-    )
-    return dec, info
+    results = []
+    for name in names:
+        gamma, plan = allocate_bits(sc, distance_m, hl, slot_gain, name, iota_opt, h_rep, dp_grid, dp_quad,
+                                    mine.get("dp_iters", fb.DP_ITERS))
+        e_help, ok = realised_energy(sc, distance_m, slot_gain, gamma, plan, hl)
+        time_ok = (plan.uplink_s > 0) & (plan.uplink_s >= per_helper(sc, sc.helper_load_time_s))
+        dec = Decision(assign=sel.assign, loads=loads, energy_j=e_user + jnp.sum(jnp.where(ok, e_help, 0.0)),
+                       deviation_bound=sel.deviation_bound, feasible=sel.feasible & user_ok & jnp.all(ok),
+                       n_replaced=sel.n_replaced, n_skipped=sel.n_skipped)
+        info = FastInfo(
+            surrogate_energy_j=sel.energy_j,
+            paper_estimate_j=e_user + jnp.sum(jnp.where(ok, paper, 0.0)),
+            helper_energy_j=e_help,
+            latency_s=latency,
+            slots=jnp.where(hl > 0, plan.slots, 0).astype(jnp.int32),
+            cap_bound=plan.capped,
+            power_infeasible=jnp.any((hl > 0) & time_ok & ~jnp.isfinite(e_help)),
+        )
+        results.append((dec, info))
+    return results
 
 
 def layer_decision(sc: Scenario, distance_m, slot_gain, g, topk, table, policy: str = "siftmoe",
