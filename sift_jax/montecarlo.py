@@ -3,8 +3,8 @@
 A metric function maps (key, params) for one sample to {name: (value, valid)} scalars. The runner
 evaluates fixed-shape chunks of samples under one compiled `vmap` (over samples, and over a leading
 axis of sweep points), keyed by `fold_in(key(seed), i)` for sample i. Each block of `inner_batch`
-samples is summarised on the device (count, scaled sum and M2, max, and each value's histogram bin:
-`Summary`), and the host folds the summaries into float64 accumulators (`stats.Accumulator.add_blocks`).
+samples is summarised on the device (count, scaled sum and M2, min, max, count of values other than 0
+and 1, and each value's histogram bin: `Summary`), and the host folds the summaries into float64 accumulators (`stats.Accumulator.add_blocks`).
 Memory is O(chunk), independent of the sample count, and results are bit-identical for any chunk size
 (samples are keyed by index, blocks are fixed, and the host folds canonical groups of blocks in sample
 order). The last chunk is padded to the fixed shape (the padding is masked out on the device), so one
@@ -85,8 +85,10 @@ class Summary(NamedTuple):
     Example:
         >>> import jax.numpy as jnp
         >>> s = summarise(jnp.array([[1.0, 3.0, jnp.inf, 5.0]]), jnp.array([[True, True, True, False]]))
-        >>> s.value.tolist(), s.n.tolist(), s.max.tolist()  # inf and the masked 5.0 do not count
-        ([[1.0, 3.0, 0.0, 0.0]], [[2]], [[3.0]])
+        >>> s.value.tolist(), s.n.tolist(), s.min.tolist(), s.max.tolist()  # inf and the masked 5.0 do not count
+        ([[1.0, 3.0, 0.0, 0.0]], [[2]], [[1.0]], [[3.0]])
+        >>> s.n_nonbinary.tolist()  # 3.0 is neither 0 nor 1: not a 0/1 metric
+        [[1]]
         >>> float(s.scale[0, 0] * (s.hi[0, 0] + s.lo[0, 0]) / s.n[0, 0])  # the mean
         2.0
     """
@@ -100,6 +102,8 @@ class Summary(NamedTuple):
     center: jax.Array  # float[P, B]: float32 mean of value / scale, around which m2 is taken
     m2: jax.Array  # float[P, B]: sum of (value / scale - center)^2
     max: jax.Array  # float[P, B]: their largest value (-inf when none)
+    min: jax.Array  # float[P, B]: their smallest value (+inf when none)
+    n_nonbinary: jax.Array  # int32[P, B]: those whose value is neither 0 nor 1 (0: a 0/1 metric so far)
 
 
 def _bins(x: jax.Array) -> jax.Array:
@@ -152,7 +156,9 @@ def summarise(value: jax.Array, ok: jax.Array) -> Summary:
     center = (hi + lo) / jnp.maximum(n, 1)
     m2 = jnp.sum(jnp.where(ok, jnp.square(y - center), 0.0), axis=-1, keepdims=True)
     top = jnp.max(jnp.where(ok, value, -jnp.inf), axis=-1, keepdims=True)
-    return Summary(xz, _bins(xz), n, scale, hi, lo, center, m2, top)
+    low = jnp.min(jnp.where(ok, value, jnp.inf), axis=-1, keepdims=True)
+    nonbinary = jnp.sum((xz != 0) & (xz != 1), axis=-1, dtype=jnp.int32, keepdims=True)  # xz is 0 where not ok
+    return Summary(xz, _bins(xz), n, scale, hi, lo, center, m2, top, low, nonbinary)
 
 
 def raw_metrics(metric_fn: MetricFn, axes: tuple | None, params, idx, seed) -> dict:

@@ -1,12 +1,14 @@
-"""Streaming, mergeable statistics in float64 on the host: moments (Chan's merge), a log-spaced
-histogram for quantiles and tail diagnostics, and 95% confidence intervals.
+"""Streaming, mergeable statistics in float64 on the host: moments (Chan's merge), min and max, a
+log-spaced histogram for quantiles and tail diagnostics, and 95% confidence intervals (Wilson's for 0/1
+metrics, the normal approximation otherwise).
 
 Two ways in. `Accumulator.add` takes raw values and masks (any split into calls). `add_blocks` takes what
 the Monte Carlo runner's compiled chunks return (`montecarlo.Summary`): per block of `width` samples the
 count, the sum (as hi + lo, to ~1e-11) and the sum of squared deviations, computed on the device after an
-exact power-of-two scaling (so heavy tails cannot overflow float32), plus each sample's value and histogram
-bin. Either way samples are folded in canonical groups of `BLOCK` samples (of whole blocks) in sample
-order, so every statistic is bit-identical whatever chunk size produced the samples.
+exact power-of-two scaling (so heavy tails cannot overflow float32), the min, max and number of values
+other than 0 and 1, plus each sample's value and histogram bin. Either way samples are folded in canonical
+groups of `BLOCK` samples (of whole blocks) in sample order, so every statistic is bit-identical whatever
+chunk size produced the samples.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ LOG10_LO, LOG10_HI, BINS_PER_DECADE = -30, 30, 40
 N_BINS = (LOG10_HI - LOG10_LO) * BINS_PER_DECADE + 2  # + [0 or below 1e-30] + [above 1e30]
 TAIL_FRACTION = 1e-3  # tail share: part of the sum carried by the top 0.1% of samples
 RELIABLE_TAIL_SHARE = 0.5  # the CI is flagged unreliable when the top 0.1% carry more than this
+MIN_RELIABLE_N = 30  # fewer valid samples: the CI is flagged unreliable (usual rule for a normal approximation)
+Z95 = 1.959963984540054  # Phi^-1(0.975): the two-sided 95% quantile of the standard normal
 
 ROW_GROUP = 16  # points folded together: [16, BLOCK] float64 temporaries (512 KiB) stay in cache
 
@@ -35,27 +39,46 @@ class Stat:
     Values are in the metric's own unit (J, s, or a fraction); `Accumulator.result` builds them.
 
     Attributes:
-        mean: sample mean (None when n == 0). ci95: (lo, hi) normal-approximation 95% CI of the mean.
+        mean: sample mean (None when n == 0); exact for constant data, and k / n for a 0/1 metric.
+        ci95: (lo, hi) 95% CI of the mean. For a 0/1 metric (every valid value is exactly 0 or 1, e.g.
+            `infeasible_rate`; detected from the data, see `Accumulator`) Wilson's score interval for
+            k ones in n, which stays inside [0, 1] and is not [0, 0] or [1, 1] when k = 0 or n (it is
+            also a sound interval for any [0, 1]-valued metric that was only ever 0 or 1). Otherwise the
+            normal approximation mean -+ `Z95` std / sqrt(n) (zero width for constant data).
         n: valid samples. n_invalid: samples where the metric was undefined (e.g. infeasible) or not finite.
-        std: sample standard deviation. p50, p90, p99: quantiles from the log histogram (rel. error <= 6%).
-        max: largest value. tail_share: fraction of the sum carried by the top 0.1% of samples.
-        reliable: False when n < 30 or tail_share > 0.5: the mean is then driven by a few samples and the
-            CI should not be trusted.
+        std: sample standard deviation. p50, p90, p99: quantiles from the log histogram, interpolated
+            linearly within their bin and clamped to the data's [min, max]: always within the observed
+            range, exact for constant data and for 0/1 data, else within one bin (rel. 6%) of the order
+            statistic x_(ceil(q n)); values <= 1e-30 (zero, negatives) share one bin, read as lying
+            between min and 0. max: largest value.
+        tail_share: fraction of the sum carried by the top 0.1% of samples.
+        reliable: whether the CI can be trusted. 0/1 metrics: n >= `MIN_RELIABLE_N` (30; Wilson's interval
+            needs no tail check: rare events are what it is for). Other metrics: n >= 30 and tail_share
+            <= `RELIABLE_TAIL_SHARE` (0.5), else the mean is driven by a few samples; or all n >= 2 values
+            equal (a deterministic metric, whose zero-width CI is exact).
 
     Example:
-        100 equal values: zero spread, so the CI collapses onto the mean; the top 0.1% (one sample)
-        carries 1/100 of the sum.
+        100 equal values: zero spread, so the CI collapses onto the mean and every quantile is the value;
+        the top 0.1% (one sample) carries 1/100 of the sum.
 
         >>> import numpy as np
         >>> acc = Accumulator()
-        >>> acc.add(np.full(100, 2.0), np.ones(100, bool))
+        >>> acc.add(np.full(100, 7.0), np.ones(100, bool))
         >>> s = acc.result()
-        >>> s.mean, s.ci95, s.n, s.std, s.max
-        (2.0, (2.0, 2.0), 100, 0.0, 2.0)
-        >>> round(s.tail_share, 6), s.reliable, 2.0 / 1.06 <= s.p50 <= 2.0
-        (0.01, True, True)
+        >>> s.mean, s.ci95, s.n, s.std, s.max, (s.p50, s.p90, s.p99)
+        (7.0, (7.0, 7.0), 100, 0.0, 7.0, (7.0, 7.0, 7.0))
+        >>> round(s.tail_share, 6), s.reliable
+        (0.01, True)
         >>> s.to_dict()["ci95"]  # JSON-ready: the CI as a list
-        [2.0, 2.0]
+        [7.0, 7.0]
+
+        A rate that was never 1 in 100 samples: Wilson's interval, not [0, 0].
+
+        >>> acc = Accumulator()
+        >>> acc.add(np.zeros(100), np.ones(100, bool))
+        >>> r = acc.result()
+        >>> r.mean, r.ci95[0], round(r.ci95[1], 4), r.p99
+        (0.0, 0.0, 0.037, 0.0)
     """
 
     mean: float | None
@@ -99,9 +122,12 @@ class Accumulator:
     """Streaming statistics of one metric; feed values and validity masks in sample order.
 
     Memory is O(`N_BINS`) whatever the sample count: values are folded in canonical blocks of `BLOCK`
-    samples (Chan's merge of mean and M2, plus a log-spaced histogram), so the result does not depend on
-    how the samples were split into `add` calls. Invalid samples (mask False, or NaN/inf values) are only
-    counted (`Stat.n_invalid`).
+    samples (Chan's merge of mean and M2, min, max, a log-spaced histogram), so the result does not depend
+    on how the samples were split into `add` calls. Invalid samples (mask False, or NaN/inf values) are
+    only counted (`Stat.n_invalid`). A metric is treated as 0/1 (Wilson CI) when every valid value is
+    exactly 0 or 1: the fold counts the valid values that are neither, so one other value anywhere makes
+    it an ordinary metric. This needs no declaration per metric, and a [0, 1] fraction that happens to be
+    only 0 or 1 in a run (e.g. always 0) gets a Wilson interval, which is sound for it too.
 
     Args:
         points: None for one series (`add` float[n], `result()`), or P to fold P series at once (`add`
@@ -142,6 +168,8 @@ class Accumulator:
         self.mean = np.zeros(p)
         self.m2 = np.zeros(p)
         self.max = np.full(p, -math.inf)
+        self.min = np.full(p, math.inf)
+        self.n_nonbinary = np.zeros(p, np.int64)  # valid values other than 0 and 1
         self.counts = np.zeros((p, N_BINS), np.int64)
         self.sums = np.zeros((p, N_BINS), np.float64)
         self._buf_x: list[np.ndarray] = []
@@ -189,11 +217,13 @@ class Accumulator:
         xz = np.where(v, x, 0.0)
         mean_b = xz.sum(axis=1) / np.maximum(n_b, 1)
         dev = np.where(v, xz - mean_b[:, None], 0.0)
-        self._merge(rows, n_b, mean_b, np.einsum("ij,ij->i", dev, dev), np.max(x, axis=1, where=v, initial=-math.inf))
+        self._merge(rows, n_b, mean_b, np.einsum("ij,ij->i", dev, dev), np.max(x, axis=1, where=v, initial=-math.inf),
+                    np.min(x, axis=1, where=v, initial=math.inf), np.count_nonzero((xz != 0.0) & (xz != 1.0), axis=1))
         self._histogram(rows, _bin_index(xz), xz, x.shape[1] - n_b)
 
-    def _merge(self, rows, n_b, mean_b, m2_b, max_b) -> None:
-        """Chan's merge of one group's moments (per point: count, mean, M2, max) into the running ones."""
+    def _merge(self, rows, n_b, mean_b, m2_b, max_b, min_b, nonbinary_b) -> None:
+        """Chan's merge of one group's moments (per point: count, mean, M2) into the running ones; max, min
+        and the count of values other than 0 and 1 merge exactly."""
         n_a, mean_a = self.n[rows], self.mean[rows]
         n = n_a + n_b
         some = n_b > 0
@@ -203,6 +233,8 @@ class Accumulator:
                                  self.m2[rows])
         self.n[rows] = n
         self.max[rows] = np.maximum(self.max[rows], max_b)
+        self.min[rows] = np.minimum(self.min[rows], min_b)
+        self.n_nonbinary[rows] += nonbinary_b
 
     def _histogram(self, rows, bins: np.ndarray, xz: np.ndarray, n_out: np.ndarray) -> None:
         """Add one group's samples (bins int[k, b], values xz with the invalid ones zeroed, in bin 0) to
@@ -219,7 +251,8 @@ class Accumulator:
 
         Args:
             blocks: a `montecarlo.Summary` of host arrays: value float[P, S] (0 where invalid), bin int[P, S],
-                and per block of `width` samples n int[P, B], scale, hi, lo, center, m2, max float[P, B].
+                and per block of `width` samples n int[P, B], scale, hi, lo, center, m2, max, min float[P, B],
+                n_nonbinary int[P, B].
             take: how many of the S samples are real (the rest is padding, which the blocks exclude).
             width: samples per block (a divisor of `BLOCK` or a multiple of it).
         """
@@ -252,7 +285,8 @@ class Accumulator:
             n_b = n_blk.sum(axis=1)
             mean_b = (n_blk * mean_blk).sum(axis=1) / np.maximum(n_b, 1)
             m2_b = (scale * scale * m2_y).sum(axis=1) + (n_blk * (mean_blk - mean_b[:, None]) ** 2).sum(axis=1)
-            self._merge(slice(None), n_b, mean_b, m2_b, merged.max[:, b].max(axis=1).astype(np.float64))
+            self._merge(slice(None), n_b, mean_b, m2_b, merged.max[:, b].max(axis=1).astype(np.float64),
+                        merged.min[:, b].min(axis=1).astype(np.float64), merged.n_nonbinary[:, b].sum(axis=1))
             n_out = (s.stop - s.start) - n_b
             for r0 in range(0, len(n_b), ROW_GROUP):
                 rows = slice(r0, r0 + ROW_GROUP)
@@ -290,25 +324,35 @@ class Accumulator:
     def _summaries(self) -> list[Stat]:
         """One Stat per point; the quantiles and tail shares of all points are computed at once."""
         n = self.n
+        constant = self.min == self.max
+        binary = self.n_nonbinary == 0
         with np.errstate(divide="ignore", invalid="ignore"):
-            std = np.where(n > 1, np.sqrt(self.m2 / np.maximum(n - 1, 1)), 0.0)
-            half = 1.959963984540054 * std / np.sqrt(np.maximum(n, 1))
+            std = np.where((n > 1) & ~constant, np.sqrt(self.m2 / np.maximum(n - 1, 1)), 0.0)
+            half = Z95 * std / np.sqrt(np.maximum(n, 1))
+            ones = n - self.counts[:, 0]  # for a 0/1 metric: bin 0 holds exactly its valid zeros
+            mean = np.where(binary, ones / np.maximum(n, 1), np.where(constant, self.min, self.mean))
+            w_lo, w_hi = _wilson(ones, n)
+            ci_lo = np.where(binary, w_lo, mean - half)
+            ci_hi = np.where(binary, w_hi, mean + half)
         # only the bins between the lowest and highest occupied ones (plus an empty one below) matter
         used = np.flatnonzero(self.counts.any(axis=0))
         first, stop = (max(int(used[0]) - 1, 0), int(used[-1]) + 1) if used.size else (0, 1)
         counts, sums = self.counts[:, first:stop], self.sums[:, first:stop]
         cum = np.cumsum(counts, axis=1)
-        p50, p90, p99 = (_quantiles(counts, cum, n, self.max, q, first).tolist() for q in (0.5, 0.9, 0.99))
-        tail = _tail_shares(counts, sums, n, cum).tolist()
+        with np.errstate(invalid="ignore"):  # points without samples (min inf, max -inf) give NaN, unused
+            p50, p90, p99 = (_quantiles(counts, cum, n, self.min, self.max, q, first).tolist() for q in (0.5, 0.9, 0.99))
+        tail = _tail_shares(counts, sums, n, cum)
+        enough = n >= MIN_RELIABLE_N
+        reliable = np.where(binary, enough, (enough & (tail <= RELIABLE_TAIL_SHARE)) | (constant & (n >= 2)))
         out = []
-        for p, (n_p, mean, h, sd, top) in enumerate(zip(n.tolist(), self.mean.tolist(), half.tolist(), std.tolist(),
-                                                        self.max.tolist())):
+        for p, (n_p, mu, lo, hi, sd, top) in enumerate(zip(n.tolist(), mean.tolist(), ci_lo.tolist(), ci_hi.tolist(),
+                                                           std.tolist(), self.max.tolist())):
             if n_p == 0:
                 out.append(Stat(None, None, 0, int(self.n_invalid[p]), None, None, None, None, None, None, False))
                 continue
-            out.append(Stat(mean=mean, ci95=(mean - h, mean + h), n=n_p, n_invalid=int(self.n_invalid[p]), std=sd,
-                            p50=p50[p], p90=p90[p], p99=p99[p], max=top, tail_share=tail[p],
-                            reliable=bool(n_p >= 30 and tail[p] <= RELIABLE_TAIL_SHARE)))
+            out.append(Stat(mean=mu, ci95=(lo, hi), n=n_p, n_invalid=int(self.n_invalid[p]), std=sd,
+                            p50=p50[p], p90=p90[p], p99=p99[p], max=top, tail_share=float(tail[p]),
+                            reliable=bool(reliable[p])))
         return out
 
 
@@ -326,23 +370,38 @@ def _row(a: np.ndarray, i: np.ndarray) -> np.ndarray:
     return np.take_along_axis(a, i[:, None], axis=1)[:, 0]
 
 
-def _quantiles(counts: np.ndarray, cum: np.ndarray, n: np.ndarray, top: np.ndarray, q: float,
+def _wilson(k: np.ndarray, n: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Wilson score 95% interval (lo, hi), float[P] each, for k[P] successes in n[P] trials:
+    (k + z^2/2 -+ z sqrt(k (n - k) / n + z^2/4)) / (n + z^2), z = `Z95`; exactly 0 (1) at k = 0 (k = n)."""
+    k, n = k.astype(np.float64), n.astype(np.float64)
+    z2 = Z95 * Z95
+    with np.errstate(divide="ignore", invalid="ignore"):
+        center = (k + z2 / 2) / (n + z2)
+        half = Z95 * np.sqrt(np.maximum(k * (n - k) / n, 0.0) + z2 / 4) / (n + z2)
+    lo = np.where(k <= 0, 0.0, np.clip(center - half, 0.0, 1.0))
+    hi = np.where(k >= n, 1.0, np.clip(center + half, 0.0, 1.0))
+    return lo, hi
+
+
+def _quantiles(counts: np.ndarray, cum: np.ndarray, n: np.ndarray, low: np.ndarray, top: np.ndarray, q: float,
                first: int = 0) -> np.ndarray:
     """Quantile q of every point, float[P], from histograms counts int[P, W] (cumulative sums `cum`) of
-    n[P] samples with maxima top[P]: geometric interpolation inside the bin, capped by the max; 0 when the
-    quantile falls in bin 0 (values <= 1e-30). The W columns are bins first..first+W-1: every bin below is
-    empty, and so is bin `first` when first > 0."""
+    n[P] samples with minima low[P] and maxima top[P]. The quantile's bin is the one holding the order
+    statistic x_(ceil(q n)); within it the value is interpolated linearly between the bin's edges narrowed
+    to [low, top] (bin 0, values <= 1e-30: between low and 0 clamped to [low, top]), then clamped to
+    [low, top]: so constant data give the value exactly. The W columns are bins first..first+W-1: every
+    bin below is empty, and so is bin `first` when first > 0."""
     target = q * n
     b = first + np.count_nonzero(cum < target[:, None], axis=1)  # = searchsorted(cum, target, "left") per row
-    edges = _bin_edges()
+    edges = _bin_edges()  # edges[i - 1], edges[i]: bin i's lower and upper edge (1 <= i < N_BINS - 1)
     bi = np.clip(b, 1, N_BINS - 1)
-    lo = edges[bi - 1]
-    hi = np.where(bi < edges.size, edges[np.minimum(bi, edges.size - 1)], top)
-    local = np.clip(bi - first, 1, cum.shape[1] - 1) if cum.shape[1] > 1 else np.zeros_like(bi)  # in range for n > 0
-    frac = np.clip((target - _row(cum, np.maximum(local - 1, 0))) / np.maximum(_row(counts, local), 1), 0.0, 1.0)
-    with np.errstate(invalid="ignore", over="ignore"):
-        value = np.minimum(lo * (hi / lo) ** frac, top)
-    return np.where(b == 0, 0.0, value)
+    edge_hi = np.where(bi < edges.size, edges[np.minimum(bi, edges.size - 1)], np.inf)
+    lo = np.where(b == 0, low, np.maximum(edges[bi - 1], low))
+    hi = np.where(b == 0, np.minimum(np.maximum(0.0, low), top), np.minimum(edge_hi, top))
+    local = np.clip(b - first, 0, cum.shape[1] - 1)  # the quantile's column
+    before = np.where(local > 0, _row(cum, np.maximum(local - 1, 0)), 0)
+    frac = np.clip((target - before) / np.maximum(_row(counts, local), 1), 0.0, 1.0)
+    return np.minimum(np.maximum(lo + frac * (hi - lo), low), top)
 
 
 def _tail_shares(counts: np.ndarray, sums: np.ndarray, n: np.ndarray, cum: np.ndarray) -> np.ndarray:

@@ -7,10 +7,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import scipy.stats
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
-from sift_jax import montecarlo
+from sift_jax import montecarlo, stats
 from sift_jax.errors import ConfigError
-from sift_jax.stats import Accumulator
+from sift_jax.stats import Accumulator, Stat
+
+BIN_RATIO = 10.0 ** (1 / stats.BINS_PER_DECADE)  # a histogram bin's upper / lower edge: 1.059
+BIN_SLACK = 1e-5  # bins are computed in float32: a value within ~1e-5 (rel.) of an edge may land next door
+Z = scipy.stats.norm.ppf(0.975)  # independent of stats.Z95
 
 
 def _stat(values, valid=None, pieces=(len,)):
@@ -166,3 +174,167 @@ def test_runner_summaries_match_numpy_on_the_raw_values(samples, chunk):
         top = np.sort(good)[-math.ceil(good.size / 1000):]  # y: within the histogram's range
         assert s.p50 == pytest.approx(np.quantile(good, 0.5), rel=0.06)
         assert s.tail_share == pytest.approx(top.sum() / good.sum(), rel=0.06)
+
+
+# --- small n: quantiles within the data, exact for constants; Wilson intervals for rates; `reliable` ---
+
+
+def _order_stat(x, q):
+    """x_(ceil(q n)), the sample the histogram quantile's bin holds (= numpy.quantile(x, q,
+    method="inverted_cdf")); q n computed in float64 as the accumulator does."""
+    return np.sort(x)[max(math.ceil(q * x.size), 1) - 1]
+
+
+def _quantiles(s):
+    return s.p50, s.p90, s.p99
+
+
+@pytest.mark.parametrize("value", [7.0, 2.368, 0.148, 1.0, 0.0, -3.0, 1e-35, 1e35, 123456.789])
+@pytest.mark.parametrize("n", [1, 5, 100, 5000])
+def test_quantiles_of_constant_data_are_exact(value, n):
+    """Issue 20: a constant 7.0 gave p50 6.879 (the middle of its log bin), 2.368 gave 2.304."""
+    s = _stat(np.full(n, value))
+    assert _quantiles(s) == (value, value, value)
+    assert s.mean == value and s.std == 0.0 and s.max == value
+    if value not in (0.0, 1.0):  # constant 0 or 1 is a 0/1 metric: Wilson's interval (tested below)
+        assert s.ci95 == (value, value) and s.reliable == (n >= 2)
+
+
+def test_quantiles_of_latency_like_data_lie_within_the_data():
+    """Issue 20: latencies around 2.368 s (all in one or two bins) had p50 below the smallest sample."""
+    rng = np.random.default_rng(20)
+    for n in (3, 10, 40, 1000):
+        x = 2.368 + rng.uniform(-0.004, 0.004, n)
+        s = _stat(x)
+        for q, got in zip((0.5, 0.9, 0.99), _quantiles(s)):
+            assert x.min() <= got <= x.max()
+            assert got == pytest.approx(np.quantile(x, q), abs=x.max() - x.min())  # within the data's spread
+
+
+def _check_quantiles(x, s):
+    """Every quantile within [min, max]; within one bin of x_(ceil(q n)) for positive x_(ceil(q n)),
+    exactly 0 when x_(ceil(q n)) is 0 (the bin of zeros), exact when the data are constant."""
+    for q, got in zip((0.5, 0.9, 0.99), _quantiles(s)):
+        assert x.min() <= got <= x.max()
+        ref = _order_stat(x, q)
+        if ref == 0.0:
+            assert got == 0.0
+        else:
+            assert 1 / (BIN_RATIO * (1 + BIN_SLACK)) <= got / ref <= BIN_RATIO * (1 + BIN_SLACK)
+        if x.min() == x.max():
+            assert got == x[0]
+
+
+_values = st.one_of(st.just(0.0), st.floats(1e-6, 1e6), st.sampled_from([1.0, 2.368, 7.0]))
+
+
+@settings(max_examples=200, deadline=None)
+@given(hnp.arrays(np.float64, st.integers(1, 300), elements=_values))
+def test_quantiles_within_range_and_one_bin_of_the_order_statistic(x):
+    _check_quantiles(x, _stat(x))
+
+
+@settings(max_examples=100, deadline=None)
+@given(hnp.arrays(np.float64, st.integers(1, 200), elements=st.floats(-1e6, 1e6)))
+def test_quantiles_within_range_for_any_sign(x):
+    """Zero and negative values share bin 0: only the range is promised for them."""
+    s = _stat(x)
+    assert all(x.min() <= got <= x.max() for got in _quantiles(s))
+    assert s.max == x.max()
+
+
+def test_quantiles_of_large_samples_match_numpy_within_a_bin():
+    """Large n: x_(ceil(q n)) and numpy's interpolated quantile coincide to far below a bin, so the
+    histogram quantile is within one bin width (5.9%) of numpy.quantile."""
+    rng = np.random.default_rng(8)
+    for x in (rng.lognormal(0, 2, 50_000), rng.uniform(2.36, 2.38, 20_000), rng.exponential(1e-3, 20_000)):
+        s = _stat(x)
+        _check_quantiles(x, s)
+        for q, got in zip((0.5, 0.9, 0.99), _quantiles(s)):
+            assert got == pytest.approx(np.quantile(x, q), rel=BIN_RATIO - 1)
+
+
+def _wilson(k, n):
+    """Wilson's score interval, textbook form: (p + z^2/2n -+ z sqrt(p(1-p)/n + z^2/4n^2)) / (1 + z^2/n)."""
+    p = k / n
+    denom = 1 + Z**2 / n
+    center = (p + Z**2 / (2 * n)) / denom
+    half = Z / denom * math.sqrt(p * (1 - p) / n + Z**2 / (4 * n**2))
+    return center - half, center + half
+
+
+@pytest.mark.parametrize("k, n", [(0, 1), (1, 1), (0, 10), (10, 10), (1, 10), (3, 100), (50, 100), (97, 100),
+                                  (0, 5000), (1, 5000), (4999, 5000), (5000, 5000), (1234, 9999)])
+def test_rate_ci_is_wilson(k, n):
+    """A 0/1 metric gets Wilson's interval, never Wald's [0, 0] at p = 0 or [1, 1] at p = 1; checked against
+    the closed form and scipy's binomtest."""
+    x = np.zeros(n)
+    x[np.random.default_rng(k).permutation(n)[:k]] = 1.0
+    s = _stat(x)
+    lo, hi = _wilson(k, n)
+    sp = scipy.stats.binomtest(k, n).proportion_ci(0.95, method="wilson")
+    assert s.mean == k / n
+    assert s.ci95 == (pytest.approx(max(lo, 0.0), rel=1e-12, abs=1e-15), pytest.approx(min(hi, 1.0), rel=1e-12))
+    assert s.ci95 == (pytest.approx(sp.low, rel=1e-9, abs=1e-15), pytest.approx(sp.high, rel=1e-9))
+    assert 0.0 <= s.ci95[0] <= s.mean <= s.ci95[1] <= 1.0 and s.ci95[0] < s.ci95[1]
+    assert (s.ci95[0] == 0.0) == (k == 0) and (s.ci95[1] == 1.0) == (k == n)
+    assert _quantiles(s) == tuple(float(v) for v in np.sort(x)[[math.ceil(q * n) - 1 for q in (0.5, 0.9, 0.99)]])
+
+
+def test_one_value_other_than_0_or_1_makes_a_metric_ordinary():
+    """The 0/1 test is on the data: a single 0.5 (in a late block) gives the normal interval; masked-out or
+    non-finite values do not count. Either way the result is split-invariant."""
+    rng = np.random.default_rng(9)
+    x = (rng.random(10_000) < 0.2).astype(float)
+    v = np.ones(x.size, bool)
+    x[[10, 20]], v[10] = (0.5, np.inf), False  # masked 0.5, invalid inf: still a 0/1 metric
+    rate = _stat(x, v)
+    good = x[v & np.isfinite(x)]
+    lo, hi = _wilson(int(good.sum()), good.size)
+    assert rate.ci95 == (pytest.approx(lo, rel=1e-12), pytest.approx(hi, rel=1e-12))
+    x[9_000] = 0.5
+    s = _stat(x, v)
+    good = x[v & np.isfinite(x)]
+    half = Z * good.std(ddof=1) / math.sqrt(good.size)
+    assert s.ci95 == (pytest.approx(good.mean() - half, rel=1e-9), pytest.approx(good.mean() + half, rel=1e-9))
+    for cut in (1, 333, 4096, 5000):
+        acc = Accumulator()
+        for start in range(0, x.size, cut):
+            acc.add(x[start:start + cut], v[start:start + cut])
+        assert acc.result() == s
+
+
+def test_points_mix_rates_constants_and_continuous_data():
+    """The vectorised accumulator decides 0/1-ness, constancy and reliability per point."""
+    rng = np.random.default_rng(11)
+    x = np.stack([(rng.random(6000) < 0.01).astype(float), np.full(6000, 7.0), rng.lognormal(0, 1, 6000),
+                  np.zeros(6000)])
+    many = Accumulator(points=4)
+    many.add(x, np.ones(x.shape, bool))
+    got = many.results()
+    for p in range(4):
+        assert got[p] == _stat(x[p])
+    assert got[1].p50 == 7.0 and got[3].ci95[0] == 0.0 and got[3].ci95[1] == pytest.approx(Z**2 / (6000 + Z**2))
+
+
+def test_reliable_rule():
+    """n >= 30 (MIN_RELIABLE_N) and a light tail; 0/1 metrics need only n >= 30 (Wilson handles rare
+    events); constant data are reliable from n = 2 (the zero-width CI is exact)."""
+    assert stats.MIN_RELIABLE_N == 30 and stats.Z95 == pytest.approx(Z, rel=1e-15)
+    rng = np.random.default_rng(12)
+    x = rng.normal(5.0, 1.0, 30)
+    assert not _stat(x[:29]).reliable and _stat(x).reliable
+    assert not _stat(np.zeros(29)).reliable and _stat(np.zeros(30)).reliable
+    assert not _stat(np.array([0.0, 1.0] * 14 + [1.0])).reliable
+    rare = np.zeros(50_000)
+    rare[123] = 1.0  # one event: it carries the whole sum, but the Wilson interval is still sound
+    s = _stat(rare)
+    assert s.tail_share == 1.0 and s.reliable and s.ci95[0] > 0.0
+    assert not _stat(np.full(1, 7.0)).reliable and _stat(np.full(2, 7.0)).reliable and _stat(np.full(5, 7.0)).reliable
+    assert not _stat(np.array([7.0, 7.0, 7.5])).reliable
+
+
+def test_stat_fields_unchanged():
+    """Sweep part files store Stat.to_dict() and load it with Stat(**dict): the fields stay as they were."""
+    assert [f.name for f in dataclasses.fields(Stat)] == [
+        "mean", "ci95", "n", "n_invalid", "std", "p50", "p90", "p99", "max", "tail_share", "reliable"]
