@@ -32,6 +32,16 @@ layer times L would not be the same mean.
 Anchors (the reading of the plots, INFERRED): on a fitted panel the Top-K curve starts at the top of the
 paper's plotted y-range at the smallest x and ends at its bottom at the largest x (a y-range starting at 0
 gives no lower anchor). Residuals are natural logs of model / paper.
+
+The mismatch-table scale (`fit_table`, third step): the synthetic tables' `output_norm` sets how much of
+the eta axis buys a replacement or skip, i.e. how far SiftMoE falls across the paper's eta panel (Fig. 3(b)
+switch-base-8, Fig. 4(b) Mixtral), and so how much of SiftMoE's energy stays on the radio at the default eta.
+The same reading as above: SiftMoE starts at the top of the panel's plotted range at eta = 0 and ends at
+its bottom at the largest eta, so SiftMoE(eta_max) / SiftMoE(0) = y_lo / y_hi. The table is linear in
+`output_norm` and the selection sees it only through g Fbar <= eta, so on common random numbers
+SiftMoE(eta; c n0) = SiftMoE(eta / c; n0) exactly: one run over a grid of eta at the preset's n0 gives the
+ratio for every scale, and the fitted scale is interpolated (log-log) on that grid, then checked by a direct
+run at the fitted scale.
 """
 
 from __future__ import annotations
@@ -46,7 +56,8 @@ import numpy as np
 
 from sift_jax.errors import ConfigError
 
-__all__ = ["Anchor", "FitProblem", "FitResult", "PROBLEMS", "anchors", "fit", "scan"]
+__all__ = ["Anchor", "FitProblem", "FitResult", "PROBLEMS", "TABLE_PANELS", "TableFit", "anchors", "fit", "fit_table",
+           "scan"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -347,3 +358,154 @@ def fit(model: str, samples: int = 1000, seed: int = 0, targets: dict | None = N
                         if len(problem.grid[f]) > 1]
                      if edges is not None and value is not None and value in edges)
     return FitResult(model, values, g_db, loss, residuals, share, at_bound, table, samples)
+
+
+# ------------------------------------------------------------------------------------------------ table scale
+
+TABLE_PANELS = {"switch-base-8": "fig3b", "mixtral-8x7b": "fig4b"}  # the eta panel the table scale is fitted on
+TABLE_STRETCHES = (1 / 32, 1 / 16, 1 / 8, 1 / 4, 1 / 2, 1.0)  # eta_max x these, at the preset's output_norm
+
+
+@dataclasses.dataclass(frozen=True)
+class TableFit:
+    """The fitted mismatch-table scale of one model (see the module docstring).
+
+    Attributes:
+        model: preset name. panel: the eta panel fitted. target: SiftMoE(eta_max) / SiftMoE(0) read from it.
+        output_norm: the fitted scale (median expert-output norm of `similarity.synthetic_tables`).
+        norm_ref: the preset's output_norm the grid ran at. stretches: float[S] grid s (eta = eta_max s at
+            norm_ref, i.e. eta_max at norm_ref / s). ratios: float[S] SiftMoE(eta_max s) / SiftMoE(0) there.
+        checked: SiftMoE(eta_max) / SiftMoE(0) simulated directly at the fitted scale (nan if not run).
+        energy_at_zero: SiftMoE(0) (J per token). at_bound: True when the target lies outside the grid's
+            ratios (the scale is then the grid's edge). samples: Monte Carlo samples per point.
+
+    Example:
+        >>> t = TableFit("switch-base-8", "fig3b", 0.5, 500.0, 250.0, (0.5, 1.0), (0.5, 0.2), 0.51, 0.03, False, 8)
+        >>> t.to_dict()["output_norm"], round(t.log_residual, 3)
+        (500.0, 0.02)
+    """
+
+    model: str
+    panel: str
+    target: float
+    output_norm: float
+    norm_ref: float
+    stretches: tuple
+    ratios: tuple
+    checked: float
+    energy_at_zero: float
+    at_bound: bool
+    samples: int
+
+    @property
+    def log_residual(self) -> float:
+        """log(checked / target): the direct run at the fitted scale against the paper's ratio."""
+        return math.log(self.checked / self.target)
+
+    def to_dict(self) -> dict:
+        """Plain-Python form (for `--json`)."""
+        return {"model": self.model, "panel": self.panel, "target": self.target, "output_norm": self.output_norm,
+                "norm_ref": self.norm_ref, "stretches": list(self.stretches), "ratios": list(self.ratios),
+                "checked": self.checked, "log_residual": self.log_residual, "energy_at_zero": self.energy_at_zero,
+                "at_bound": self.at_bound, "samples": self.samples}
+
+
+def _siftmoe_energies(sc, etas, samples: int, seed: int) -> np.ndarray:
+    """SiftMoE's mean energy per token (J) at each eta of `etas` (one compiled run, common random numbers)."""
+    from sift_jax import montecarlo, similarity
+    from sift_jax.simulate import TaskMetrics
+
+    tables = similarity.synthetic_tables(sc)
+    points = [sc.replace(eta=float(e)) for e in etas]
+    stack = jax.tree.map(lambda *v: np.stack([np.asarray(x) for x in v]), *[(p, tables) for p in points])
+    stats = montecarlo.run(TaskMetrics("siftmoe"), stack, len(points), samples, seed)
+    return np.array([st["energy_per_token_j"].mean for st in stats])
+
+
+def interpolate_stretch(stretches, ratios, target: float) -> tuple[float, bool]:
+    """The stretch s where the ratio curve (decreasing in s) crosses `target`, log-log linear between grid
+    points; (s, at_bound) with s clamped to the grid's ends when the target lies outside its ratios.
+
+    Example:
+        >>> interpolate_stretch([0.25, 0.5, 1.0], [0.9, 0.6, 0.3], 0.6)
+        (0.5, False)
+        >>> s, edge = interpolate_stretch([0.25, 0.5, 1.0], [0.9, 0.6, 0.3], 0.95)
+        >>> s, edge
+        (0.25, True)
+    """
+    grid = np.asarray(stretches, float)
+    s, r = np.log(grid), np.log(np.maximum(np.asarray(ratios, float), 1e-300))
+    t = math.log(target)
+    if t >= r[0]:
+        return float(grid[0]), bool(t > r[0])
+    if t <= r[-1]:
+        return float(grid[-1]), bool(t < r[-1])
+    i = int(np.argmax(r <= t))  # first grid point at or below the target: the crossing is in [i-1, i]
+    if r[i] == t:
+        return float(grid[i]), False
+    w = (r[i - 1] - t) / (r[i - 1] - r[i])
+    return float(np.exp(s[i - 1] + w * (s[i] - s[i - 1]))), False
+
+
+def fit_table(model: str, samples: int = 200, seed: int = 0, targets: dict | None = None,
+              stretches: tuple = TABLE_STRETCHES, refine: int = 1, check: bool = True, scenario=None) -> TableFit:
+    """Fit `output_norm` so that SiftMoE falls across the model's eta panel as the paper plots it.
+
+    Args:
+        model: a key of `TABLE_PANELS`; the preset of that name supplies every other constant.
+        samples: Monte Carlo samples per eta point. seed: run seed (common random numbers).
+        targets: {panel: PanelTarget} (default: the repository's targets file).
+        stretches: increasing grid of s > 0: eta_max s is simulated at the preset's scale n0, which is
+            eta_max at scale n0 / s.
+        refine: times a grid point is added at the current estimate before interpolating again.
+        check: also simulate at the fitted scale directly (`TableFit.checked`).
+        scenario: override the preset's Scenario (e.g. fewer layers in tests).
+
+    Returns:
+        A `TableFit`.
+
+    Raises:
+        ConfigError: unknown model, or a panel without a positive lower y-range.
+
+    Example:
+        A tiny run (2 layers, 12 tokens, 8 samples; seconds): the fitted scale is the preset's scale over
+        the interpolated stretch.
+
+        >>> from sift_jax import presets
+        >>> small = presets.get("switch-base-8").replace(n_layers=2, n_tokens=12)
+        >>> t = fit_table("switch-base-8", samples=8, scenario=small, stretches=(0.5, 1.0), refine=0, check=False)
+        >>> t.panel, bool(t.output_norm >= t.norm_ref), len(t.ratios)
+        ('fig3b', True, 2)
+    """
+    from sift_jax import presets
+
+    if model not in TABLE_PANELS:
+        raise ConfigError("model", model, f"one of {', '.join(TABLE_PANELS)}")
+    if targets is None:
+        from sift_jax import targets as paper_targets
+        targets = paper_targets.load()
+    panel = targets[TABLE_PANELS[model]]
+    lo, hi = panel.y_range
+    if not 0 < lo < hi:
+        raise ConfigError(f"{panel.name}.y_range", list(panel.y_range), "0 < lo < hi (the fall across the panel)")
+    stretches = tuple(float(x) for x in stretches)
+    if not stretches or any(b <= a for a, b in zip(stretches, stretches[1:])) or stretches[0] <= 0:
+        raise ConfigError("stretches", stretches, "an increasing tuple of numbers > 0")
+    sc = presets.get(model) if scenario is None else scenario
+    eta_max, norm_ref = float(panel.x_range[1]), float(sc.output_norm)
+    energy = _siftmoe_energies(sc, [0.0] + [eta_max * s for s in stretches], samples, seed)
+    ratios = tuple(float(x) for x in energy[1:] / energy[0])
+    target = lo / hi
+    s_fit, at_bound = interpolate_stretch(stretches, ratios, target)
+    for _ in range(refine if not at_bound else 0):  # one more grid point at the estimate, then interpolate again
+        (e_new,) = _siftmoe_energies(sc, [eta_max * s_fit], samples, seed)
+        grid = sorted(zip(stretches + (s_fit,), ratios + (float(e_new / energy[0]),)))
+        stretches, ratios = tuple(g[0] for g in grid), tuple(g[1] for g in grid)
+        s_fit, at_bound = interpolate_stretch(stretches, ratios, target)
+    norm = norm_ref / s_fit
+    checked = float("nan")
+    if check:  # SiftMoE at eta = 0 does not depend on the table (only the diagonal's zeros are affordable)
+        (direct,) = _siftmoe_energies(sc.replace(output_norm=norm), [eta_max], samples, seed)
+        checked = float(direct / energy[0])
+    return TableFit(model, panel.name, target, norm, norm_ref, stretches, ratios, checked, float(energy[0]),
+                    at_bound, samples)

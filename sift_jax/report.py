@@ -112,6 +112,16 @@ def _missing(ds, *curves: str) -> str:
     return f"curve {', '.join(gone)} not in the dataset (curves: {', '.join(sorted(have))})" if gone else ""
 
 
+def _pair(ds, low: str, high: str):
+    """(x, (mean, ci_lo, ci_hi) of `low`, the same of `high`) along the first swept field, or the reason a
+    curve is missing (a string)."""
+    missing = _missing(ds, low, high)
+    if missing:
+        return missing
+    xs, *first = _series(ds, low)
+    return xs, tuple(first), tuple(_series(ds, high)[1:])
+
+
 def _nonfinite(field: str, xs, *arrays) -> str:
     bad = ~np.all([np.isfinite(a) for a in arrays], axis=0)
     if not bad.any():
@@ -219,11 +229,10 @@ def below(ds, low: str, high: str, max_ratio: float = 1.0, exclude_x=(), *, figu
     figure = _figure(ds, figure)
     field = x_axis(ds)[0]
     claim = _words(f"{low} below {high} (mean ratio <= {max_ratio:g})", text)
-    missing = _missing(ds, low, high)
-    if missing:
-        return Claim(figure, claim, "n/a", missing, source)
-    xs, m1, lo1, hi1 = _series(ds, low)
-    _, m2, lo2, hi2 = _series(ds, high)
+    pair = _pair(ds, low, high)
+    if isinstance(pair, str):
+        return Claim(figure, claim, "n/a", pair, source)
+    xs, (m1, lo1, hi1), (m2, lo2, hi2) = pair
     excluded = np.array([np.isclose(x, exclude_x, rtol=1e-9, atol=1e-12).any() for x in xs], bool)
     skipped = f"; not judged: {field} = {_fmt(xs[excluded])}" if excluded.any() else ""
     keep = ~excluded
@@ -286,11 +295,10 @@ def gap_largest_at_tightest(ds, low: str, high: str, *, figure: str | None = Non
     figure = _figure(ds, figure)
     field = x_axis(ds)[0]
     claim = _words(f"saving of {low} over {high} largest at the smallest {field}", text)
-    missing = _missing(ds, low, high)
-    if missing:
-        return Claim(figure, claim, "n/a", missing, source)
-    xs, m1, lo1, hi1 = _series(ds, low)
-    _, m2, lo2, hi2 = _series(ds, high)
+    pair = _pair(ds, low, high)
+    if isinstance(pair, str):
+        return Claim(figure, claim, "n/a", pair, source)
+    xs, (m1, lo1, hi1), (m2, lo2, hi2) = pair
     bad = _nonfinite(field, xs, m1, lo1, hi1, m2, lo2, hi2)
     if bad or len(xs) < 2:
         return Claim(figure, claim, "n/a", bad or f"fewer than 2 points along {field}", source)

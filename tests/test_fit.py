@@ -74,3 +74,46 @@ def test_tiny_fit_picks_the_best_combination_and_reports_consistent_residuals():
     # the grid minimum: 0.1 dB either side is no better (closed form in the gain)
     share = res.uplink_share
     assert 0.5 <= share <= 1.0
+
+
+# ------------------------------------------------------------------------------------------------ table scale
+
+
+def test_interpolate_stretch_is_exact_for_a_power_law_and_clamps_outside():
+    s = np.array([0.1, 0.2, 0.4, 0.8])
+    r = s ** -0.5 / 10  # log-log linear: interpolation is exact between grid points
+    got, edge = fit.interpolate_stretch(s, r, 0.3 ** -0.5 / 10)
+    assert got == pytest.approx(0.3, rel=1e-12) and not edge
+    assert fit.interpolate_stretch(s, r, 10.0) == (0.1, True)  # above every ratio: the smallest stretch
+    assert fit.interpolate_stretch(s, r, 1e-3) == (0.8, True)
+
+
+def test_siftmoe_depends_on_the_table_scale_only_through_eta_over_scale():
+    """The identity the table fit rests on: scale c and budget c eta give the same decisions as 1 and eta,
+    checked by two independent simulations (common random numbers)."""
+    sc = sj.presets.get("mixtral-8x7b").replace(n_layers=2, n_tokens=4)
+    a = sj.simulate(sc.replace(eta=0.9), "siftmoe", samples=24, seed=4).metrics
+    b = sj.simulate(sc.replace(eta=0.9 * 3.0, output_norm=float(sc.output_norm) * 3.0), "siftmoe", samples=24,
+                    seed=4).metrics
+    for metric in ("energy_per_token_j", "replace_rate", "skip_rate", "infeasible_rate"):
+        assert b[metric].mean == pytest.approx(a[metric].mean, rel=1e-6, abs=1e-12), metric
+    assert a["replace_rate"].mean + a["skip_rate"].mean > 0  # the budget is in use, so the check can fail
+    assert b["deviation_bound"].mean == pytest.approx(3.0 * a["deviation_bound"].mean, rel=1e-5)
+
+
+def test_tiny_table_fit_brackets_the_target_and_checks_directly():
+    small = sj.presets.get("switch-base-8").replace(n_layers=2, n_tokens=16)
+    t = fit.fit_table("switch-base-8", samples=16, scenario=small, stretches=(0.25, 0.5, 1.0), refine=1)
+    assert t.target == pytest.approx(0.02 / 0.04) and t.norm_ref == 250.0
+    assert len(t.stretches) == 4 and list(t.stretches) == sorted(t.stretches)  # the refinement point joined the grid
+    s_fit = t.norm_ref / t.output_norm
+    if not t.at_bound:  # the direct run at the fitted scale lies between its bracketing grid ratios
+        i = int(np.searchsorted(t.stretches, s_fit))
+        lo_r, hi_r = t.ratios[min(i, len(t.ratios) - 1)], t.ratios[max(i - 1, 0)]
+        assert lo_r - 1e-6 <= t.checked <= hi_r + 1e-6
+    direct = sj.simulate(small.replace(eta=0.0), "siftmoe", samples=16, seed=0).metrics["energy_per_token_j"].mean
+    assert t.energy_at_zero == pytest.approx(direct, rel=1e-6)
+    with pytest.raises(ConfigError, match="model"):
+        fit.fit_table("gpt-oss-20b")
+    with pytest.raises(ConfigError, match="stretches"):
+        fit.fit_table("switch-base-8", stretches=(1.0, 0.5))
