@@ -24,7 +24,7 @@ $(STAMP_TEST): pyproject.toml | $(BIN)/python
 	touch $@ $(STAMP_RUN)
 
 run: $(STAMP_RUN)
-	$(BIN)/sift-jax reproduce --quick --out results/quick
+	$(BIN)/sift-jax reproduce --quick --overwrite --out results/quick
 
 test: $(STAMP_TEST)
 	$(BIN)/python -m pytest -n 2 --dist loadgroup --durations=15 tests sift_jax --doctest-modules

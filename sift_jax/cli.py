@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import json
 import math
+import pathlib
 import sys
+import warnings
 
 import click
 import numpy as np
@@ -130,6 +132,12 @@ def simulate(preset, policy, samples, seed, chunk_size, regime, bits, table_path
     try:
         res = run_simulation(sc, policy=policy, samples=samples, seed=seed, chunk_size=chunk_size, table=table,
                              fading=regime, bits=bits, progress=progress)
+    except ConfigError as err:
+        if policy == "oracle" and err.field == "method":  # its advice names Python options the CLI lacks
+            raise ConfigError("policy", policy, f"an instance small enough for the exact oracle "
+                              f"({err.allowed.split('; use ')[0]}): lower --n-tokens, --n-nodes or --top-k, "
+                              f"or choose another --policy") from None
+        raise
     finally:
         progress.close()
     if as_json:
@@ -142,21 +150,24 @@ def simulate(preset, policy, samples, seed, chunk_size, regime, bits, table_path
 @cli.command()
 @click.argument("spec_path")
 @click.option("--out", default="results", show_default=True, help="output directory")
-@click.option("--resume", is_flag=True, help="reuse finished points after a crash")
+@click.option("--resume", is_flag=True, help="finish an interrupted run from its saved parts")
+@click.option("--overwrite", is_flag=True, help="replace earlier results of this spec in OUT")
 @click.option("--samples", default=None, type=int, help="override the spec's sample count")
 @click.option("--quick", is_flag=True, help="quick sizes: the spec's quick_samples and [quick_fixed]")
 @click.option("--quiet", is_flag=True, help="no progress bar")
-def sweep(spec_path, out, resume, samples, quick, quiet):
+def sweep(spec_path, out, resume, overwrite, samples, quick, quiet):
     """Run a TOML sweep spec; writes OUT/NAME.nc (xarray) and OUT/NAME.png."""
-    from sift_jax import plots
+    from sift_jax import plots, store
     from sift_jax import sweep as sweeps
 
-    ds = _run_sweep(sweeps.load_spec(spec_path), out, resume, samples, quick, quiet)
-    png = plots.plot_dataset(ds, f"{out}/{ds.attrs['spec_name']}.png")
-    click.echo(f"wrote {out}/{ds.attrs['spec_name']}.nc and {png}")
+    spec = sweeps.load_spec(spec_path)
+    out = store.check_dir(out)
+    ds = _run_sweep(spec, out, resume, samples, quick, quiet, overwrite)
+    png = plots.plot_dataset(ds, out / f"{spec.name}.png")
+    click.echo(f"wrote {out / spec.name}.nc and {png}")
 
 
-def _run_sweep(spec, out, resume, samples, quick, quiet):
+def _run_sweep(spec, out, resume, samples, quick, quiet, overwrite=False):
     from sift_jax import sweep as sweeps
 
     bar = None
@@ -171,7 +182,8 @@ def _run_sweep(spec, out, resume, samples, quick, quiet):
             bar.refresh()
 
     try:
-        return sweeps.run(spec, out=out, resume=resume, samples=samples, quick=quick, progress=progress)
+        return sweeps.run(spec, out=out, resume=resume, samples=samples, quick=quick, progress=progress,
+                          overwrite=overwrite)
     finally:
         if bar is not None:
             bar.close()
@@ -180,22 +192,31 @@ def _run_sweep(spec, out, resume, samples, quick, quiet):
 @cli.command()
 @click.argument("nc_path")
 @click.option("--metric", default="energy_per_token_j", show_default=True)
-@click.option("--out", "png", default=None, help="PNG path (default: next to the .nc)")
+@click.option("--out", "png", default=None, help="PNG path, or a directory for NAME_METRIC.png (default: next to "
+              "the .nc)")
 def plot(nc_path, metric, png):
     """Draw a PNG of a sweep result (.nc) in the paper's style."""
     import xarray as xr
 
     from sift_jax import plots
+    from sift_jax.simulate import METRICS
 
     try:
         ds = xr.load_dataset(nc_path)
     except (OSError, ValueError) as err:
         raise ConfigError("file", nc_path, f"a sweep result .nc file ({err})") from None
-    if f"{metric}_mean" not in ds:
-        from sift_jax.simulate import METRICS
-
-        raise ConfigError("metric", metric, f"one of {', '.join(m for m in METRICS if f'{m}_mean' in ds)}")
-    path = plots.plot_dataset(ds, png or nc_path.removesuffix(".nc") + f"_{metric}.png", metric)
+    metrics = [m for m in METRICS if all(f"{m}_{s}" in ds for s in ("mean", "ci_lo", "ci_hi"))]
+    if "curve" not in ds.dims or len(ds.dims) < 2 or not metrics:
+        raise ConfigError("file", nc_path, "a sweep result .nc file (written by `sift-jax sweep`: a curve "
+                          "dimension, a swept axis and <metric>_mean/_ci_lo/_ci_hi variables)")
+    if metric not in metrics:
+        raise ConfigError("metric", metric, f"one of {', '.join(metrics)}")
+    name = pathlib.Path(nc_path).name.removesuffix(".nc") + f"_{metric}.png"
+    if png is None:
+        png = pathlib.Path(nc_path).with_name(name)
+    elif pathlib.Path(png).is_dir():
+        png = pathlib.Path(png) / name
+    path = plots.plot_dataset(ds, png, metric)
     click.echo(f"wrote {path}")
 
 
@@ -205,13 +226,16 @@ def plot(nc_path, metric, png):
 @click.option("--specs", "spec_dir", default=None, help="directory of specs (default: the repo's sweeps/)")
 @click.option("--only", default=None, help="comma list of spec names to run")
 @click.option("--samples", default=None, type=int, help="samples per point for every spec (default: each spec's)")
+@click.option("--overwrite", is_flag=True, help="replace earlier results of these specs in OUT")
 @click.option("--quiet", is_flag=True)
-def reproduce(quick, out, spec_dir, only, samples, quiet):
+def reproduce(quick, out, spec_dir, only, samples, overwrite, quiet):
     """Run every paper spec: netCDF files, PNGs and REPORT.md with the paper's claims checked."""
     from sift_jax import reproduce as repro
+    from sift_jax import store
 
+    store.check_dir(out)
     path = repro.reproduce(out=out, quick=quick, spec_dir=spec_dir, only=only.split(",") if only else None,
-                           echo=None if quiet else click.echo, samples=samples)
+                           echo=None if quiet else click.echo, samples=samples, overwrite=overwrite)
     click.echo(f"wrote {path}")
 
 
@@ -221,11 +245,25 @@ def reproduce(quick, out, spec_dir, only, samples, quiet):
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object per model")
 @click.option("--quiet", is_flag=True, help="no per-combination lines")
-def fit_paper(model, samples, seed, as_json, quiet):
+@click.option("--table", is_flag=True, help="fit the mismatch-table scale (output_norm) to SiftMoE's fall across "
+              "the eta panel (Fig. 3(b), 4(b)) instead, on the preset's radio")
+def fit_paper(model, samples, seed, as_json, quiet, table):
     """Fit the constants the paper omits (uplink loss, M, user load power) to its Top-K curves."""
     from sift_jax import fit, presets
 
     models = list(fit.PROBLEMS) if model == "all" else [model]
+    if table:
+        for name in models:
+            res = fit.fit_table(name, samples=samples, seed=seed)
+            if as_json:
+                click.echo(json.dumps(res.to_dict()))
+                continue
+            grid = ", ".join(f"{res.norm_ref / s:.4g}: {r:.3f}" for s, r in zip(res.stretches, res.ratios))
+            click.echo(f"{name}: output_norm = {res.output_norm:.4g} (preset {res.norm_ref:.4g}) makes SiftMoE fall to "
+                       f"{res.checked:.3f} of its eta = 0 energy across {res.panel} (paper {res.target:.3f}, log "
+                       f"residual {res.log_residual:+.3f})" + ("; at the edge of the grid" if res.at_bound else ""))
+            click.echo(f"  ratio by scale: {grid}")
+        return
     for name in models:
         res = fit.fit(name, samples=samples, seed=seed, progress=None if quiet or as_json else click.echo)
         if as_json:
@@ -293,8 +331,9 @@ def main(argv=None):
         argv: command-line arguments without the program name (list of str); None reads `sys.argv`.
 
     Raises:
-        SystemExit: status 2 on a ConfigError (one "error: ..." line on stderr), 130 when aborted,
-            click's status on a usage error.
+        SystemExit: status 2 on a ConfigError (one "error: ..." line on stderr), 130 when aborted (128 +
+            the signal's number after SIGINT/SIGTERM in a sweep, with a line saying how to resume), click's
+            status on a usage error.
 
     Example:
         >>> import contextlib, io
@@ -313,14 +352,26 @@ def main(argv=None):
         >>> print(err.getvalue().strip())
         error: eta = 'abc' is invalid: allowed is a number
     """
+    from sift_jax.store import Interrupted, StoreWarning
+
+    def one_line(message, category, *args, **kwargs):  # a damaged part or a stale lock: "warning: <path>: ..."
+        if issubclass(category, StoreWarning):
+            click.echo(f"warning: {message}", err=True)
+        else:
+            shown(message, category, *args, **kwargs)
+
+    shown = warnings.showwarning
     try:
-        cli.main(args=argv, standalone_mode=False)
+        with warnings.catch_warnings():
+            warnings.showwarning = one_line
+            cli.main(args=argv, standalone_mode=False)
     except ConfigError as err:
         click.echo(f"error: {err}", err=True)
         sys.exit(2)
-    except click.exceptions.Abort:
-        click.echo("aborted", err=True)
-        sys.exit(130)
+    except click.exceptions.Abort as err:
+        cause = err.__cause__
+        click.echo(str(cause) if isinstance(cause, Interrupted) else "aborted", err=True)
+        sys.exit(128 + cause.signum if isinstance(cause, Interrupted) else 130)
     except click.ClickException as err:
         click.echo(f"error: {err.format_message()}", err=True)
         sys.exit(err.exit_code)

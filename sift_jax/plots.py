@@ -7,6 +7,9 @@ import textwrap
 
 import numpy as np
 
+from sift_jax.errors import ConfigError
+from sift_jax.store import check_file
+
 __all__ = ["paper_band", "plot_dataset"]
 
 # field -> (axis label, scale to display units)
@@ -147,13 +150,17 @@ def plot_dataset(ds, path: str | os.PathLike, metric: str = "energy_per_token_j"
     Args:
         ds: a sweep result (`sj.sweep.run`): dims (curve, *axes) or (curve, point), with variables
             `<metric>_mean`, `<metric>_ci_lo` and `<metric>_ci_hi` (the metric's unit, e.g. J).
-        path: PNG file to write.
+        path: image file to write, in an existing directory (".png" is added when it has no suffix; the
+            suffix picks the format, e.g. .pdf, .svg).
         metric: a name from `sj.METRICS`.
         log_y: force (True) or forbid (False) a log y axis; None decides from the data.
         target: the panel's targets (default: `targets.get(ds.attrs["spec_name"])`).
 
     Returns:
         The path written, as a string.
+
+    Raises:
+        ConfigError: `path` is a directory, its directory is missing or read-only, or the format is unknown.
 
     Example:
         >>> import os, tempfile
@@ -173,6 +180,11 @@ def plot_dataset(ds, path: str | os.PathLike, metric: str = "energy_per_token_j"
         ...     os.path.getsize(png) > 1000
         True
     """
+    path = check_file(path, "out")
+    path = path if path.suffix else path.with_suffix(".png")
     fig = _figure(ds, metric, log_y, target)
-    fig.savefig(path)
+    try:
+        fig.savefig(path)
+    except (OSError, ValueError) as err:
+        raise ConfigError("out", str(path), f"a writable image file (.png, .pdf, .svg, ...; {err})") from None
     return str(path)

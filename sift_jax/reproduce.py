@@ -32,7 +32,7 @@ def default_spec_dir() -> pathlib.Path:
 
 def reproduce(out: str = "results", quick: bool = False, spec_dir: str | None = None, only: list[str] | None = None,
               echo: Callable[[str], None] | None = print, with_lab: bool = True,
-              samples: int | None = None) -> pathlib.Path:
+              samples: int | None = None, overwrite: bool = False) -> pathlib.Path:
     """Run the paper specs (all, or `only`), write `<out>/<name>.nc|.png`, `<out>/REPORT.md` and `<out>/claims.json`.
 
     Each spec runs through `sweep.run`, is drawn by `plots.plot_dataset` (with the paper's plotted range
@@ -51,12 +51,13 @@ def reproduce(out: str = "results", quick: bool = False, spec_dir: str | None = 
         with_lab: also train/calibrate the Flax MoE lab and add its accuracy and bound figures.
         samples: samples per point for every spec instead of the spec's own count (full sizes, e.g. a
             gallery run on a CPU where the Mixtral prefill panels take ~20 min per spec at 2,000).
+        overwrite: replace earlier results of these specs in `out` (else `sweep.run` refuses them).
 
     Returns:
         The REPORT.md path.
 
     Raises:
-        ConfigError: a requested spec file is missing (checked before anything runs).
+        ConfigError: the spec directory or a requested spec file is missing (checked before anything runs).
 
     Example:
         A full run takes minutes (hours without `quick`); a missing spec is refused up front:
@@ -72,6 +73,8 @@ def reproduce(out: str = "results", quick: bool = False, spec_dir: str | None = 
     from sift_jax import sweep as sweeps
 
     root = pathlib.Path(spec_dir) if spec_dir else default_spec_dir()
+    if not root.is_dir():
+        raise ConfigError("specs", str(root), "an existing directory of <name>.toml sweep specs")
     names = list(only) if only else [n for n in PAPER_SPECS if not (quick and n in QUICK_SKIPS)]
     missing = [n for n in names if not (root / f"{n}.toml").exists()]
     if missing:
@@ -83,7 +86,7 @@ def reproduce(out: str = "results", quick: bool = False, spec_dir: str | None = 
     for name in names:
         t0 = time.perf_counter()
         spec = sweeps.load_spec(root / f"{name}.toml")
-        ds = sweeps.run(spec, out=out_dir, quick=quick, samples=samples)
+        ds = sweeps.run(spec, out=out_dir, quick=quick, samples=samples, overwrite=overwrite)
         png = plots.plot_dataset(ds, out_dir / f"{name}.png")
         claims += report.claims_for(ds)
         breakdown += report.breakdown_rows(ds)

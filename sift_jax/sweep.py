@@ -10,17 +10,18 @@ default (`point_axes="swept"`: draws and costs that do not depend on them are co
 one compiled program per curve (`quick` runs use it: compilation dominates them). Under fast fading the
 curves of one policy are evaluated together (`curve_groups`): one selection per layer, loaded by each of
 their bit loadings, so a SiftMoE figure with three bit loadings pays for one selection. Finished batches are
-written atomically to `<out>/<name>.parts/`; `resume=True` reuses them after a crash, and refuses parts
-written by another spec, sample count, seed, point axes or code version.
+kept as checksummed parts in `<out>/<name>.parts/` by `sift_jax.store` (lock, manifest, atomic writes):
+`resume=True` reuses them after a crash and refuses parts of another spec, sample count, seed, point axes
+or code version; without it a run refuses earlier results unless `overwrite=True`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
 import itertools
-import json
 import os
 import pathlib
 import tomllib
@@ -30,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sift_jax import montecarlo, presets, similarity
+from sift_jax import montecarlo, presets, similarity, store
 from sift_jax.errors import ConfigError
 from sift_jax.provenance import provenance
 from sift_jax.scenario import DYNAMIC_FIELDS, PER_HELPER_FIELDS, STATIC_FIELDS, Scenario
@@ -163,6 +164,8 @@ def load_spec(source: str | os.PathLike) -> Spec:
             text = pathlib.Path(source).read_text()
         except OSError as err:
             raise ConfigError("spec", str(source), f"a readable TOML file ({err.strerror})") from None
+        except UnicodeDecodeError as err:
+            raise ConfigError("spec", str(source), f"a UTF-8 text file (byte {err.start} is not UTF-8)") from None
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
@@ -354,31 +357,27 @@ def _code_hash() -> str:
     return digest.hexdigest()[:16]
 
 
-def _atomic_write(path: pathlib.Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+def _encode(stats: list[dict[str, Stat]]) -> list[dict]:
+    """A part's payload: [{metric: Stat as a dict}] per point."""
+    return [{m: s.to_dict() for m, s in pt.items()} for pt in stats]
 
 
-def _stat_to_json(stat: Stat) -> dict:
-    return stat.to_dict()
-
-
-def _stat_from_json(d: dict) -> Stat:
-    d = dict(d)
-    d["ci95"] = tuple(d["ci95"]) if d["ci95"] is not None else None
-    return Stat(**d)
+def _decode(payload: list[dict]) -> list[dict[str, Stat]]:
+    """Inverse of `_encode` (a KeyError/TypeError marks the part damaged)."""
+    return [{m: Stat(**(d | {"ci95": None if d["ci95"] is None else tuple(d["ci95"])})) for m, d in pt.items()}
+            for pt in payload]
 
 
 def run(spec: Spec | str | os.PathLike, out: str | os.PathLike | None = "results", resume: bool = False,
         samples: int | None = None, quick: bool = False, progress: Callable[[int, int], None] | None = None,
-        point_axes: str | None = None):
+        point_axes: str | None = None, overwrite: bool = False):
     """Run a sweep; returns an `xarray.Dataset` (also written to `<out>/<name>.nc` when `out` is set).
 
     Args:
         spec: a Spec or a path to a TOML spec. out: output directory (None: keep in memory, no resume).
         resume: reuse finished batches from `<out>/<name>.parts/` (refused if they belong to another
-            spec, sample count, seed or code version). samples: override the spec's sample count.
+            spec, sample count, seed or code version; a damaged part is recomputed with a
+            `store.StoreWarning`). samples: override the spec's sample count.
         quick: use `quick_samples` and the spec's `[quick_fixed]` overrides.
         progress: callback(done, total) in samples x points.
         point_axes: which dynamic fields carry the point axis: "swept" (only the spec's axes; whatever
@@ -387,6 +386,8 @@ def run(spec: Spec | str | os.PathLike, out: str | os.PathLike | None = "results
             reuses one compiled program in this process: fewer compilations, more work per sample).
             Values agree to float rounding. Default: "all" when `quick` (compilation dominates tiny
             runs), else "swept".
+        overwrite: replace an earlier `<out>/<name>.nc` and its parts (refused otherwise, as is
+            `resume` together with `overwrite`).
 
     Returns:
         An `xarray.Dataset` with dims (curve, *axes) for product specs or (curve, point) for zipped
@@ -395,7 +396,9 @@ def run(spec: Spec | str | os.PathLike, out: str | os.PathLike | None = "results
         the spec, seed, samples, chunk size and provenance.
 
     Raises:
-        ConfigError: an invalid spec or run argument, or `resume` over parts of another run.
+        ConfigError: an invalid spec or run argument, a bad or locked `out`, earlier results without
+            `resume` or `overwrite`, or `resume` over parts of another run.
+        store.Interrupted: SIGINT/SIGTERM while writing to `out` (finished batches are kept for `resume`).
 
     Example:
         A larger eta only adds allowed decisions, so it never makes more tasks infeasible (samples are
@@ -433,9 +436,8 @@ def run(spec: Spec | str | os.PathLike, out: str | os.PathLike | None = "results
     points = spec.points()
     base = unvalidated_base(spec, quick)
     scs = [scenario_of(spec, p, quick, base) for p in points]
-    parts = None if out is None else _parts_dir(out, spec, {
-        "spec_sha256": hashlib.sha256(spec.text.encode()).hexdigest(), "code": _code_hash(), "samples": n_samples,
-        "seed": spec.seed, "quick": quick, "point_axes": point_axes}, resume)
+    manifest = {"spec_sha256": hashlib.sha256(spec.text.encode()).hexdigest(), "code": _code_hash(),
+                "samples": n_samples, "seed": spec.seed, "quick": quick, "point_axes": point_axes}
     groups: dict[tuple, list[int]] = {}
     for i, sc in enumerate(scs):
         groups.setdefault(_static_signature(sc), []).append(i)
@@ -443,50 +445,38 @@ def run(spec: Spec | str | os.PathLike, out: str | os.PathLike | None = "results
                for b in range(0, len(idx), spec.points_per_call)]
     total = len(batches) * n_samples * spec.points_per_call
     results: dict[tuple[str, int], dict[str, Stat]] = {}
-    for k, (curves, members) in enumerate(batches):
-        files = {c.label: parts / f"{c.label.replace(':', '_')}__{members[0]}.json" for c in curves} if parts else {}
-        if files and all(f.exists() for f in files.values()):
-            by_curve = {label: [{m: _stat_from_json(s) for m, s in pt.items()} for pt in json.loads(f.read_text())]
-                        for label, f in files.items()}
-        else:
-            by_curve = _evaluate(spec, curves, [scs[i] for i in members], varying, n_samples, size, progress, k, total)
-            for label, f in files.items():
-                _atomic_write(f, json.dumps([{m: _stat_to_json(s) for m, s in pt.items()} for pt in by_curve[label]]))
-        for label, stats in by_curve.items():
-            for i, st in zip(members, stats):
-                results[(label, i)] = st
-        if progress is not None:
-            progress((k + 1) * n_samples * spec.points_per_call, total)
-    ds = to_dataset(spec, points, results, n_samples, size, quick, point_axes)
-    if out is not None:
-        path = pathlib.Path(out) / f"{spec.name}.nc"
-        tmp = path.with_suffix(f".nc.tmp{os.getpid()}")
-        ds.to_netcdf(tmp)
-        os.replace(tmp, path)
+    opened = contextlib.nullcontext() if out is None else store.open_run(out, spec.name, manifest, resume, overwrite)
+    with opened as st:
+        for k, (curves, members) in enumerate(batches):
+            keys = {c.label: f"{c.label.replace(':', '_')}__{members[0]}" for c in curves}
+            by_curve = {} if st is None or st.missing(keys.values()) else {
+                label: st.load(key, _decode) for label, key in keys.items()}
+            if not by_curve or None in by_curve.values():  # never run, or a part was damaged
+                by_curve = _evaluate(spec, curves, [scs[i] for i in members], varying, n_samples, size, progress, k,
+                                     total)
+                if st is not None:
+                    for label, key in keys.items():
+                        st.save(key, _encode(by_curve[label]))
+            for label, stats in by_curve.items():
+                for i, stat in zip(members, stats):
+                    results[(label, i)] = stat
+            if progress is not None:
+                progress((k + 1) * n_samples * spec.points_per_call, total)
+        ds = to_dataset(spec, points, results, n_samples, size, quick, point_axes)
+        if st is not None:
+            st.write_result(ds.to_netcdf)
     return ds
-
-
-def _parts_dir(out, spec: Spec, manifest: dict, resume: bool) -> pathlib.Path:
-    parts = pathlib.Path(out) / f"{spec.name}.parts"
-    mpath = parts / "manifest.json"
-    if parts.exists() and resume and mpath.exists():
-        old = json.loads(mpath.read_text())
-        diff = [k for k in manifest if old.get(k) != manifest[k]]
-        if diff:
-            raise ConfigError("resume", str(parts), f"parts written with the same {', '.join(diff)}; they differ "
-                              f"(spec, samples, seed, quick mode or code changed): rerun without --resume")
-        return parts
-    if parts.exists():
-        for f in parts.glob("*.json"):
-            f.unlink()
-    parts.mkdir(parents=True, exist_ok=True)
-    _atomic_write(mpath, json.dumps(manifest))
-    return parts
 
 
 def curve_groups(spec: Spec) -> list[tuple[Curve, ...]]:
     """The spec's curves in evaluation groups: under fast fading the curves of one policy share a group (one
     selection per layer, loaded by each bit loading: `TaskMetrics` with a tuple of bits); else one per curve.
+
+    Args:
+        spec: a validated spec.
+
+    Returns:
+        Tuples of curves, in the spec's order of first appearance; every curve in exactly one tuple.
 
     Example:
         >>> spec = load_spec('name = "d"\\npreset = "switch-base-8"\\nfading = "fast"\\n'

@@ -56,3 +56,153 @@ def test_fit_paper_refuses_an_unknown_model_in_one_line():
     res = _run(["fit-paper", "--model", "gpt-5"])
     assert res.returncode == 2 and "model" in res.stderr and "switch-base-8" in res.stderr
     assert "Traceback" not in res.stderr
+
+
+# ------------------------------------------------- paths and files a new user tries (issue 20, items 3 and 5)
+
+TINY = ('name = "tiny"\npreset = "mixtral-8x7b"\ncurves = ["topk"]\nsamples = 16\npoints_per_call = 2\n'
+        'fixed = {n_tokens = 1, n_layers = 1}\naxes = [{field = "eta", values = [0.5, 1.5]}]\n')
+
+
+def _cli(args, capsys):
+    """(exit status, stdout, stderr) of `sift-jax ARGS` run in this process."""
+    try:
+        main([str(a) for a in args])
+        code = 0
+    except SystemExit as exit:
+        code = exit.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _one_line_error(code, err, *words):
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
+    assert all(w in lines[0] for w in words), lines[0]
+
+
+def _sweep_result(path, **attrs):
+    import xarray as xr
+
+    ds = xr.Dataset({f"energy_per_token_j_{k}": (("curve", "eta"), [[1.0 + d, 0.5 + d]])
+                     for k, d in (("mean", 0.0), ("ci_lo", -0.1), ("ci_hi", 0.1))},
+                    coords={"curve": ["topk"], "eta": [0.5, 1.5]}, attrs={"title": "demo", **attrs})
+    ds.to_netcdf(path)
+    return path
+
+
+@pytest.fixture
+def spec_path(tmp_path):
+    path = tmp_path / "tiny.toml"
+    path.write_text(TINY)
+    return path
+
+
+@pytest.mark.parametrize("out", ["", "a-file", "/proc/sift-jax-test"])
+def test_sweep_refuses_a_bad_out_in_one_line(tmp_path, spec_path, capsys, out):
+    """Old code: --out "" wrote ./tiny.nc and /tiny.png; a file or /proc/x gave tracebacks."""
+    (tmp_path / "a-file").write_text("x")
+    code, _, err = _cli(["sweep", spec_path, "--out", tmp_path / out if out == "a-file" else out], capsys)
+    _one_line_error(code, err, "out")
+    assert not (tmp_path / "tiny.nc").exists()
+
+
+def test_sweep_refuses_a_non_utf8_spec_in_one_line(tmp_path, capsys):
+    bad = tmp_path / "bad.toml"
+    bad.write_bytes(b'name = "caf\xe9"\n')
+    code, _, err = _cli(["sweep", bad, "--out", tmp_path], capsys)
+    _one_line_error(code, err, "spec", "UTF-8")
+
+
+def test_sweep_again_into_the_same_out_needs_overwrite(tmp_path, spec_path, capsys):
+    out = tmp_path / "r"
+    assert _cli(["sweep", spec_path, "--out", out, "--quiet"], capsys)[0] == 0
+    before = (out / "tiny.nc").read_bytes()
+    code, _, err = _cli(["sweep", spec_path, "--out", out, "--samples", "8", "--quiet"], capsys)
+    _one_line_error(code, err, "--overwrite", "--resume")
+    assert (out / "tiny.nc").read_bytes() == before
+    code, stdout, _ = _cli(["sweep", spec_path, "--out", out, "--samples", "8", "--overwrite", "--quiet"], capsys)
+    assert code == 0 and f"wrote {out / 'tiny.nc'} and {out / 'tiny.png'}" in stdout
+
+
+def test_plot_output_paths(tmp_path, capsys):
+    """Old code: --out missing/x.png gave a traceback; --out DIR wrote DIR.png and claimed DIR."""
+    nc = _sweep_result(tmp_path / "fig.nc")
+    code, _, err = _cli(["plot", nc, "--out", tmp_path / "missing" / "x.png"], capsys)
+    _one_line_error(code, err, "does not exist")
+    (tmp_path / "pngs").mkdir()
+    code, out, _ = _cli(["plot", nc, "--out", tmp_path / "pngs"], capsys)
+    written = tmp_path / "pngs" / "fig_energy_per_token_j.png"
+    assert code == 0 and out.strip() == f"wrote {written}" and written.stat().st_size > 1000
+    assert not (tmp_path / "pngs.png").exists()
+    code, out, _ = _cli(["plot", nc, "--out", tmp_path / "noext"], capsys)
+    assert code == 0 and out.strip() == f"wrote {tmp_path / 'noext.png'}" and (tmp_path / "noext.png").exists()
+
+
+def test_plot_refuses_files_that_are_not_sweep_results(tmp_path, capsys):
+    """Old code: a netCDF without `curve` gave a traceback; an unrelated one said energy_per_token_j was
+    invalid and allowed."""
+    import xarray as xr
+
+    xr.Dataset({"energy_per_token_j_mean": ("eta", [1.0, 2.0])}, coords={"eta": [0.5, 1.0]}).to_netcdf(
+        tmp_path / "nocurve.nc")
+    xr.Dataset({"temperature": ("time", [1.0, 2.0])}).to_netcdf(tmp_path / "other.nc")
+    for name in ("nocurve.nc", "other.nc"):
+        code, _, err = _cli(["plot", tmp_path / name], capsys)
+        _one_line_error(code, err, "file", "a sweep result")
+    code, _, err = _cli(["plot", _sweep_result(tmp_path / "fig.nc"), "--metric", "skip_rate"], capsys)
+    _one_line_error(code, err, "skip_rate", "one of energy_per_token_j")
+
+
+def test_reproduce_names_a_missing_spec_directory(tmp_path, capsys):
+    code, _, err = _cli(["reproduce", "--specs", tmp_path / "nonexistent", "--out", tmp_path / "r"], capsys)
+    _one_line_error(code, err, "nonexistent", "an existing directory")
+    assert "fig3b" not in err
+
+
+def test_reproduce_refuses_a_file_as_out(tmp_path, capsys):
+    (tmp_path / "f").write_text("x")
+    code, _, err = _cli(["reproduce", "--out", tmp_path / "f", "--only", "fig5a"], capsys)
+    _one_line_error(code, err, "is a file")
+
+
+def test_oracle_too_large_names_cli_options_not_python_ones(capsys):
+    """Old code: the advice was method='fast' or max_work=, options the CLI does not have."""
+    code, _, err = _cli(["simulate", "--policy", "oracle", "--samples", "4", "--quiet"], capsys)
+    _one_line_error(code, err, "oracle", "--n-tokens")
+    assert "method=" not in err and "max_work" not in err
+
+
+def test_moe_train_checks_out_before_training(tmp_path, capsys, monkeypatch):
+    from sift_jax.moe import train as train_lib
+
+    monkeypatch.setattr(train_lib, "train", lambda *a, **k: pytest.fail("trained before checking --out"))
+    (tmp_path / "f").write_text("x")
+    code, _, err = _cli(["moe", "train", "--tiny", "--out", tmp_path / "f"], capsys)
+    _one_line_error(code, err, "is a file")
+
+
+def test_retraining_removes_the_previous_models_calibration(tmp_path, monkeypatch):
+    """Old code: calibration.* of the old model stayed beside the new one, and --table used it silently."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from sift_jax import store
+    from sift_jax.moe import cli as moe_cli
+    from sift_jax.moe import train as train_lib
+    from sift_jax.moe.model import tiny_config
+    from sift_jax.moe.train import tiny_train_config
+
+    model = SimpleNamespace(cfg=tiny_config())
+    monkeypatch.setattr(train_lib, "train", lambda *a, **k: SimpleNamespace(
+        summary={"steps": 1}, history={"ce": [1.0]}, model=model))
+    monkeypatch.setattr(train_lib, "evaluate", lambda *a, **k: {"loss": 1.0, "accuracy": 0.5})
+    monkeypatch.setattr(train_lib, "save_checkpoint", lambda path, *a, **k: path)
+    monkeypatch.setattr(moe_cli, "plot_train_curve", lambda *a, **k: None)
+    corpus = SimpleNamespace(test=np.zeros(10_000, np.uint8), describe=lambda: {})
+    for name in ("calibration.npz", "calibration.json", "calibration_tables.png", "keep.txt"):
+        (tmp_path / name).write_text("old model")
+    with pytest.warns(store.StoreWarning, match="calibration.npz"):
+        moe_cli.do_train(tmp_path, tiny_config(), tiny_train_config(), corpus=corpus)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.txt", "train_summary.json"]

@@ -293,3 +293,140 @@ def test_reproduce_quick_writes_expected_files(tmp_path):
     lab_figures = re.findall(r"!\[[^\]]*\]\((moe_lab/[^)]+)\)", text)
     assert lab_figures and all((tmp_path / f).stat().st_size > 1000 for f in lab_figures)
     assert (tmp_path / "moe_lab" / "summary.json").exists()
+
+
+# ------------------------------------------------------------------ results on disk (issue 20, items 3, 5, 7)
+
+TINY = """
+name = "tiny"
+preset = "mixtral-8x7b"
+curves = ["topk"]
+samples = 16
+seed = 4
+points_per_call = 1
+[fixed]
+n_tokens = 1
+n_layers = 1
+[[axes]]
+field = "eta"
+values = [0.5, 1.0, 1.5, 2.0]
+"""
+
+
+def _assert_same_data(a, b):
+    assert set(a.data_vars) == set(b.data_vars)
+    for var in a.data_vars:
+        np.testing.assert_array_equal(a[var].values, b[var].values)
+
+
+@pytest.fixture(scope="module")
+def tiny_clean(tmp_path_factory):
+    """The uninterrupted run of TINY, written to its own directory."""
+    return sweeps.run(sweeps.load_spec(TINY), out=tmp_path_factory.mktemp("clean"))
+
+
+def test_rerun_into_the_same_out_is_refused_unless_overwrite(tmp_path, tiny_clean):
+    """Old code: a second run silently replaced tiny.nc (and a concurrent one loaded the other's parts)."""
+    spec = sweeps.load_spec(TINY)
+    sweeps.run(spec, out=tmp_path)
+    before = (tmp_path / "tiny.nc").read_bytes()
+    with pytest.raises(sj.ConfigError, match="--overwrite"):
+        sweeps.run(spec, out=tmp_path, samples=32)
+    assert (tmp_path / "tiny.nc").read_bytes() == before
+    ds = sweeps.run(spec, out=tmp_path, samples=32, overwrite=True)
+    counted = ds["energy_per_token_j_n"].values + ds["energy_per_token_j_n_invalid"].values
+    assert ds.attrs["samples"] == 32 and (counted == 32).all()  # no part of the 16-sample run mixed in
+    again = sweeps.run(spec, out=tmp_path, samples=32, resume=True)  # resuming a finished run: same result
+    _assert_same_data(again, ds)
+
+
+def test_a_second_writer_is_refused_while_a_live_process_holds_the_lock(tmp_path):
+    """Old code: two writers on one --out deleted and loaded each other's parts."""
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / "tiny.lock").write_text(__import__("json").dumps(
+            {"pid": holder.pid, "host": __import__("socket").gethostname(), "started": "now"}))
+        with pytest.raises(sj.ConfigError, match=f"pid {holder.pid}"):
+            sweeps.run(sweeps.load_spec(TINY), out=tmp_path)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not (tmp_path / "tiny.nc").exists() and not (tmp_path / "tiny.parts").exists()
+
+
+def test_resume_recomputes_damaged_parts_and_equals_the_clean_run(tmp_path, tiny_clean):
+    """Old code: a truncated, empty or garbage part (or a corrupt manifest) gave a JSONDecodeError/KeyError
+    traceback, and an edited part was loaded as data."""
+    spec = sweeps.load_spec(TINY)
+    sweeps.run(spec, out=tmp_path)
+    parts = sorted((tmp_path / "tiny.parts").glob("topk__*.json"))
+    assert len(parts) == 4
+    text = parts[3].read_text()
+    parts[0].write_text(text[: len(text) // 2])
+    parts[1].write_text("")
+    parts[2].write_bytes(b"\x00\xffgarbage")
+    parts[3].write_text(text.replace('"n": 16', '"n": 15', 1))
+    with pytest.warns(sj.store.StoreWarning) as record:
+        resumed = sweeps.run(spec, out=tmp_path, resume=True)
+    assert sorted(str(p) for p in parts) == sorted(str(w.message).split(": damaged")[0] for w in record)
+    _assert_same_data(resumed, tiny_clean)
+    _assert_same_data(xr.load_dataset(tmp_path / "tiny.nc"), tiny_clean)
+
+
+def test_resume_with_a_corrupt_or_missing_manifest_is_refused_and_keeps_the_parts(tmp_path):
+    spec = sweeps.load_spec(TINY)
+    sweeps.run(spec, out=tmp_path)
+    manifest = tmp_path / "tiny.parts" / "manifest.json"
+    manifest.write_text('{"spec_sha256": ')
+    with pytest.raises(sj.ConfigError, match=re.escape(str(manifest))):
+        sweeps.run(spec, out=tmp_path, resume=True)
+    manifest.unlink()  # old code: every finished part silently deleted
+    with pytest.raises(sj.ConfigError, match="--overwrite"):
+        sweeps.run(spec, out=tmp_path, resume=True)
+    assert len(list((tmp_path / "tiny.parts").glob("topk__*.json"))) == 4
+
+
+@pytest.mark.parametrize("out", ["", "a-file", "/proc/sift-jax-test"])
+def test_bad_out_is_a_config_error(tmp_path, out):
+    """Old code: out="" wrote ./tiny.nc, a file or /proc/x gave tracebacks."""
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(sj.ConfigError) as err:
+        sweeps.run(sweeps.load_spec(TINY), out=tmp_path / out if out == "a-file" else out)
+    assert err.value.field == "out"
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_signal_stops_after_a_clean_batch_and_resume_equals_the_clean_run(tmp_path, tiny_clean, signum):
+    spec = sweeps.load_spec(TINY)
+
+    def progress(done, total):
+        del total
+        if done > 16:  # inside the second batch: the first is saved, the second is abandoned
+            os.kill(os.getpid(), signum)
+
+    with pytest.raises(sj.store.Interrupted) as err:
+        sweeps.run(spec, out=tmp_path, progress=progress)
+    assert err.value.signum == signum and "--resume" in str(err.value)
+    assert not (tmp_path / "tiny.lock").exists() and not (tmp_path / "tiny.nc").exists()
+    assert 1 <= len(list((tmp_path / "tiny.parts").glob("topk__*.json"))) < 4
+    _assert_same_data(sweeps.run(spec, out=tmp_path, resume=True), tiny_clean)
+
+
+def test_sigterm_to_the_cli_prints_how_to_resume_and_exits_143(tmp_path):
+    """The `sift-jax sweep` process, held after its first part: SIGTERM gives one line and status 128 + 15."""
+    spec_path = tmp_path / "tiny.toml"
+    spec_path.write_text(TINY)
+    code = ("import time; from sift_jax import store; save = store.Store.save\n"
+            "def slow(self, key, payload):\n    save(self, key, payload); time.sleep(60)\n"
+            "store.Store.save = slow\nfrom sift_jax.cli import main; main()")
+    proc = subprocess.Popen([sys.executable, "-c", code, "sweep", str(spec_path), "--out", str(tmp_path / "r")],
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not list((tmp_path / "r" / "tiny.parts").glob("topk__*.json")):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert "Traceback" not in err and len(lines) == 1 and "--resume" in lines[0] and "SIGTERM" in lines[0]
+    assert not (tmp_path / "r" / "tiny.lock").exists()

@@ -15,6 +15,7 @@ import json
 import pathlib
 import sys
 import time
+import warnings
 
 import click
 import numpy as np
@@ -153,11 +154,17 @@ def plot_tightness(res: dict, out: pathlib.Path) -> list[str]:
 
 
 def do_train(out, cfg, tc, quiet: bool = True, corpus=None) -> dict:
-    """Train, save the checkpoint to `out` and write the summary and curve. Returns the summary."""
+    """Train, save the checkpoint to `out` and write the summary and curve. Returns the summary.
+
+    Calibration files left in `out` by an earlier model are removed (with a `StoreWarning`): they describe
+    that model, and `--table OUT` would otherwise use them silently.
+    """
+    from sift_jax.moe import calibrate as cal_lib
     from sift_jax.moe import data as data_lib
     from sift_jax.moe import train as train_lib
+    from sift_jax.store import StoreWarning, check_dir
 
-    out = pathlib.Path(out)
+    out = check_dir(out)
     corpus = corpus or data_lib.load_corpus(max_bytes_per_split=tc.max_bytes_per_split)
     cpu0 = time.process_time()
 
@@ -171,6 +178,13 @@ def do_train(out, cfg, tc, quiet: bool = True, corpus=None) -> dict:
     summary["test_loss"], summary["test_accuracy"] = test["loss"], test["accuracy"]
     train_lib.save_checkpoint(out, res.model, {"train": tc.to_dict(), "metrics": summary,
                                                "corpus": corpus.describe()})
+    stale = [p for p in (cal_lib.CALIBRATION_NPZ, cal_lib.CALIBRATION_JSON, "calibration_tables.png")
+             if (out / p).exists()]
+    for name in stale:
+        (out / name).unlink()
+    if stale:
+        warnings.warn(f"{out}: removed {', '.join(stale)} of the previous model; run `sift-jax moe calibrate {out}`",
+                      StoreWarning, stacklevel=2)
     _write_json(out / "train_summary.json", summary)
     plot_train_curve(res.history, summary, out / "train_curve.png")
     return summary
@@ -357,7 +371,9 @@ def train_cmd(out, tiny, steps, batch_size, lr, seed, d_model, d_ff, n_layers, n
     """Train the MoE language model on the stdlib byte corpus and save an orbax checkpoint."""
     from sift_jax.moe.model import MoEConfig, tiny_config
     from sift_jax.moe.train import TrainConfig, tiny_train_config
+    from sift_jax.store import check_dir
 
+    check_dir(out)  # before the work: a file or read-only --out fails now, not after training
     m_over = {k: v for k, v in dict(d_model=d_model, d_ff=d_ff, n_layers=n_layers, n_experts=n_experts, top_k=top_k,
                                     context=context, gate_norm=gate_norm).items() if v is not None}
     if "d_model" in m_over and not tiny:
