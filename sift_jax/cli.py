@@ -321,6 +321,10 @@ try:  # the Flax MoE lab's commands (sift-jax moe train | calibrate | tightness)
 except ImportError:  # pragma: no cover - the lab is part of the package; this guards partial installs
     pass
 
+from sift_jax.checkpoints.cli import calibrate as _calibrate_command  # noqa: E402  (sift-jax calibrate --checkpoint)
+
+cli.add_command(_calibrate_command)
+
 
 def main(argv=None):
     """Entry point: run the CLI, turning ConfigError into one stderr line and exit status 2.
