@@ -137,17 +137,12 @@ def load_tables(path) -> np.ndarray:
         ConfigError: unreadable, or `tables` not [L, N, N+1].
 
     Example:
-        >>> import tempfile
-        >>> L, N, T = 2, 3, 5  # MoE layers, experts, tokens
-        >>> result = {"tables": np.ones((L, N, N + 1)), "beta_max": np.ones(L), "router_logits": np.zeros((L, T, N)),
-        ...           **{k: np.ones((L, N)) for k in ("b_max", "beta_fd", "beta_pi")},
-        ...           "layout": "mixtral", "checkpoint": "ckpt", "checkpoint_files": {"model.safetensors": 4096},
-        ...           "hidden_states": "drawn", "layer_names": ("model.layers.0", "model.layers.1"),
-        ...           "settings": {"seed": 0}, "model_config": {"model_type": "mixtral"}}
-        >>> with tempfile.TemporaryDirectory() as d:
-        ...     tables = load_tables(save_calibration(f"{d}/tables.npz", result))
-        >>> tables.shape, tables.dtype  # [L, N, N+1]
-        ((2, 3, 4), dtype('float32'))
+        A full write-and-read round trip is `save_calibration`'s example; a missing file is one clear error:
+
+        >>> load_tables("/nonexistent/tables.npz")
+        Traceback (most recent call last):
+        ...
+        sift_jax.errors.ConfigError: tables /nonexistent/tables.npz is not a readable .npz file ...
     """
     tables = load_calibration(path)["tables"]
     if tables.ndim != 3 or tables.shape[2] != tables.shape[1] + 1:
