@@ -41,9 +41,9 @@ CURVE_NAMES = {
 
 def x_axis(ds) -> tuple[str, np.ndarray]:
     """The swept field plotted on x and its values."""
-    dims = [d for d in ds.dims if d != "curve"]
+    dims = [d for d in ds.dims if d not in ("curve", "pair")]
     if dims == ["point"]:
-        field = next(c for c in ds.coords if c not in ("curve", "point"))
+        field = next(c for c in ds.coords if c not in ("curve", "point", "pair"))
         return field, np.asarray(ds[field].values, float)
     return dims[0], np.asarray(ds[dims[0]].values, float)
 
@@ -103,7 +103,7 @@ def _figure(ds, metric: str, log_y: bool | None, target):
     label, scale = AXIS_LABELS.get(field, (field, 1.0))
     fig = Figure(figsize=(5.2, 3.8), dpi=120)
     ax = fig.subplots()
-    sel = {d: 0 for d in ds.dims if d not in ("curve", field, "point")}
+    sel = {d: 0 for d in ds.dims if d not in ("curve", "pair", field, "point")}
     band = paper_band(ds, metric, target)
     shown = []
     for curve in ds["curve"].values:

@@ -12,7 +12,10 @@ points in ascending order of the swept field x:
   (m[first] - m[last]) / m[first] >= min_fall (and nothing fails); "not shown" otherwise.
 - `below(low, high, max_ratio, exclude_x)`, over the points whose x is not in exclude_x: "fails" if at
   some point low is significantly above high (lo_low > hi_high); "holds" if at every point the CIs
-  separate (hi_low < lo_high) and m_low / m_high <= max_ratio; "not shown" otherwise.
+  separate (hi_low < lo_high) and m_low / m_high <= max_ratio; "not shown" otherwise. Where the dataset
+  holds the paired difference d = E_low - E_high of the two curves on the same samples (fast fading:
+  curves of one policy, `sweep.curve_pairs`), "separated" and "significantly above" are judged on d's
+  95% CI instead (hi_d < 0, lo_d > 0): the paired test, far tighter than two independent CIs.
 - `gap_largest_at_tightest(low, high)`: gap_i = m_high_i - m_low_i with half-width
   w_i = sqrt(hw_low_i^2 + hw_high_i^2) (hw: half the CI width). This treats the two curves as
   independent; they share common random numbers (positively correlated), so the true gap CI is
@@ -37,6 +40,7 @@ import numpy as np
 
 from sift_jax import targets as paper_targets
 from sift_jax.plots import x_axis
+from sift_jax.simulate import PAIRED_METRIC
 
 __all__ = ["Claim", "VERDICTS", "VERDICT_RULES", "below", "breakdown_markdown", "breakdown_rows", "claims_for",
            "claims_json", "falls", "gap_largest_at_tightest", "level_check", "markdown"]
@@ -120,6 +124,29 @@ def _pair(ds, low: str, high: str):
         return missing
     xs, *first = _series(ds, low)
     return xs, tuple(first), tuple(_series(ds, high)[1:])
+
+
+def _paired(ds, low: str, high: str):
+    """(mean, ci_lo, ci_hi) of the paired difference E_low - E_high (J) along the first swept field, in
+    ascending x, from the dataset's `energy_diff_j_*` (both curves on the same samples, `sweep.curve_pairs`);
+    None when the dataset has no such pair."""
+    if "pair" not in ds.coords:
+        return None
+    pairs = [str(p) for p in ds["pair"].values]
+    sign = 1.0 if f"{low}|{high}" in pairs else -1.0 if f"{high}|{low}" in pairs else 0.0
+    if not sign:
+        return None
+    label = f"{low}|{high}" if sign > 0 else f"{high}|{low}"
+    field, xs = x_axis(ds)
+    order = np.argsort(xs, kind="stable")
+
+    def values(stat: str) -> np.ndarray:
+        sub = ds[f"{PAIRED_METRIC}_{stat}"].sel(pair=label)
+        sub = sub.isel({d: 0 for d in sub.dims if d not in (field, "point")})
+        return sign * np.asarray(sub.values, float).reshape(-1)[order]
+
+    mean, lo, hi = values("mean"), values("ci_lo"), values("ci_hi")
+    return (mean, lo, hi) if sign > 0 else (mean, hi, lo)
 
 
 def _nonfinite(field: str, xs, *arrays) -> str:
@@ -244,14 +271,25 @@ def below(ds, low: str, high: str, max_ratio: float = 1.0, exclude_x=(), *, figu
         return Claim(figure, claim, "n/a", bad + skipped, source)
     ratio = np.divide(m1, m2, out=np.full_like(m1, np.nan), where=m2 > 0)
     evidence = f"{low}/{high} mean ratio {_fmt(ratio)} at {field} = {_fmt(xs)} (max {max_ratio:g}){skipped}"
-    above = lo1 > hi2
+    paired = _paired(ds, low, high)
+    if paired is not None:
+        d, dlo, dhi = (a[keep] for a in paired)
+        bad = _nonfinite(field, xs, d, dlo, dhi)
+        if bad:
+            return Claim(figure, claim, "n/a", f"paired difference: {bad}{skipped}", source)
+        above, overlap = dlo > 0, ~(dhi < 0)
+        evidence += f"; paired difference {low} - {high} (J): 95% CI upper end {_fmt(dhi)}"
+        what = "paired 95% CI of the difference includes 0"
+    else:
+        above, overlap = lo1 > hi2, ~(hi1 < lo2)
+        what = "CIs overlap"
     if above.any():
         return Claim(figure, claim, "fails", f"{evidence}; {low} significantly above at {field} = {_fmt(xs[above])}",
                      source)
-    overlap, large = ~(hi1 < lo2), ~(ratio <= max_ratio)
+    large = ~(ratio <= max_ratio)
     if not overlap.any() and not large.any():
         return Claim(figure, claim, "holds", evidence, source)
-    why = [f"CIs overlap at {field} = {_fmt(xs[overlap])}"] if overlap.any() else []
+    why = [f"{what} at {field} = {_fmt(xs[overlap])}"] if overlap.any() else []
     why += [f"ratio above {max_ratio:g} at {field} = {_fmt(xs[large])}"] if large.any() else []
     return Claim(figure, claim, "not shown", f"{evidence}; " + ", ".join(why), source)
 

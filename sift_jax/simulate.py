@@ -24,6 +24,7 @@ __all__ = ["METRICS", "SimResult", "TaskMetrics", "simulate"]
 
 METRICS = ("energy_per_token_j", "uplink_energy_j", "local_energy_j", "deviation_bound", "replace_rate", "skip_rate",
            "infeasible_rate", "latency_s")
+PAIRED_METRIC = "energy_diff_j"  # E_a - E_b per task (J per token) of two bit loadings on the same samples
 REGIMES = ("slow", "fast")
 BASELINES = ("topk", "topk-ideal", "wdmoe")
 
@@ -94,7 +95,9 @@ class TaskMetrics:
         policy: a name from `sj.policies.names()`. regime: "slow" or "fast" fading.
         bits: fast-fading bit loading ("uniform", "closed-form"/"dynamic", "dp") or None; or a tuple of
             them: one selection per layer, loaded by each rule, with keys "<bits>/<metric>" (`key`), so
-            the curves of one policy under several bit loadings cost one selection (what `sweep` runs).
+            the curves of one policy under several bit loadings cost one selection (what `sweep` runs);
+            then also the paired energy difference of every two of them (`pairs`, `pair_key`), valid where
+            both are: its CI is far tighter than two independent CIs, since both see the same samples.
         options: sorted (name, value) pairs passed to the policy.
 
     Example:
@@ -124,6 +127,18 @@ class TaskMetrics:
         """Output key of `metric` for one bit loading: the metric name, or "<bits>/<metric>" when `bits` is a
         tuple (several bit loadings of one selection, see `__call__`)."""
         return f"{bits}/{metric}" if isinstance(self.bits, tuple) else metric
+
+    @property
+    def pairs(self) -> tuple[tuple[str, str], ...]:
+        """Ordered pairs (a, b) of bit loadings (a before b in `bits`) whose per-sample energy difference
+        E_a - E_b (J per token, `PAIRED_METRIC`) is also returned: only when `bits` is a tuple of 2 or more."""
+        loads = self.bits if isinstance(self.bits, tuple) else ()
+        return tuple((a, b) for i, a in enumerate(loads) for b in loads[i + 1:])
+
+    @staticmethod
+    def pair_key(a: str, b: str) -> str:
+        """Output key of the paired energy difference E_a - E_b of bit loadings a and b ("<a>|<b>/<metric>")."""
+        return f"{a}|{b}/{PAIRED_METRIC}"
 
     def layer(self, sc: Scenario, distance_m, gain, g, topk, table) -> list:
         """[(Decision, latency s, uplink energy J)] of one layer, one entry per bit loading (`bit_loadings`).
@@ -167,6 +182,9 @@ class TaskMetrics:
         metrics = {}
         for bits, (dec, latency, uplink) in zip(self.bit_loadings, per_bits):
             metrics |= {self.key(bits, name): value for name, value in self._metrics(sc, dec, latency, uplink).items()}
+        for a, b in self.pairs:  # paired on common random numbers: one selection, the same channels
+            (ea, va), (eb, vb) = (metrics[self.key(x, "energy_per_token_j")] for x in (a, b))
+            metrics[self.pair_key(a, b)] = (ea - eb, va & vb)
         return metrics
 
     def _metrics(self, sc: Scenario, dec, latency, uplink) -> dict:

@@ -35,10 +35,10 @@ from sift_jax import montecarlo, presets, similarity, store
 from sift_jax.errors import ConfigError
 from sift_jax.provenance import provenance
 from sift_jax.scenario import DYNAMIC_FIELDS, PER_HELPER_FIELDS, STATIC_FIELDS, Scenario
-from sift_jax.simulate import METRICS, REGIMES, TaskMetrics, check_policy
+from sift_jax.simulate import METRICS, PAIRED_METRIC, REGIMES, TaskMetrics, check_policy
 from sift_jax.stats import Stat
 
-__all__ = ["Curve", "Spec", "curve_groups", "load_spec", "run", "scenario_of", "stack_scenarios"]
+__all__ = ["Curve", "Spec", "curve_groups", "curve_pairs", "load_spec", "run", "scenario_of", "stack_scenarios"]
 
 SPEC_KEYS = ("name", "title", "preset", "curves", "samples", "quick_samples", "seed", "chunk_size", "fading",
              "fixed", "quick_fixed", "axes", "mode", "points_per_call", "options")
@@ -393,7 +393,10 @@ def run(spec: Spec | str | os.PathLike, out: str | os.PathLike | None = "results
         An `xarray.Dataset` with dims (curve, *axes) for product specs or (curve, point) for zipped
         ones, and one variable `<metric>_<stat>` per metric of `METRICS` (in its unit: J, s, fractions)
         and stat (mean, ci_lo, ci_hi, n, n_invalid, p50, p90, p99, tail_share, reliable); attributes hold
-        the spec, seed, samples, chunk size and provenance.
+        the spec, seed, samples, chunk size and provenance. Under fast fading also `energy_diff_j_<stat>`
+        with dims (pair, *axes): for each pair "<a>|<b>" of curves of one policy, the per-sample energy
+        difference E_a - E_b (J per token) on the same samples (`curve_pairs`), whose CI is the
+        paired one (what `report.below` judges Dynamic against Uniform by).
 
     Raises:
         ConfigError: an invalid spec or run argument, a bad or locked `out`, earlier results without
@@ -448,7 +451,8 @@ def run(spec: Spec | str | os.PathLike, out: str | os.PathLike | None = "results
     opened = contextlib.nullcontext() if out is None else store.open_run(out, spec.name, manifest, resume, overwrite)
     with opened as st:
         for k, (curves, members) in enumerate(batches):
-            keys = {c.label: f"{c.label.replace(':', '_')}__{members[0]}" for c in curves}
+            keys = {label: f"{label.replace(':', '_').replace('|', '--')}__{members[0]}"
+                    for label in [c.label for c in curves] + curve_pairs(curves)}
             by_curve = {} if st is None or st.missing(keys.values()) else {
                 label: st.load(key, _decode) for label, key in keys.items()}
             if not by_curve or None in by_curve.values():  # never run, or a part was damaged
@@ -506,7 +510,32 @@ def _evaluate(spec: Spec, curves: tuple[Curve, ...], scs: list[Scenario], varyin
     base = k * n_samples * spec.points_per_call
     cb = None if progress is None else (lambda done: progress(base + done * spec.points_per_call, total))
     stats = montecarlo.run(fn, params, spec.points_per_call, n_samples, spec.seed, size, cb, axes=axes)[:n_real]
-    return {c.label: [{m: pt[fn.key(c.bits, m)] for m in METRICS} for pt in stats] for c in curves}
+    out = {c.label: [{m: pt[fn.key(c.bits, m)] for m in METRICS} for pt in stats] for c in curves}
+    for (a, b), label in zip(fn.pairs, curve_pairs(curves)):
+        out[label] = [{PAIRED_METRIC: pt[fn.pair_key(a, b)]} for pt in stats]
+    return out
+
+
+def curve_pairs(curves: tuple[Curve, ...]) -> list[str]:
+    """Labels of the curve pairs of one evaluation group whose paired energy difference is measured.
+
+    Args:
+        curves: one group of `curve_groups` (the curves of one policy under fast fading).
+
+    Returns:
+        "<a>|<b>" for every two curves a before b in the group (`TaskMetrics.pairs`), in that order; the
+        dataset's `energy_diff_j_*` variables hold E_a - E_b (J per token). Empty under slow fading.
+
+    Example:
+        >>> spec = load_spec('name = "d"\\npreset = "switch-base-8"\\nfading = "fast"\\n'
+        ...                  'curves = ["siftmoe:dynamic", "siftmoe:uniform", "siftmoe:dp"]\\n'
+        ...                  '[[axes]]\\nfield = "eta"\\nvalues = [0.5]\\n')
+        >>> curve_pairs(curve_groups(spec)[0])
+        ['siftmoe:dynamic|siftmoe:uniform', 'siftmoe:dynamic|siftmoe:dp', 'siftmoe:uniform|siftmoe:dp']
+    """
+    if len(curves) < 2 or curves[0].bits is None:
+        return []
+    return [f"{a.label}|{b.label}" for i, a in enumerate(curves) for b in curves[i + 1:]]
 
 
 def to_dataset(spec: Spec, points: list[dict], results: dict, n_samples: int, chunk_size: int, quick: bool,
@@ -533,6 +562,13 @@ def to_dataset(spec: Spec, points: list[dict], results: dict, n_samples: int, ch
         table = np.array(rows, dtype=float).reshape(shape + (len(STAT_FIELDS),))  # None -> nan
         for j, f in enumerate(STAT_FIELDS):
             data[f"{metric}_{f}"] = (dims, table[..., j])
+    pairs = [label for group in curve_groups(spec) for label in curve_pairs(group)]
+    if pairs:  # paired differences of fast-fading curves: dims (pair, *axes)
+        rows = [fields(results[(label, i)][PAIRED_METRIC]) for label in pairs for i in range(len(points))]
+        table = np.array(rows, dtype=float).reshape((len(pairs),) + shape[1:] + (len(STAT_FIELDS),))
+        for j, f in enumerate(STAT_FIELDS):
+            data[f"{PAIRED_METRIC}_{f}"] = (("pair",) + dims[1:], table[..., j])
+        coords["pair"] = pairs
     attrs = {"spec_name": spec.name, "title": spec.title, "preset": spec.preset, "fading": spec.fading,
              "spec": spec.text, "seed": spec.seed, "samples": n_samples, "chunk_size": chunk_size,
              "quick": int(quick), "point_axes": point_axes, "code_sha256": _code_hash()}

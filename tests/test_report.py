@@ -105,6 +105,35 @@ def test_below_rules():
     assert verdict([1.0, 0.5], [1.0, 1.0], 0.9, exclude=[0.0, 1.0]) == "n/a"  # nothing left to judge
 
 
+def _with_pair(ds, label, diff, half, field="eta"):
+    """`ds` plus a paired difference variable for the pair `label` ("<a>|<b>"): means `diff`, CI +-half."""
+    d = np.asarray(diff, float)[None]
+    data = {f"energy_diff_j_{k}": (("pair", field), d + off) for k, off in (("mean", 0.0), ("ci_lo", -half),
+                                                                            ("ci_hi", half))}
+    return ds.assign(data).assign_coords(pair=[label])
+
+
+def test_below_uses_the_paired_difference_when_the_dataset_has_it():
+    # independent CIs overlap (0.9 + 0.2 >= 1.0 - 0.2): not shown without the pair
+    ds = _ds({"a": [0.9, 0.9], "b": [1.0, 1.0]}, half=0.2)
+    assert report.below(ds, "a", "b", 0.95).verdict == "not shown"
+    # the paired difference a - b = -0.1 +- 0.02: separated from 0, ratio 0.9 <= 0.95 -> holds
+    tight = _with_pair(ds, "a|b", [-0.1, -0.1], 0.02)
+    claim = report.below(tight, "a", "b", 0.95)
+    assert claim.verdict == "holds" and "paired difference a - b" in claim.evidence
+    # the pair stored the other way round (b - a = +0.1): the sign flips, same verdict
+    assert report.below(_with_pair(ds, "b|a", [0.1, 0.1], 0.02), "a", "b", 0.95).verdict == "holds"
+    # the paired CI includes 0 at one point -> not shown (and says why)
+    wide = report.below(_with_pair(ds, "a|b", [-0.1, -0.01], 0.02), "a", "b", 0.95)
+    assert wide.verdict == "not shown" and "includes 0" in wide.evidence
+    # a significantly positive paired difference (lo = 0.01 > 0) fails, although the means' ratio is below 1
+    assert report.below(_with_pair(ds, "a|b", [-0.1, 0.03], 0.02), "a", "b", 0.95).verdict == "fails"
+    # a NaN paired CI is n/a, never dropped
+    assert report.below(_with_pair(ds, "a|b", [-0.1, np.nan], 0.02), "a", "b", 0.95).verdict == "n/a"
+    # a pair of other curves is not used
+    assert report.below(_with_pair(ds, "a|c", [-0.1, -0.1], 0.02), "a", "b", 0.95).verdict == "not shown"
+
+
 def test_below_ratio_bound_is_inclusive():
     ds = _ds({"a": [0.9, 0.9], "b": [1.0, 1.0]}, half=0.001)
     assert report.below(ds, "a", "b", 0.9).verdict == "holds"

@@ -17,6 +17,7 @@ import xarray as xr
 import sift_jax as sj
 from sift_jax import montecarlo
 from sift_jax import sweep as sweeps
+from sift_jax.simulate import TaskMetrics
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -145,7 +146,8 @@ def test_fast_fading_bit_loadings_of_one_policy_share_one_program_and_match_simu
     ds = sweeps.run(spec, out=tmp_path)
     assert montecarlo.TRACES["count"] - before == 2
     assert sorted(p.name for p in (tmp_path / "ff.parts").glob("*__0.json")) == [
-        "siftmoe_dynamic__0.json", "siftmoe_uniform__0.json", "topk_uniform__0.json"]
+        "siftmoe_dynamic--siftmoe_uniform__0.json", "siftmoe_dynamic__0.json", "siftmoe_uniform__0.json",
+        "topk_uniform__0.json"]
     base = sj.presets.get("switch-base-8").replace(n_tokens=6, n_layers=2)
     for label in ("siftmoe:dynamic", "siftmoe:uniform", "topk:uniform"):
         policy, bits = label.split(":")
@@ -157,6 +159,22 @@ def test_fast_fading_bit_loadings_of_one_policy_share_one_program_and_match_simu
             assert int(got[f"{metric}_n"]) == alone[metric].n
     dyn, uni = (ds["energy_per_token_j_mean"].sel(curve=c) for c in ("siftmoe:dynamic", "siftmoe:uniform"))
     assert bool((dyn < uni).all())  # the group keeps the curves apart: Thm. 3 saves energy on the same selection
+    # the paired difference Dynamic - Uniform, against NumPy on per-sample values of each bit loading alone
+    assert ds["pair"].values.tolist() == ["siftmoe:dynamic|siftmoe:uniform"]
+    sc = base.replace(bandwidth_hz=1.2e6)
+    params = jax.tree.map(lambda x: np.asarray(x)[None], (sc, sj.similarity.synthetic_tables(sc)))
+    idx = jax.numpy.arange(48, dtype=jax.numpy.uint32)
+    (e_dyn, ok_dyn), (e_uni, ok_uni) = (
+        jax.device_get(montecarlo.raw_metrics(TaskMetrics("siftmoe", "fast", bits), None, params, idx, 5)
+                       ["energy_per_token_j"]) for bits in ("dynamic", "uniform"))
+    both = ok_dyn[0] & ok_uni[0]
+    diff = np.asarray(e_dyn[0], np.float64)[both] - np.asarray(e_uni[0], np.float64)[both]
+    half = 1.959963984540054 * diff.std(ddof=1) / np.sqrt(diff.size)
+    got = ds.sel(pair="siftmoe:dynamic|siftmoe:uniform", bandwidth_hz=1.2e6)
+    assert int(got["energy_diff_j_n"]) == diff.size
+    assert float(got["energy_diff_j_mean"]) == pytest.approx(diff.mean(), rel=1e-5)
+    assert float(got["energy_diff_j_ci_hi"]) == pytest.approx(diff.mean() + half, rel=1e-5)
+    assert float(got["energy_diff_j_ci_hi"]) < 0  # paired: Dynamic below Uniform on the same samples
 
 
 def test_eta_axis_takes_the_staircase_and_matches_simulate():
