@@ -18,8 +18,8 @@ import numpy as np
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
 import sift_jax as sj  # noqa: E402
-from benchmarks import numpy_reference as ref  # noqa: E402
 from benchmarks.common import best_time, machine  # noqa: E402
+from sift_jax.testing import numpy_reference as ref  # noqa: E402
 
 
 def jax_batch(sc, n: int, impl: str = "threefry2x32"):

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import itertools
 import time
 
 import jax
@@ -33,6 +32,7 @@ except ImportError:  # run as a script from benchmarks/
     from common import best_time, machine
 
 from sift_jax.scenario import Scenario
+from sift_jax.testing.numpy_reference import cap_eff, feasible_sets
 
 P = importlib.import_module("sift_jax.policies.prefill")  # the package re-exports a function of this name
 
@@ -76,10 +76,6 @@ def jax_solver(m, n, k, method, sc=None):
 
 # ----------------------------------------------------------------------------- SciPy references
 
-def cap_eff(dE, cap):
-    return np.minimum(cap, np.cumprod(np.isfinite(dE), axis=1).sum(1))
-
-
 def scipy_k1(x):
     """K = 1 optimum: slot-expanded linear_sum_assignment, user off and user on (prepaid)."""
     dE, g, topk, table, eta = x["dE"], x["g"], x["topk"], x["table"], x["eta"]
@@ -105,28 +101,6 @@ def scipy_k1(x):
     if dE.shape[1] >= 2 and np.isfinite(dE[0, 1]):
         one_off, pre[0, 0] = dE[0, 0] - dE[0, 1], dE[0, 1]
     return min(off, run(pre, np.arange(n)) + one_off)
-
-
-def feasible_sets(x, k):
-    """Per token: the node sets J (1 <= |J| <= K) whose slot mapping meets eta (NumPy)."""
-    dE, g, topk, table, eta = x["dE"], x["g"], x["topk"], x["table"], x["eta"]
-    n = dE.shape[0]
-    ce = cap_eff(dE, x["cap"])
-    sets = [c for size in range(1, k + 1) for c in itertools.combinations(range(n), size)
-            if all(ce[v] >= 1 for v in c)]
-    member = np.zeros((len(sets), n), bool)
-    for i, c in enumerate(sets):
-        member[i, list(c)] = True
-    rows = table[topk]  # [M, K, N + 1]
-    node_part = np.where(member[None, None], rows[..., None, :n], np.inf)  # [M, K, S, N]
-    best = node_part.min(-1)
-    skip = rows[..., n:n + 1]
-    use = best <= skip
-    dev = (g[..., None] * np.where(use, best, skip)).sum(1)
-    forced = ~use.any(1)
-    extra = (g[..., None] * (best - skip)).min(1)
-    dev = np.where(forced, (g[..., None] * skip).sum(1) + extra, dev)
-    return member, dev <= eta
 
 
 def scipy_milp(x, k):

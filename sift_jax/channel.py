@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from sift_jax import fading as fading_families
 from sift_jax.scenario import Scenario
 
 __all__ = ["ChannelState", "draw", "draw_fading", "rates"]
@@ -83,26 +84,7 @@ def _float():
 
 def _draw_fading(key, sc, shape):
     """The draws, always from float32 random numbers: float32 and float64 runs see the same samples."""
-    fading = sc.fading
-    if fading == "gamma":
-        m = int(sc.fading_shape)
-        u = jax.random.uniform(key, shape + (m,), jnp.float32, minval=jnp.finfo(jnp.float32).tiny, maxval=1.0)
-        log_prod = jnp.log(u.prod(-1)) if m <= 5 else jnp.log(u).sum(-1)
-        return -log_prod / m
-    if fading == "nakagami":
-        return jax.random.gamma(key, sc.fading_shape, shape, dtype=jnp.float32) / sc.fading_shape
-    if fading == "rayleigh":
-        return jax.random.exponential(key, shape, dtype=jnp.float32)
-    if fading == "rician":
-        k = jnp.asarray(sc.rician_k, jnp.float32)
-        z = jax.random.normal(key, shape + (2,), dtype=jnp.float32)
-        los = jnp.sqrt(k / (k + 1.0))
-        scatter = jnp.sqrt(0.5 / (k + 1.0))
-        return jnp.square(los + scatter * z[..., 0]) + jnp.square(scatter * z[..., 1])
-    if fading == "lognormal":
-        s = jnp.asarray(sc.shadowing_db, jnp.float32) * jnp.log(10.0) / 10.0
-        return jnp.exp(s * jax.random.normal(key, shape, dtype=jnp.float32) - 0.5 * s * s)
-    raise ValueError(f"unknown fading family {fading!r}")  # validate() rejects this earlier
+    return fading_families.get(sc.fading).sample(key, sc, shape)
 
 
 def draw(key: jax.Array, sc: Scenario, fast: bool = False) -> ChannelState:

@@ -14,13 +14,14 @@ import warnings
 import click
 import numpy as np
 
+from sift_jax import policies, presets
+from sift_jax.policies import fastfading
 from sift_jax.errors import ConfigError
-from sift_jax.scenario import DYNAMIC_FIELDS, PER_HELPER_FIELDS, STATIC_FIELDS, UNITS, Scenario
+from sift_jax.scenario import DYNAMIC_FIELDS, FIELDS, INTEGER_FIELDS, PER_HELPER_FIELDS, STATIC_FIELDS, Scenario
 
-__all__ = ["cli", "main"]
+__all__ = ["cli", "load_plugins", "main", "parse_shard"]
 
-_INT_STATICS = ("n_nodes", "top_k", "n_tokens", "n_layers", "n_slots", "n_clusters", "table_seed")
-
+DEFAULT_PRESET = "mixtral-8x7b"
 
 def _parse_field(name: str, text: str):
     """CLI text -> field value: int for integer statics, str for `fading`, float (or a comma list for
@@ -28,21 +29,28 @@ def _parse_field(name: str, text: str):
     if name == "fading":
         return text
     try:
-        if name in _INT_STATICS:
+        if name in INTEGER_FIELDS:
             return int(text)
         if name in PER_HELPER_FIELDS and "," in text:
             return tuple(float(t) for t in text.split(","))
         return float(text)
     except ValueError:
-        kind = "an integer" if name in _INT_STATICS else "a number"
+        kind = "an integer" if name in INTEGER_FIELDS else "a number"
         raise ConfigError(name, text, kind) from None
 
 
 def scenario_options(func):
     """Decorate a command with one `--field-name VALUE` option per Scenario field."""
+    from sift_jax import fading
+
+    default = presets.get(DEFAULT_PRESET)
     for name in reversed(STATIC_FIELDS + DYNAMIC_FIELDS):
-        unit = UNITS.get(name, "")
-        help_text = f"Scenario.{name}" + (f" [{unit}]" if unit and unit != "-" else "")
+        info = FIELDS[name]
+        unit = f" [{info.unit}]" if info.unit != "-" else ""
+        allowed = ("one of " + ", ".join(fading.names())) if name == "fading" else info.describe()
+        value = np.asarray(getattr(default, name)).tolist()
+        help_text = f"{info.meaning}{unit}; {allowed}; {DEFAULT_PRESET}: {value:g}" if isinstance(value, float) \
+            else f"{info.meaning}{unit}; {allowed}; {DEFAULT_PRESET}: {value}"
         if name in PER_HELPER_FIELDS:
             help_text += " (scalar or comma list, one per helper)"
         flag = "--fading-family" if name == "fading" else "--" + name.replace("_", "-")  # --fading = slow|fast
@@ -99,26 +107,81 @@ class _Progress:
             self.bar.close()
 
 
+def load_plugins(modules) -> list[str]:
+    """Import user modules that register policies, fading families or metrics (`--plugin`, `SIFT_JAX_PLUGINS`).
+
+    Args:
+        modules: module names (importable from PYTHONPATH); also read from the comma-separated environment
+            variable SIFT_JAX_PLUGINS.
+
+    Returns:
+        The module names imported, in order.
+
+    Raises:
+        ConfigError: a module that cannot be imported.
+
+    Example:
+        >>> load_plugins(["json"])
+        ['json']
+        >>> load_plugins(["no_such_plugin_module"])
+        Traceback (most recent call last):
+        ...
+        sift_jax.errors.ConfigError: plugin = 'no_such_plugin_module' is invalid: allowed is an importable module ...
+    """
+    import importlib
+    import os
+
+    names = [m for m in os.environ.get("SIFT_JAX_PLUGINS", "").split(",") if m.strip()] + list(modules)
+    for name in names:
+        try:
+            importlib.import_module(name.strip())
+        except ImportError as err:
+            raise ConfigError("plugin", name, f"an importable module that registers records ({err})") from None
+    return [n.strip() for n in names]
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("sift-jax")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-def cli():
+@click.version_option(_version(), "--version", prog_name="sift-jax")
+@click.option("--plugin", "plugins", multiple=True,
+              help="module to import first: registers policies, fading families or metrics (repeatable; also "
+                   "SIFT_JAX_PLUGINS=a,b)")
+def cli(plugins):
     """SiftMoE engine: energy-efficient expert selection for wireless distributed MoE inference."""
+    load_plugins(plugins)
 
 
 @cli.command()
-@click.option("--preset", default="mixtral-8x7b", show_default=True,
-              help="switch-base-8 | mixtral-8x7b | gpt-oss-20b (fitted to the paper); *-4090 (data sheets)")
-@click.option("--policy", default="siftmoe", show_default=True, help="siftmoe | topk | topk-ideal | wdmoe | oracle")
+@click.option("--preset", default=DEFAULT_PRESET, show_default=True,
+              help=" | ".join(presets.names()) + " (plain names: fitted to the paper; *-4090: data sheets)")
+@click.option("--policy", default="siftmoe", show_default=True,
+              help=" | ".join(f"{n} ({policies.record(n).description})" for n in policies.names()))
 @click.option("--samples", default=10_000, show_default=True, type=int, help="Monte Carlo samples (tasks)")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--chunk-size", default=None, type=int, help="samples per compiled call (memory only)")
-@click.option("--fading", "regime", default="slow", show_default=True, help="slow | fast (per-slot gains)")
-@click.option("--bits", default=None, help="fast-fading bit loading: uniform | closed-form (dynamic) | dp")
-@click.option("--table", "table_path", default=None, help="mismatch table .npy [L,N,N+1] or MoE calibration dir")
+@click.option("--regime", "--fading", "regime", default="slow", show_default=True,
+              help="fading regime: slow (one gain per layer) | fast (per-slot gains); --fading is its former name, "
+                   "the fading family is --fading-family")
+@click.option("--bits", default=None, help="fast-fading bit loading: " + " | ".join(
+    [*fastfading.BITS, *(f"{a} (= {b})" for a, b in fastfading.ALIASES.items())]))
+@click.option("--table", "table_path", default=None,
+              help="mismatch tables [L,N,N+1]: .npz of `sift-jax calibrate`, .npy, or a MoE-lab calibration dir")
+@click.option("--router", "router_path", default=None,
+              help="router log: .npy of logits [L,T,N] (or [T,N]); each task takes M consecutive logged tokens")
 @click.option("--float64", is_flag=True, help="run in float64 (jax_enable_x64)")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
 @click.option("--quiet", is_flag=True, help="no progress bar")
 @scenario_options
-def simulate(preset, policy, samples, seed, chunk_size, regime, bits, table_path, float64, as_json, quiet, **fields):
+def simulate(preset, policy, samples, seed, chunk_size, regime, bits, table_path, router_path, float64, as_json, quiet,
+             **fields):
     """Monte Carlo metrics of one policy on a preset (any Scenario field can be overridden)."""
     import jax
 
@@ -127,11 +190,10 @@ def simulate(preset, policy, samples, seed, chunk_size, regime, bits, table_path
     from sift_jax.simulate import simulate as run_simulation
 
     sc = build_scenario(preset, fields)
-    table = _load_table(table_path) if table_path else None
     progress = _Progress(samples, quiet or as_json, f"{preset}/{policy}")
     try:
-        res = run_simulation(sc, policy=policy, samples=samples, seed=seed, chunk_size=chunk_size, table=table,
-                             fading=regime, bits=bits, progress=progress)
+        res = run_simulation(sc, policy=policy, samples=samples, seed=seed, chunk_size=chunk_size, table=table_path,
+                             regime=regime, bits=bits, progress=progress, router=router_path)
     except ConfigError as err:
         if policy == "oracle" and err.field == "method":  # its advice names Python options the CLI lacks
             raise ConfigError("policy", policy, f"an instance small enough for the exact oracle "
@@ -155,19 +217,67 @@ def simulate(preset, policy, samples, seed, chunk_size, regime, bits, table_path
 @click.option("--samples", default=None, type=int, help="override the spec's sample count")
 @click.option("--quick", is_flag=True, help="quick sizes: the spec's quick_samples and [quick_fixed]")
 @click.option("--quiet", is_flag=True, help="no progress bar")
-def sweep(spec_path, out, resume, overwrite, samples, quick, quiet):
+@click.option("--shard", default=None, help="I/N: run the I-th of N deterministic shares of the batches into a "
+              "shared OUT (job arrays); the shard that completes the set writes NAME.nc")
+@click.option("--merge", is_flag=True, help="compute nothing: assemble NAME.nc from the shards' parts in OUT")
+@click.option("--distributed", is_flag=True, help="one of several processes of a multi-host JAX job (SIFT_JAX_COORDINATOR, "
+              "SIFT_JAX_NUM_PROCESSES, SIFT_JAX_PROCESS_ID, or what jax.distributed detects: SLURM, MPI, TPU); "
+              "process 0 writes")
+def sweep(spec_path, out, resume, overwrite, samples, quick, quiet, shard, merge, distributed):
     """Run a TOML sweep spec; writes OUT/NAME.nc (xarray) and OUT/NAME.png."""
+    from sift_jax import distributed as multi
     from sift_jax import plots, store
     from sift_jax import sweep as sweeps
 
+    if distributed:
+        multi.initialize_from_env()  # before anything uses a JAX device
+    writer = multi.is_writer()
     spec = sweeps.load_spec(spec_path)
     out = store.check_dir(out)
-    ds = _run_sweep(spec, out, resume, samples, quick, quiet, overwrite)
+    ds = _run_sweep(spec, out, resume, samples, quick, quiet or not writer, overwrite, parse_shard(shard), merge)
+    if not writer:
+        return
+    if ds is None:
+        click.echo(f"shard {shard}: parts written to {out / spec.name}.parts; NAME.nc comes when every shard is done "
+                   f"(the last one writes it, or run `sift-jax sweep {spec_path} --out {out} --merge`)")
+        return
     png = plots.plot_dataset(ds, out / f"{spec.name}.png")
     click.echo(f"wrote {out / spec.name}.nc and {png}")
 
 
-def _run_sweep(spec, out, resume, samples, quick, quiet, overwrite=False):
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """`--shard I/N` as (I, N); None stays None.
+
+    Args:
+        text: "I/N" with integers 0 <= I < N, or None.
+
+    Returns:
+        (I, N) or None.
+
+    Raises:
+        ConfigError: anything else.
+
+    Example:
+        >>> parse_shard("2/8"), parse_shard(None)
+        ((2, 8), None)
+        >>> parse_shard("8/8")
+        Traceback (most recent call last):
+        ...
+        sift_jax.errors.ConfigError: shard = '8/8' is invalid: allowed is I/N with integers 0 <= I < N <= 100000 (e.g. 0/4)
+    """
+    if text is None:
+        return None
+    i, _, n = str(text).partition("/")
+    try:
+        i, n = int(i), int(n)
+    except ValueError:
+        i = n = -1
+    if not 0 <= i < n <= 100_000:
+        raise ConfigError("shard", text, "I/N with integers 0 <= I < N <= 100000 (e.g. 0/4)")
+    return i, n
+
+
+def _run_sweep(spec, out, resume, samples, quick, quiet, overwrite=False, shard=None, merge=False):
     from sift_jax import sweep as sweeps
 
     bar = None
@@ -183,7 +293,7 @@ def _run_sweep(spec, out, resume, samples, quick, quiet, overwrite=False):
 
     try:
         return sweeps.run(spec, out=out, resume=resume, samples=samples, quick=quick, progress=progress,
-                          overwrite=overwrite)
+                          overwrite=overwrite, shard=shard, merge=merge)
     finally:
         if bar is not None:
             bar.close()
@@ -199,13 +309,15 @@ def plot(nc_path, metric, png):
     import xarray as xr
 
     from sift_jax import plots
-    from sift_jax.simulate import METRICS
+    from sift_jax.simulate import PAIRED_METRIC
 
     try:
         ds = xr.load_dataset(nc_path)
     except (OSError, ValueError) as err:
-        raise ConfigError("file", nc_path, f"a sweep result .nc file ({err})") from None
-    metrics = [m for m in METRICS if all(f"{m}_{s}" in ds for s in ("mean", "ci_lo", "ci_hi"))]
+        why = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ConfigError("file", nc_path, f"a sweep result .nc file ({why})") from None
+    metrics = [str(v)[:-len("_mean")] for v in ds.data_vars if str(v).endswith("_mean")]
+    metrics = [m for m in metrics if m != PAIRED_METRIC and all(f"{m}_{s}" in ds for s in ("ci_lo", "ci_hi"))]
     if "curve" not in ds.dims or len(ds.dims) < 2 or not metrics:
         raise ConfigError("file", nc_path, "a sweep result .nc file (written by `sift-jax sweep`: a curve "
                           "dimension, a swept axis and <metric>_mean/_ci_lo/_ci_hi variables)")
@@ -301,18 +413,6 @@ def bench(quick, only):
             runpy.run_path(str(script), run_name="__main__")
         finally:
             sys.argv = argv
-
-
-def _load_table(path: str):
-    import os
-
-    if os.path.isdir(path):
-        from sift_jax.moe.calibrate import load_tables
-        return load_tables(path)
-    try:
-        return np.load(path)
-    except (OSError, ValueError) as err:
-        raise ConfigError("table", path, f"a readable .npy file or calibration directory ({err})") from None
 
 
 try:  # the Flax MoE lab's commands (sift-jax moe train | calibrate | tightness)

@@ -9,6 +9,10 @@ Memory is O(chunk), independent of the sample count, and results are bit-identic
 (samples are keyed by index, blocks are fixed, and the host folds canonical groups of blocks in sample
 order). The last chunk is padded to the fixed shape (the padding is masked out on the device), so one
 compilation serves a whole run.
+
+Several devices, also of several processes (`jax.distributed`, see `sift_jax.distributed`): each chunk's
+samples are split over `jax.devices()` in order, and the summaries are gathered so that every process folds
+the whole chunk into the same statistics.
 """
 
 from __future__ import annotations
@@ -202,15 +206,37 @@ def _chunk(metric_fn: MetricFn, params, start, limit, size: int, seed, width: in
     return _metrics_of(metric_fn, width or inner_batch(), axes, params, idx, jnp.stack([start, limit]), seed)
 
 
+def _mesh() -> jax.sharding.Mesh:
+    """The 1-D mesh ("samples") over every device of every process, in `jax.devices()` order (the same in
+    all processes); one device per process after `jax.distributed.initialize` on CPU."""
+    return jax.sharding.Mesh(np.asarray(jax.devices()), ("samples",))
+
+
+def _replicated(tree, mesh: jax.sharding.Mesh):
+    """Every output leaf replicated on every device of `mesh` (an all-gather where it was split), so that
+    each process can read the whole of it; a no-op for data movement only, so values are unchanged."""
+    return jax.lax.with_sharding_constraint(tree, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+
+
 @functools.partial(jax.jit, static_argnames=("metric_fn", "size", "width", "axes"))
 def _chunk_shard_map(metric_fn: MetricFn, params, start, limit, size: int, seed, width: int, axes: tuple | None):
-    """`_chunk` with the sample axis split over all devices by `jax.shard_map` on a 1-D mesh."""
+    """`_chunk` with the sample axis split over all devices (of all processes) by `jax.shard_map` on a 1-D
+    mesh; the summaries are all-gathered (replicated) so every process reads the whole chunk.
+
+    params, start, limit and seed are host values (NumPy, Python scalars or uncommitted arrays), equal in
+    every process: jit places them replicated on the global mesh."""
     idx = start + jnp.arange(size, dtype=jnp.uint32)
-    mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ("samples",))
+    mesh = _mesh()
     spec = jax.sharding.PartitionSpec
     sharded = jax.shard_map(functools.partial(_metrics_of, metric_fn, width, axes), mesh=mesh,
                             in_specs=(spec(), spec("samples"), spec(), spec()), out_specs=spec(None, "samples"))
-    return sharded(params, idx, jnp.stack([start, limit]), seed)
+    return _replicated(sharded(params, idx, jnp.stack([start, limit]), seed), mesh)
+
+
+@jax.jit
+def _gather(global_parts):
+    """Replicate summaries split over the global mesh (see `_launch`, several processes)."""
+    return _replicated(global_parts, _mesh())
 
 
 SHARDING_MODES = ("dispatch", "shard_map")
@@ -221,19 +247,32 @@ def _launch(metric_fn, device_params, start: int, limit: int, size: int, seed: i
 
     One device: `_chunk`. Several devices, mode "dispatch" (default): the same single-device program
     runs on each device's contiguous share of the samples (asynchronous dispatch, no host threads):
-    bit-identical to one device. Mode "shard_map": one SPMD program over a 1-D mesh, the path for
-    multi-host runs; XLA's partitioned CPU code was measured to differ from the single-device code in
-    the last ulp for ~3% of samples, so it is equal to one device only to float rounding.
+    bit-identical to one device. With several processes each runs the shares of its own devices
+    (`device_params` holds its local devices' params, share i going to `jax.devices()[i]`), and the
+    shares are assembled into global arrays and all-gathered (`_gather`): still bit-identical, and every
+    process reads the same summaries. Mode "shard_map": one SPMD program over a 1-D mesh of all devices
+    of all processes; XLA's partitioned CPU code differs from the single-device code in the last float32
+    ulps (measured on jax 0.10.2: up to 2 ulps, in about half of the SiftMoE energies on Mixtral; bit-
+    identical between 2 processes and 1 process with 2 devices), so it equals one device only to rounding.
     """
-    n_dev = len(device_params)
     start, limit = np.uint32(start), np.uint32(limit)  # traced as uint32: runs may reach 2^32 - 1 samples
+    n_dev = jax.device_count()
     if n_dev == 1:
-        return [_chunk(metric_fn, device_params[0], start, limit, size, seed, width, axes)]
+        return [_chunk(metric_fn, device_params[0][1], start, limit, size, seed, width, axes)]
     if mode == "shard_map":
-        return [_chunk_shard_map(metric_fn, device_params[0], start, limit, size, seed, width, axes)]
+        return [_chunk_shard_map(metric_fn, device_params, start, limit, size, seed, width, axes)]
     share = size // n_dev
-    return [_chunk(metric_fn, p, start + np.uint32(i * share), limit, share, seed, width, axes)
-            for i, p in enumerate(device_params)]
+    parts = [_chunk(metric_fn, p, start + np.uint32(i * share), limit, share, seed, width, axes)
+             for i, p in device_params]
+    if jax.process_count() == 1:
+        return parts
+    sharding = jax.sharding.NamedSharding(_mesh(), jax.sharding.PartitionSpec(None, "samples"))
+
+    def assemble(*shards):  # this process's shards of one leaf ([P, share] or [P, share / width] each)
+        shape = (shards[0].shape[0], shards[0].shape[1] * n_dev)
+        return jax.make_array_from_single_device_arrays(shape, sharding, list(shards))
+
+    return [_gather(jax.tree.map(assemble, *parts))]
 
 
 def _collect(parts) -> dict:
@@ -241,6 +280,22 @@ def _collect(parts) -> dict:
     if len(host) == 1:
         return host[0]
     return {k: host[0][k]._make(np.concatenate(f, axis=1) for f in zip(*(h[k] for h in host))) for k in host[0]}
+
+
+def _device_params(params, mode: str) -> list:
+    """What `_launch` takes as `device_params`. One device: [(0, params)]. "dispatch" over several: (i,
+    params on device i) for each device i of `jax.devices()` that this process owns. "shard_map": params
+    as host values (committed arrays fetched to NumPy), which jit places replicated on the global mesh."""
+    devices = jax.devices()
+    if len(devices) == 1:
+        return [(0, params)]
+    if mode == "shard_map":
+        def host(leaf):
+            committed = isinstance(leaf, jax.Array) and getattr(leaf, "_committed", False)
+            return np.asarray(leaf) if committed and leaf.is_fully_addressable else leaf
+        return jax.tree.map(host, params)
+    me = jax.process_index()
+    return [(i, jax.device_put(params, d)) for i, d in enumerate(devices) if d.process_index == me]
 
 
 def check_run_args(samples, seed, chunk_size) -> int:
@@ -274,8 +329,13 @@ def run(metric_fn: MetricFn, params, n_points: int, samples: int, seed: int = 0,
             `sample_keys(seed, [i])`. chunk_size: samples per compiled call (memory only; rounded up to
             a multiple of devices x `inner_batch(samples)`); results do not depend on it.
         progress: optional callback with the number of samples finished per point.
-        sharding: how samples are split over several local devices: "dispatch" (bit-identical to one
-            device) or "shard_map" (one SPMD program; use with `jax.distributed.initialize` on several hosts).
+        sharding: how samples are split over several devices: "dispatch" (the single-device program on
+            each device's share: bit-identical to one device) or "shard_map" (one SPMD program over a 1-D
+            mesh; equal to one device to float rounding: per-sample values within 2 float32 ulps on
+            XLA:CPU). Both work across processes after `jax.distributed.initialize` (see
+            `sift_jax.distributed`): every process must then make the same calls with the same arguments,
+            the samples are split over the devices of all processes, and every process gets the same
+            statistics (bit-identical to one device under "dispatch").
         axes: per leaf of params (flattened order) 0 (stacked over points) or None (one value shared by
             all points, without the point axis); default: every leaf stacked.
 
@@ -309,8 +369,7 @@ def run(metric_fn: MetricFn, params, n_points: int, samples: int, seed: int = 0,
     size = check_run_args(samples, seed, chunk_size)
     if sharding not in SHARDING_MODES:
         raise ConfigError("sharding", sharding, "one of " + ", ".join(SHARDING_MODES))
-    devices = jax.devices() if sharding == "dispatch" else jax.devices()[:1]
-    device_params = [jax.device_put(params, d) for d in devices] if len(devices) > 1 else [params]
+    device_params = _device_params(params, sharding)
     accs: dict[str, Accumulator] | None = None  # one accumulator per metric, vectorised over the points
     width = inner_batch(samples)
     if axes is not None and (len(axes) != len(jax.tree.leaves(params)) or 0 not in axes):

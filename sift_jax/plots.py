@@ -21,22 +21,19 @@ AXIS_LABELS = {
     "n_tokens": ("Prompt tokens $M$", 1.0),
     "max_distance_m": ("Maximum user-helper distance (m)", 1.0),
 }
-METRIC_LABELS = {
-    "energy_per_token_j": "Average energy per token (J)",
-    "uplink_energy_j": "Uplink (radio) energy per token (J)",
-    "local_energy_j": "User-side expert energy per token (J)",
-    "deviation_bound": "Deviation bound per layer (Prop. 1)",
-    "replace_rate": "Replaced Top-K slots (fraction)",
-    "skip_rate": "Skipped Top-K slots (fraction)",
-    "infeasible_rate": "Infeasible tasks (fraction)",
-    "latency_s": "Latency per task (s)",
-}
 CURVE_NAMES = {
     "siftmoe": "SiftMoE", "topk": "Top-K (practical)", "topk-ideal": "Top-K (ideal)", "wdmoe": "WDMoE-style",
     "oracle": "Oracle", "siftmoe:dynamic": "SiftMoE + Prop. Dynamic", "siftmoe:closed-form": "SiftMoE + Prop. Dynamic",
     "siftmoe:uniform": "SiftMoE + Uniform", "siftmoe:dp": "SiftMoE + exact DP", "topk:dynamic": "Top-K + Prop. Dynamic",
     "topk:closed-form": "Top-K + Prop. Dynamic", "topk:uniform": "Top-K + Uniform",
 }
+
+
+def _metric_label(metric: str) -> str:
+    """The registered metric's axis label (`sift_jax.metrics`), or its name for an unregistered one."""
+    from sift_jax import metrics
+
+    return metrics.get(metric).label if metric in metrics.names() else metric
 
 
 def x_axis(ds) -> tuple[str, np.ndarray]:
@@ -114,7 +111,7 @@ def _figure(ds, metric: str, log_y: bool | None, target):
         ax.fill_between(xs * scale, np.maximum(lo, 0), hi, color=line.get_color(), alpha=0.2, lw=0)
         shown += [mean, np.maximum(lo, 0), hi]
     ax.set_xlabel(label)
-    ax.set_ylabel(METRIC_LABELS.get(metric, metric))
+    ax.set_ylabel(_metric_label(metric))
     values = np.asarray(ds[f"{metric}_mean"].values, float)
     values = values[np.isfinite(values) & (values > 0)]
     if band is not None:

@@ -95,7 +95,7 @@ def reproduce(out: str = "results", quick: bool = False, spec_dir: str | None = 
             echo(f"{name}: {spec.title} ({ds.attrs['samples']} samples/point, {time.perf_counter() - t0:.1f} s)")
     lab = None
     if with_lab and not only:
-        from sift_jax.moe import quick_lab
+        from sift_jax.moe.lab import quick_lab
 
         lab = quick_lab(out_dir / "moe_lab", seed=0) if quick else quick_lab(out_dir / "moe_lab", seed=0, quick=False)
         if echo:

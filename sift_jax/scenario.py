@@ -13,26 +13,91 @@ from typing import Any
 
 import jax
 import numpy as np
-from flax import struct
 
+from sift_jax import fading as fading_families
 from sift_jax.errors import ConfigError
 
-__all__ = ["Scenario", "UNITS", "make", "validate"]
+__all__ = ["FIELDS", "FieldInfo", "Scenario", "UNITS", "make", "validate"]
 
-FADING_FAMILIES = ("gamma", "rayleigh", "nakagami", "rician", "lognormal")
+INF = math.inf
 
 
-@struct.dataclass
+@dataclasses.dataclass(frozen=True)
+class FieldInfo:
+    """What a Scenario field means and which values it takes (the field's metadata, `FIELDS[name]`).
+
+    Attributes:
+        unit: SI unit ("-" for dimensionless). meaning: one line, with the paper's symbol.
+        low, high: the allowed range; low_inclusive: whether `low` itself is allowed (`high` never is,
+            except for integer fields, whose range [low, high] is closed); allow_inf: +inf allowed.
+        integer: an integer field. static: sets shapes or control flow (part of the jit cache key).
+        per_helper: a scalar or an [N-1] array. tables: read by `similarity.synthetic_tables`.
+
+    Example:
+        >>> FIELDS["eta"].describe(), FIELDS["n_nodes"].describe()
+        ('a number >= 0 (inf allowed)', 'an integer in [2, 1024]')
+    """
+
+    unit: str
+    meaning: str
+    low: float = 0.0
+    high: float = INF
+    low_inclusive: bool = False
+    allow_inf: bool = False
+    integer: bool = False
+    static: bool = False
+    per_helper: bool = False
+    tables: bool = False
+
+    def describe(self) -> str:
+        """The allowed values in words (what a `ConfigError` says).
+
+        Returns:
+            e.g. "a finite number > 0" or "an integer in [1, 64]".
+
+        Example:
+            >>> FieldInfo("s", "a time").describe()
+            'a finite number > 0'
+        """
+        if self.integer:
+            return f"an integer in [{self.low:g}, {self.high:g}]"
+        left = ">=" if self.low_inclusive else ">"
+        text = f"a finite number {left} {self.low:g}" if not self.allow_inf else f"a number {left} {self.low:g} (inf allowed)"
+        if math.isfinite(self.high):
+            text += f" and < {self.high:g}"
+        return text
+
+
+def _field(default, unit: str, meaning: str, low: float = 0.0, high: float = INF, **info):
+    """A Scenario field whose metadata is its `FieldInfo` (and flax's/jax's pytree marker)."""
+    return dataclasses.field(default=default, metadata={"info": FieldInfo(unit, meaning, low, high, **info)})
+
+
+def _static_int(default: int, meaning: str, low: int, high: int, **info):
+    return _field(default, "-", meaning, low, high, integer=True, static=True, **info)
+
+
+def _positive(default, unit: str, meaning: str, **info):
+    return _field(default, unit, meaning, **info)
+
+
+def _non_negative(default, unit: str, meaning: str, **info):
+    return _field(default, unit, meaning, low_inclusive=True, **info)
+
+
+@dataclasses.dataclass(frozen=True)
 class Scenario:
     """One wireless distributed-MoE inference setting (paper §1), SI units.
 
     Node 0 is the user (UE); nodes 1..N-1 are helpers; expert v of every layer lives on node v.
     Fields named `*_hz`, `*_s`, `*_w`, `*_m`, `*_bits`, `*_flops*` are in Hz, s, W, m, bit, FLOP(/s).
     Per-helper fields (`bandwidth_hz`, `helper_flops_per_s`, `helper_load_time_s`) take a scalar
-    or an [N-1] array. The unit of every dynamic field is in `UNITS`.
+    or an [N-1] array. Every field's unit, meaning and range is in `FIELDS` (its metadata).
 
-    The constructor does not check values; `make`, `validate` and the validated `sc.replace(...)`
-    do (raising `ConfigError`). `sift_jax.presets.get` returns validated paper settings.
+    A Scenario is a pytree (`jax.tree_util.register_dataclass`): static fields are part of the jit
+    cache key, the others are leaves, so scenarios that differ only in dynamic fields run as one vmapped
+    compiled call. The constructor does not check values; `make`, `validate` and `sc.replace(...)` do
+    (raising `ConfigError`). `sift_jax.presets.get` returns validated paper settings.
 
     Example:
         >>> sc = Scenario(n_nodes=4, top_k=2)
@@ -47,46 +112,48 @@ class Scenario:
     """
 
     # ---- static: shapes and control flow ----
-    n_nodes: int = struct.field(pytree_node=False, default=8)  # N: experts per layer = nodes
-    top_k: int = struct.field(pytree_node=False, default=2)  # K
-    n_tokens: int = struct.field(pytree_node=False, default=1)  # M (1 = decoding)
-    n_layers: int = struct.field(pytree_node=False, default=1)  # L
-    n_slots: int = struct.field(pytree_node=False, default=16)  # Q cap for fast fading
-    fading: str = struct.field(pytree_node=False, default="gamma")
-    fading_shape: float = struct.field(pytree_node=False, default=2.0)  # m of Gamma/Nakagami
-    n_clusters: int = struct.field(pytree_node=False, default=4)  # synthetic similarity: expert clusters
-    table_seed: int = struct.field(pytree_node=False, default=0)  # synthetic similarity table seed
+    n_nodes: int = _static_int(8, "N: experts per layer = nodes (node 0 is the user)", 2, 1024, tables=True)
+    top_k: int = _static_int(2, "K: experts each token's router selects", 1, 64)
+    n_tokens: int = _static_int(1, "M: tokens per layer (1 = decoding, > 1 = prefilling)", 1, 65536)
+    n_layers: int = _static_int(1, "L: MoE layers per task", 1, 1024, tables=True)
+    n_slots: int = _static_int(16, "Q: cap on uplink slots per helper (fast fading)", 1, 4096)
+    fading: str = _field("gamma", "-", "fading family of the power gains (`sift_jax.fading.names()`)", static=True)
+    fading_shape: float = _field(2.0, "-", "m of Gamma/Nakagami fading", 0.5, 64.0, low_inclusive=True, static=True)
+    n_clusters: int = _static_int(4, "expert clusters of the synthetic similarity table", 1, 1024, tables=True)
+    table_seed: int = _static_int(0, "seed of the synthetic similarity table", 0, 2**31 - 1, tables=True)
     # ---- radio (dynamic) ----
-    bandwidth_hz: Any = 1e6  # B_n, per helper
-    deadline_s: Any = 0.7  # T, per layer
-    eta: Any = 200.0  # tolerable expected deviation per layer
-    helper_power_w: Any = 10 ** (38 / 10) / 1e3  # P_n,UE (38 dBm)
-    noise_psd_w_per_hz: Any = 10 ** (-174 / 10) / 1e3  # N0 (-174 dBm/Hz)
-    pathloss_exponent: Any = 4.0  # alpha
-    gain_up: Any = 1.0  # G_UE,n
-    gain_down: Any = 1.0  # G_n,UE
-    rician_k: Any = 3.0  # K-factor (linear) when fading == "rician"
-    shadowing_db: Any = 8.0  # log-normal sigma (dB) when fading == "lognormal"
-    min_distance_m: Any = 10.0
-    max_distance_m: Any = 150.0
-    max_tx_power_w: Any = math.inf  # user transmit-power cap; inf = none (paper)
+    bandwidth_hz: Any = _positive(1e6, "Hz", "B_n: uplink bandwidth per helper", per_helper=True)
+    deadline_s: Any = _positive(0.7, "s", "T: latency threshold per layer")
+    eta: Any = _non_negative(200.0, "-", "eta: tolerable expected deviation per layer", allow_inf=True)
+    helper_power_w: Any = _positive(10 ** (38 / 10) / 1e3, "W", "P_n,UE: helper downlink transmit power (38 dBm)")
+    noise_psd_w_per_hz: Any = _positive(10 ** (-174 / 10) / 1e3, "W/Hz", "N0: noise power spectral density")
+    pathloss_exponent: Any = _non_negative(4.0, "-", "alpha: path-loss exponent", high=10.0)
+    gain_up: Any = _positive(1.0, "-", "G_UE,n: uplink antenna/path-loss reference gain")
+    gain_down: Any = _positive(1.0, "-", "G_n,UE: downlink antenna/path-loss reference gain")
+    rician_k: Any = _non_negative(3.0, "-", "K-factor (linear) of Rician fading")
+    shadowing_db: Any = _non_negative(8.0, "dB", "sigma of log-normal shadowing", high=30.0)
+    min_distance_m: Any = _positive(10.0, "m", "smallest user-helper distance")
+    max_distance_m: Any = _positive(150.0, "m", "largest user-helper distance")
+    max_tx_power_w: Any = _positive(math.inf, "W", "user transmit-power cap (inf = none, the paper)", allow_inf=True)
     # ---- model and compute (dynamic) ----
-    hidden_bits: Any = 24576.0  # b
-    expert_flops: Any = 9.44e6  # phi, per token
-    user_flops_per_s: Any = 1e12  # C_UE
-    helper_flops_per_s: Any = 1e12  # C_n, per helper
-    user_load_time_s: Any = 1e-3  # T_UE,load
-    user_load_power_w: Any = 10.0  # P_UE,load
-    user_compute_power_w: Any = 10.0  # P_UE,cp
-    helper_load_time_s: Any = 1e-3  # T_n,load, per helper
-    slot_s: Any = 1e-3  # tau (fast fading)
+    hidden_bits: Any = _positive(24576.0, "bit", "b: bits of one token's hidden state")
+    expert_flops: Any = _positive(9.44e6, "FLOP", "phi: FLOPs of one expert on one token")
+    user_flops_per_s: Any = _positive(1e12, "FLOP/s", "C_UE: user compute speed")
+    helper_flops_per_s: Any = _positive(1e12, "FLOP/s", "C_n: helper compute speed", per_helper=True)
+    user_load_time_s: Any = _non_negative(1e-3, "s", "T_UE,load: user's expert load time")
+    user_load_power_w: Any = _non_negative(10.0, "W", "P_UE,load: user's power while loading its expert")
+    user_compute_power_w: Any = _non_negative(10.0, "W", "P_UE,cp: user's compute power")
+    helper_load_time_s: Any = _non_negative(1e-3, "s", "T_n,load: helper's expert load time", per_helper=True)
+    slot_s: Any = _positive(1e-3, "s", "tau: uplink slot length (fast fading)")
     # ---- synthetic router (dynamic) ----
-    gate_temperature: Any = 1.0  # softmax temperature of the router logits
-    popularity_skew: Any = 0.5  # std of the per-layer expert popularity offsets (logit units)
+    gate_temperature: Any = _positive(1.0, "-", "softmax temperature of the synthetic router logits")
+    popularity_skew: Any = _non_negative(0.5, "-", "std of the per-layer expert popularity offsets (logit units)")
     # ---- synthetic expert-output latent model for the similarity table (dynamic) ----
-    output_norm: Any = 1.0  # median expert output norm ||FFN_i(z)|| (sets the table's scale)
-    output_norm_sigma: Any = 0.3  # log-normal spread of the output norms across experts
-    intra_cluster_cosine: Any = 0.9  # mean cosine of outputs of experts in the same cluster
+    output_norm: Any = _positive(1.0, "-", "median expert output norm ||FFN_i(z)|| (the table's scale)", tables=True)
+    output_norm_sigma: Any = _non_negative(0.3, "-", "log-normal spread of the output norms across experts",
+                                           high=5.0, tables=True)
+    intra_cluster_cosine: Any = _field(0.9, "-", "mean cosine of outputs of experts in one cluster", -1.0, 1.0,
+                                       low_inclusive=True, tables=True)
 
     @property
     def n_helpers(self) -> int:
@@ -95,79 +162,46 @@ class Scenario:
 
     @property
     def inv_gain_mean(self) -> float:
-        """E[1/h] of the fading family (inf where it diverges). Used by the fast-fading surrogate."""
-        return inverse_gain_mean(self.fading, self.fading_shape)
+        """E[1/h] of the fading family (inf where it diverges, nan where unknown; `sift_jax.fading`)."""
+        return float(fading_families.get(self.fading).inverse_gain_mean(self))
+
+    def replace(self, **fields) -> Scenario:
+        """This scenario with some fields changed, validated; unknown names raise `ConfigError`.
+
+        Args:
+            **fields: new field values (SI units, see `FIELDS`).
+
+        Returns:
+            Scenario: a new, validated scenario (this one is not modified).
+
+        Raises:
+            ConfigError: an unknown field name or an invalid value.
+
+        Example:
+            >>> sc = Scenario(n_nodes=4).replace(eta=1.5)
+            >>> sc.eta, Scenario(n_nodes=4).eta
+            (1.5, 200.0)
+            >>> sc.replace(eta=-1.0)
+            Traceback (most recent call last):
+            ...
+            sift_jax.errors.ConfigError: eta = -1.0 is invalid: allowed is a number >= 0 (inf allowed)
+        """
+        for name in fields:
+            if name not in FIELDS:
+                raise ConfigError(name, fields[name], "a Scenario field (...)",
+                                  message=f"{name} = {fields[name]!r} is invalid: allowed is a Scenario field (one of "
+                                          f"{', '.join(FIELDS)})")
+        return validate(dataclasses.replace(self, **fields))
 
 
-def inverse_gain_mean(fading: str, shape: float) -> float:
-    """E[1/h] for unit-mean power gain h; `inf` where the expectation diverges.
-
-    Gamma/Nakagami shape m: E[1/h] = m/(m-1) for m > 1 (paper: m = 2 gives 2). Rayleigh: inf.
-    Rician and log-normal have no simple closed form used here: returns nan (caller must supply one).
-
-    >>> inverse_gain_mean("gamma", 2.0)
-    2.0
-    """
-    if fading in ("gamma", "nakagami"):
-        return shape / (shape - 1.0) if shape > 1.0 else math.inf
-    if fading == "rayleigh":
-        return math.inf
-    return math.nan
-
-
-STATIC_FIELDS = tuple(f.name for f in dataclasses.fields(Scenario) if not f.metadata.get("pytree_node", True))
-DYNAMIC_FIELDS = tuple(f.name for f in dataclasses.fields(Scenario) if f.metadata.get("pytree_node", True))
-PER_HELPER_FIELDS = ("bandwidth_hz", "helper_flops_per_s", "helper_load_time_s")
-UNITS = {
-    "bandwidth_hz": "Hz", "deadline_s": "s", "eta": "-", "helper_power_w": "W", "noise_psd_w_per_hz": "W/Hz",
-    "pathloss_exponent": "-", "gain_up": "-", "gain_down": "-", "rician_k": "-", "shadowing_db": "dB",
-    "min_distance_m": "m", "max_distance_m": "m", "max_tx_power_w": "W", "hidden_bits": "bit",
-    "expert_flops": "FLOP", "user_flops_per_s": "FLOP/s", "helper_flops_per_s": "FLOP/s",
-    "user_load_time_s": "s", "user_load_power_w": "W", "user_compute_power_w": "W",
-    "helper_load_time_s": "s", "slot_s": "s", "gate_temperature": "-", "popularity_skew": "-",
-    "output_norm": "-", "output_norm_sigma": "-", "intra_cluster_cosine": "-",
-}
-
-# (field, lower, lower inclusive?, upper, allow inf)
-_RANGES = {
-    "bandwidth_hz": (0.0, False, math.inf, False),
-    "deadline_s": (0.0, False, math.inf, False),
-    "eta": (0.0, True, math.inf, True),
-    "helper_power_w": (0.0, False, math.inf, False),
-    "noise_psd_w_per_hz": (0.0, False, math.inf, False),
-    "pathloss_exponent": (0.0, True, 10.0, False),
-    "gain_up": (0.0, False, math.inf, False),
-    "gain_down": (0.0, False, math.inf, False),
-    "rician_k": (0.0, True, math.inf, False),
-    "shadowing_db": (0.0, True, 30.0, False),
-    "min_distance_m": (0.0, False, math.inf, False),
-    "max_distance_m": (0.0, False, math.inf, False),
-    "max_tx_power_w": (0.0, False, math.inf, True),
-    "hidden_bits": (0.0, False, math.inf, False),
-    "expert_flops": (0.0, False, math.inf, False),
-    "user_flops_per_s": (0.0, False, math.inf, False),
-    "helper_flops_per_s": (0.0, False, math.inf, False),
-    "user_load_time_s": (0.0, True, math.inf, False),
-    "user_load_power_w": (0.0, True, math.inf, False),
-    "user_compute_power_w": (0.0, True, math.inf, False),
-    "helper_load_time_s": (0.0, True, math.inf, False),
-    "slot_s": (0.0, False, math.inf, False),
-    "gate_temperature": (0.0, False, math.inf, False),
-    "popularity_skew": (0.0, True, math.inf, False),
-    "output_norm": (0.0, False, math.inf, False),
-    "output_norm_sigma": (0.0, True, 5.0, False),
-    "intra_cluster_cosine": (-1.0, True, 1.0, False),
-}
-_STATIC_INT_RANGES = {"n_nodes": (2, 1024), "top_k": (1, 64), "n_tokens": (1, 65536), "n_layers": (1, 1024),
-                      "n_slots": (1, 4096), "n_clusters": (1, 1024), "table_seed": (0, 2**31 - 1)}
-
-
-def _describe(lo, lo_incl, hi, allow_inf) -> str:
-    left = ">=" if lo_incl else ">"
-    text = f"a finite number {left} {lo:g}" if not allow_inf else f"a number {left} {lo:g} (inf allowed)"
-    if math.isfinite(hi):
-        text += f" and < {hi:g}"
-    return text
+FIELDS: dict[str, FieldInfo] = {f.name: f.metadata["info"] for f in dataclasses.fields(Scenario)}
+STATIC_FIELDS = tuple(name for name, info in FIELDS.items() if info.static)
+DYNAMIC_FIELDS = tuple(name for name, info in FIELDS.items() if not info.static)
+PER_HELPER_FIELDS = tuple(name for name, info in FIELDS.items() if info.per_helper)
+INTEGER_FIELDS = tuple(name for name, info in FIELDS.items() if info.integer)
+TABLE_FIELDS = frozenset(name for name, info in FIELDS.items() if info.tables)  # read by synthetic_tables
+UNITS = {name: FIELDS[name].unit for name in DYNAMIC_FIELDS}
+jax.tree_util.register_dataclass(Scenario, data_fields=list(DYNAMIC_FIELDS), meta_fields=list(STATIC_FIELDS))
 
 
 def _is_traced(value) -> bool:
@@ -206,38 +240,36 @@ def validate(sc: Scenario) -> Scenario:
     """
     if not isinstance(sc, Scenario):
         raise ConfigError("scenario", type(sc).__name__, "a sift_jax.Scenario")
-    for name, (lo, hi) in _STATIC_INT_RANGES.items():
-        value = getattr(sc, name)
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not lo <= value <= hi:
-            raise ConfigError(name, value, f"an integer in [{lo}, {hi}]")
+    for name in INTEGER_FIELDS:
+        value, info = getattr(sc, name), FIELDS[name]
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not info.low <= value <= info.high:
+            raise ConfigError(name, value, info.describe())
     if sc.top_k > sc.n_nodes:
         raise ConfigError("top_k", sc.top_k, f"an integer in [1, n_nodes={sc.n_nodes}]")
-    if sc.fading not in FADING_FAMILIES:
-        raise ConfigError("fading", sc.fading, f"one of {', '.join(FADING_FAMILIES)}")
+    family = fading_families.get(sc.fading)
     shape = sc.fading_shape
     if isinstance(shape, bool) or not isinstance(shape, (int, float, np.floating, np.integer)) \
             or not math.isfinite(shape) or not 0.5 <= shape <= 64:
         raise ConfigError("fading_shape", shape, "a number in [0.5, 64] (Gamma/Nakagami m)")
-    if sc.fading == "gamma" and float(shape) != int(shape):
-        raise ConfigError("fading_shape", shape,
-                          "an integer for fading='gamma' (drawn as a sum of exponentials); use fading='nakagami'"
-                          " for a non-integer m")
-    for name, (lo, lo_incl, hi, allow_inf) in _RANGES.items():
-        value = getattr(sc, name)
+    if family.check is not None:
+        family.check(sc)
+    for name in DYNAMIC_FIELDS:
+        value, info = getattr(sc, name), FIELDS[name]
+        lo, lo_incl, hi, allow_inf = info.low, info.low_inclusive, info.high, info.allow_inf
         if _is_traced(value):
             continue
         if type(value) in (float, int):  # fast path for plain numbers (sweeps build one Scenario per point)
             x = float(value)
             if math.isnan(x) or x < lo or (x == lo and not lo_incl) or (x >= hi and math.isfinite(hi)) or \
                     (math.isinf(x) and not allow_inf):
-                raise ConfigError(name, value, _describe(lo, lo_incl, hi, allow_inf))
+                raise ConfigError(name, value, info.describe())
             continue
         if isinstance(value, (bool, str)) or value is None:
-            raise ConfigError(name, value, _describe(lo, lo_incl, hi, allow_inf))
+            raise ConfigError(name, value, info.describe())
         try:
             arr = np.asarray(value, dtype=np.float64)
         except (TypeError, ValueError):
-            raise ConfigError(name, value, _describe(lo, lo_incl, hi, allow_inf)) from None
+            raise ConfigError(name, value, info.describe()) from None
         allowed_shapes = [()] + ([(sc.n_helpers,)] if name in PER_HELPER_FIELDS else [])
         if arr.shape not in allowed_shapes:
             what = f"a scalar or an array of shape ({sc.n_helpers},)" if name in PER_HELPER_FIELDS else "a scalar"
@@ -246,7 +278,7 @@ def validate(sc: Scenario) -> Scenario:
             (np.isinf(arr) & (not allow_inf))
         if np.any(bad):
             shown = value if arr.shape == () else arr.tolist()
-            raise ConfigError(name, shown, _describe(lo, lo_incl, hi, allow_inf))
+            raise ConfigError(name, shown, info.describe())
     if not _is_traced(sc.min_distance_m) and not _is_traced(sc.max_distance_m) \
             and float(sc.min_distance_m) > float(sc.max_distance_m):
         raise ConfigError("min_distance_m", sc.min_distance_m, f"a distance <= max_distance_m={sc.max_distance_m}")
@@ -257,7 +289,7 @@ def make(**fields) -> Scenario:
     """Build and validate a Scenario; unknown field names raise `ConfigError`.
 
     Args:
-        **fields: Scenario field values (SI units, see `UNITS`); the rest keep their defaults.
+        **fields: Scenario field values (SI units, see `FIELDS`); the rest keep their defaults.
 
     Returns:
         Scenario: the validated scenario.
@@ -278,40 +310,4 @@ def make(**fields) -> Scenario:
         ...
         sift_jax.errors.ConfigError: deadline_s = 0.0 is invalid: allowed is a finite number > 0
     """
-    return replace(Scenario(), **fields)
-
-
-def replace(sc: Scenario, **fields) -> Scenario:
-    """`sc` with some fields changed, validated; unknown names raise `ConfigError`.
-
-    Installed as the method `Scenario.replace` (flax's default `replace` skips validation).
-
-    Args:
-        sc: the scenario to start from (not modified).
-        **fields: new field values (SI units, see `UNITS`).
-
-    Returns:
-        Scenario: a new, validated scenario.
-
-    Raises:
-        ConfigError: an unknown field name or an invalid value.
-
-    Example:
-        >>> sc = Scenario(n_nodes=4).replace(eta=1.5)
-        >>> sc.eta, Scenario(n_nodes=4).eta
-        (1.5, 200.0)
-        >>> sc.replace(eta=-1.0)
-        Traceback (most recent call last):
-        ...
-        sift_jax.errors.ConfigError: eta = -1.0 is invalid: allowed is a number >= 0 (inf allowed)
-    """
-    known = STATIC_FIELDS + DYNAMIC_FIELDS
-    for name in fields:
-        if name not in known:
-            raise ConfigError(name, fields[name], "a Scenario field (...)",
-                              message=f"{name} = {fields[name]!r} is invalid: allowed is a Scenario field (one of "
-                                      f"{', '.join(known)})")
-    return validate(dataclasses.replace(sc, **fields))
-
-
-Scenario.replace = replace  # validated replace (flax's default skips validation)
+    return Scenario().replace(**fields)

@@ -8,25 +8,27 @@ prefilling for M > 1) and the sample's metrics are summed over layers.
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sift_jax import channel, costs, gating, montecarlo, policies, similarity
+from sift_jax import channel, costs, gating, inputs, montecarlo, policies, similarity
+from sift_jax import metrics as metric_records
 from sift_jax.errors import ConfigError
+from sift_jax.policies import fastfading
+from sift_jax.policies.layer import select_layer
 from sift_jax.provenance import provenance
 from sift_jax.scenario import Scenario, validate
 from sift_jax.stats import Stat
 
 __all__ = ["METRICS", "SimResult", "TaskMetrics", "simulate"]
 
-METRICS = ("energy_per_token_j", "uplink_energy_j", "local_energy_j", "deviation_bound", "replace_rate", "skip_rate",
-           "infeasible_rate", "latency_s")
+METRICS = metric_records.names()  # the built-in metrics; `sj.metrics.names()` adds those registered later
 PAIRED_METRIC = "energy_diff_j"  # E_a - E_b per task (J per token) of two bit loadings on the same samples
 REGIMES = ("slow", "fast")
-BASELINES = ("topk", "topk-ideal", "wdmoe")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,7 +72,7 @@ class SimResult:
     provenance: dict
 
     def to_dict(self, preset: str | None = None) -> dict:
-        """The JSON form of DESIGN.md (`sift-jax simulate --json`).
+        """The result as JSON-ready plain values, as `sift-jax simulate --json` prints it.
 
         Args:
             preset: preset name recorded in the output (None when the scenario is not a preset).
@@ -88,8 +90,9 @@ class SimResult:
 class TaskMetrics:
     """Per-sample metric function (hashable, so it is a static jit argument).
 
-    Call with (key, (scenario, tables)) -> {metric: (value, valid)}: `simulate` is `montecarlo.run` of
-    this function; use it directly to stack several scenarios as points of one compiled run.
+    Call with (key, (scenario, tables)) or (key, (scenario, tables, router logits float32[L, T, N])) ->
+    {metric: (value, valid)}: `simulate` is `montecarlo.run` of this function; use it directly to stack
+    several scenarios as points of one compiled run.
 
     Attributes:
         policy: a name from `sj.policies.names()`. regime: "slow" or "fast" fading.
@@ -99,6 +102,8 @@ class TaskMetrics:
             then also the paired energy difference of every two of them (`pairs`, `pair_key`), valid where
             both are: its CI is far tighter than two independent CIs, since both see the same samples.
         options: sorted (name, value) pairs passed to the policy.
+        metrics: the metric names computed (default: every registered one, `sj.metrics.names()`, read when
+            the TaskMetrics is made, so a metric registered later gets a new compiled program).
 
     Example:
         The same samples through `montecarlo.run` reproduce `simulate` exactly:
@@ -117,6 +122,7 @@ class TaskMetrics:
     regime: str = "slow"
     bits: str | tuple[str, ...] | None = None
     options: tuple[tuple[str, Any], ...] = ()
+    metrics: tuple[str, ...] = dataclasses.field(default_factory=lambda: metric_records.names())
 
     @property
     def bit_loadings(self) -> tuple:
@@ -150,21 +156,14 @@ class TaskMetrics:
         the user dominates); latency uses the downlink gain of the regime (fast: the representative gain)."""
         opts = dict(self.options)
         if self.regime == "fast":  # energy_j is the realised energy
-            from sift_jax.policies import fastfading
             pairs = fastfading.layer_decisions_with_info(sc, distance_m, gain, g, topk, table, self.policy,
                                                          self.bit_loadings, **opts)
             decisions = [(dec, info.helper_energy_j) for dec, info in pairs]
             link_gain = jnp.full((sc.n_helpers,), opts.get("downlink_gain", 1.0))
         else:
-            if sc.n_tokens == 1:
-                f = costs.node_costs(sc, distance_m, gain)
-                dec = policies.get(self.policy)(sc, f, g[0], topk[0], table, **opts)
-                dec = dataclasses.replace(dec, assign=dec.assign[None],
-                                          deviation_bound=jnp.reshape(dec.deviation_bound, (1,)))
-            else:
-                d_e = costs.marginal_costs(sc, distance_m, gain, sc.n_tokens)
-                cap = costs.capacities(sc, distance_m, gain)
-                dec = policies.get_prefill(self.policy)(sc, d_e, cap, g, topk, table, **opts)
+            dec = select_layer(sc, self.policy, g, topk, table, lambda: costs.node_costs(sc, distance_m, gain),
+                               lambda m: (costs.marginal_costs(sc, distance_m, gain, m),
+                                          costs.capacities(sc, distance_m, gain)), **opts)
             decisions = [(dec, costs.helper_energy(sc, distance_m, gain, dec.loads[1:]))]
             link_gain = gain
         out = []
@@ -174,10 +173,10 @@ class TaskMetrics:
         return out
 
     def __call__(self, key, params):
-        sc, tables = params
+        sc, tables, *router = params  # router: [logits float32[L, T, N]] from a log, or none (synthetic)
         k_channel, k_gate = jax.random.split(key)
         ch = channel.draw(k_channel, sc, fast=self.regime == "fast")
-        g, topk = gating.draw(k_gate, sc)
+        g, topk = inputs.draw_router(k_gate, router[0], sc) if router else gating.draw(k_gate, sc)
         per_bits = jax.vmap(self.layer, in_axes=(None, None, 0, 0, 0, 0))(sc, ch.distance_m, ch.gain, g, topk, tables)
         metrics = {}
         for bits, (dec, latency, uplink) in zip(self.bit_loadings, per_bits):
@@ -188,53 +187,52 @@ class TaskMetrics:
         return metrics
 
     def _metrics(self, sc: Scenario, dec, latency, uplink) -> dict:
-        """{metric: (value, valid)} of one task from its per-layer decisions [L], latencies and uplink energies."""
-        feasible = jnp.all(dec.feasible)
+        """{metric: (value, valid)} of one task from its per-layer decisions [L], latencies and uplink energies
+        (every metric of `self.metrics`, each valid over the samples its record's `over` names)."""
         # Baselines always execute their selection (lost experts count as skips), so their metrics
         # average over every sample; siftmoe/oracle have no selection where infeasible.
-        executed = jnp.bool_(True) if self.policy in BASELINES else feasible
-        slots = sc.n_layers * sc.n_tokens * sc.top_k
-        user = costs.user_energy(sc, dec.loads[:, 0])  # [L] eq. (3); 0 for an unused user
-        return {
-            "energy_per_token_j": (jnp.sum(dec.energy_j) / sc.n_tokens, executed),
-            "uplink_energy_j": (jnp.sum(uplink) / sc.n_tokens, executed),
-            "local_energy_j": (jnp.sum(jnp.where(jnp.isfinite(user), user, 0.0)) / sc.n_tokens, executed),
-            "deviation_bound": (jnp.mean(dec.deviation_bound), executed),
-            "replace_rate": (jnp.sum(dec.n_replaced) / slots, executed),
-            "skip_rate": (jnp.sum(dec.n_skipped) / slots, executed),
-            "infeasible_rate": (1.0 - feasible.astype(jnp.result_type(float)), jnp.bool_(True)),
-            "latency_s": (jnp.sum(latency), executed),
-        }
+        executed = jnp.bool_(True) if policies.record(self.policy).reports_infeasible else jnp.all(dec.feasible)
+        task = metric_records.TaskOutcome(sc, dec, latency, uplink)
+        out = {}
+        for name in self.metrics:
+            rec = metric_records.get(name)
+            out[name] = (rec.value(task), executed if rec.over == "executed" else jnp.bool_(True))
+        return out
 
 
-def check_policy(policy: str, regime: str = "slow", bits: str | None = None) -> None:
-    """Raise ConfigError unless policy, fading regime and bit loading name a runnable combination."""
+def check_policy(policy: str, regime: str = "slow", bits: str | None = None, options: dict | None = None,
+                 prefilling: bool | None = None) -> None:
+    """Raise ConfigError unless policy, fading regime, bit loading and options name a runnable combination.
+
+    prefilling: True (M > 1) or False (M = 1) checks that the policy has that rule and accepts `options`
+    (plus the fast-fading options under regime "fast"); None checks the name only."""
     if regime not in REGIMES:
-        raise ConfigError("fading", regime, f"one of {', '.join(REGIMES)}")
-    policies.get(policy)
+        raise ConfigError("regime", regime, f"one of {', '.join(REGIMES)}")
+    policies.record(policy)
     if regime == "slow" and bits is not None:
-        raise ConfigError("bits", bits, "only with fading='fast' (slow fading sends bits uniformly, Remark 5)")
+        raise ConfigError("bits", bits, "only with regime='fast' (slow fading sends bits uniformly, Remark 5)")
     if regime == "fast":
-        from sift_jax.policies import fastfading
         fastfading.check_bits(policy, bits)
+    if prefilling is not None:
+        extra = fastfading.OPTIONS if regime == "fast" else ()
+        policies.check_options(policy, dict(options or {}), prefilling, extra)
 
 
-def check_tables(sc: Scenario, tables) -> jax.Array:
-    """Validate a mismatch table stack float[L, N, N+1] (or one [N, N+1] table used for every layer)."""
-    arr = np.asarray(tables, dtype=np.float64)
-    if arr.shape == (sc.n_nodes, sc.n_nodes + 1):
-        arr = np.broadcast_to(arr, (sc.n_layers,) + arr.shape)
-    if arr.shape != (sc.n_layers, sc.n_nodes, sc.n_nodes + 1):
-        raise ConfigError("table", f"array of shape {arr.shape}",
-                          f"shape ({sc.n_layers}, {sc.n_nodes}, {sc.n_nodes + 1}) or ({sc.n_nodes}, {sc.n_nodes + 1})")
-    if not np.all(np.isfinite(arr)) or np.any(arr < 0):
-        raise ConfigError("table", "an array with negative or non-finite entries", "finite values >= 0")
-    return jnp.asarray(arr, dtype=jnp.result_type(float))
+def resolve_regime(regime: str = "slow", fading: str | None = None) -> str:
+    """The fading regime from `regime` and its former name `fading` (either may be given, not both differently)."""
+    if fading is None:
+        return regime
+    if regime not in ("slow", fading):
+        raise ConfigError("fading", fading, f"the same as regime={regime!r} (fading is the former name of regime)")
+    if fading not in REGIMES:
+        raise ConfigError("regime", fading, f"one of {', '.join(REGIMES)} (the fading family is Scenario.fading)")
+    return fading
 
 
 def simulate(sc: Scenario, policy: str = "siftmoe", samples: int = 100_000, seed: int = 0,
-             chunk_size: int | None = None, table=None, fading: str = "slow", bits: str | None = None,
-             progress: Callable[[int], None] | None = None, **options) -> SimResult:
+             chunk_size: int | None = None, table=None, regime: str = "slow", bits: str | None = None,
+             progress: Callable[[int], None] | None = None, fading: str | None = None, router=None,
+             **options) -> SimResult:
     """Monte Carlo estimate of a policy's metrics (see `METRICS`) with 95% CIs and quantiles.
 
     Memory is O(chunk_size); sample i is always the same task whatever chunk_size or device count.
@@ -243,10 +241,14 @@ def simulate(sc: Scenario, policy: str = "siftmoe", samples: int = 100_000, seed
         sc: the scenario (validated here). policy: a name from `sj.policies.names()`.
         samples: inference tasks to simulate. seed: sample i uses `fold_in(key(seed), i)`.
         chunk_size: samples per compiled call (memory); results do not depend on it.
-        table: mismatch table(s) [L, N, N+1] or [N, N+1]; default `similarity.synthetic_tables(sc)`.
-        fading: "slow" (gain per layer) or "fast" (gain per slot; see policies/fastfading.py).
+        table: mismatch table(s) [L, N, N+1] or [N, N+1], or a file (`inputs.load_tables`: .npz of
+            `sift-jax calibrate`, .npy, MoE-lab directory); default `similarity.synthetic_tables(sc)`.
+        regime: "slow" (gain per layer) or "fast" (gain per slot; see policies/fastfading.py).
         bits: fast-fading bit loading ("uniform", "closed-form"/"dynamic", "dp"); None under slow fading.
         progress: callback with the number of samples finished.
+        fading: the former name of `regime` (still accepted; the fading *family* is `Scenario.fading`).
+        router: router logits float[L, T, N] (or [T, N]) or a .npy file of them (`inputs`): each task takes
+            M consecutive logged tokens instead of the synthetic router; None: the synthetic router.
         **options: passed to the policy (e.g. share_substitutes=False, threshold=0.5 for wdmoe).
 
     Returns:
@@ -254,7 +256,8 @@ def simulate(sc: Scenario, policy: str = "siftmoe", samples: int = 100_000, seed
         latency_s in s per task, rates as fractions), plus the inputs and provenance.
 
     Raises:
-        ConfigError: invalid scenario, policy, fading/bits combination, table, samples, seed or chunk size.
+        ConfigError: invalid scenario, policy, regime/bits combination, option, table, samples, seed or chunk
+            size.
 
     Example:
         SiftMoE averages over feasible tasks only, and a feasible selection meets the per-layer deadline:
@@ -273,16 +276,24 @@ def simulate(sc: Scenario, policy: str = "siftmoe", samples: int = 100_000, seed
         sift_jax.errors.ConfigError: policy = 'nope' is invalid: allowed is one of ...
     """
     validate(sc)
-    check_policy(policy, fading, bits)
-    if sc.n_tokens > 1:
-        policies.get_prefill(policy)  # name check for prefilling
-    tables = similarity.synthetic_tables(sc) if table is None else check_tables(sc, table)
-    fn = TaskMetrics(policy=policy, regime=fading, bits=bits, options=tuple(sorted(options.items())))
+    regime = resolve_regime(regime, fading)
+    check_policy(policy, regime, bits, options, prefilling=sc.n_tokens > 1)
+    files = {}  # input files and their sha256, recorded in info
+    if isinstance(table, (str, os.PathLike)):
+        files["table_file"] = os.fspath(table)
+        table, files["table_sha256"] = inputs.load_tables(table, sc)
+    tables = similarity.synthetic_tables(sc) if table is None else inputs.check_tables(sc, table)
+    if isinstance(router, (str, os.PathLike)):
+        files["router_file"] = os.fspath(router)
+        router, files["router_sha256"] = inputs.load_router(router, sc)
+    logits = () if router is None else (inputs.check_router(sc, router),)
+    fn = TaskMetrics(policy=policy, regime=regime, bits=bits, options=tuple(sorted(options.items())))
     # a leading point axis added on the host (eager jnp indexing costs ~0.5 ms per leaf and call)
     params = jax.tree.map(lambda x: np.asarray(x, jax.dtypes.canonicalize_dtype(np.asarray(x).dtype))[None],
-                          (sc, tables))
+                          (sc, tables, *logits))
     size = montecarlo.check_run_args(samples, seed, chunk_size)
     (metrics,) = montecarlo.run(fn, params, 1, samples, seed, size, progress)
-    info = {"regime": fading, "bits": bits, "options": dict(options)}
+    info = {"regime": regime, "bits": bits, "options": dict(options), "router": "log" if logits else "synthetic",
+            **files}
     return SimResult(metrics=metrics, scenario=sc, policy=policy, samples=samples, seed=seed, chunk_size=size,
                      info=info, provenance=provenance())

@@ -53,7 +53,7 @@ class Stat:
             between min and 0. max: largest value.
         tail_share: fraction of the sum carried by the top 0.1% of samples.
         reliable: whether the CI can be trusted. 0/1 metrics: n >= `MIN_RELIABLE_N` (30; Wilson's interval
-            needs no tail check: rare events are what it is for). Other metrics: n >= 30 and tail_share
+            needs no tail check: rare events are what it is for). Other metrics: n >= `MIN_RELIABLE_N` and tail_share
             <= `RELIABLE_TAIL_SHARE` (0.5), else the mean is driven by a few samples; or all n >= 2 values
             equal (a deterministic metric, whose zero-width CI is exact).
 
@@ -144,7 +144,7 @@ class Accumulator:
         >>> s = acc.result()
         >>> s.mean, s.n, s.n_invalid, s.max, round(s.std, 6) == round((5 / 3) ** 0.5, 6)
         (2.5, 4, 2, 4.0, True)
-        >>> s.reliable  # fewer than 30 valid samples
+        >>> s.reliable  # fewer than MIN_RELIABLE_N valid samples
         False
         >>> x = np.random.default_rng(0).exponential(size=10_000)
         >>> one, two = Accumulator(), Accumulator()

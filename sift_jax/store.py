@@ -13,9 +13,9 @@ Every file is written under a temporary name, fsynced and renamed, so a crash or
 a partial file under a real name. Without `resume` a run refuses to touch earlier results unless
 `overwrite`; with it, parts of the same run are reused and a damaged one (bad checksum, truncated,
 another run's) is reported with its path and recomputed. SIGINT/SIGTERM inside `open_run` release the
-lock and raise `Interrupted`, whose message says how to resume. A later `--shard I/N` writer or `--merge`
-can reuse `Store` as it is: `check_manifest` agrees on the run, `load` reads any part, `missing` lists
-what is left.
+lock and raise `Interrupted`, whose message says how to resume. Shards of a job array (`sweep --shard I/N`)
+write parts side by side under their own locks (`NAME.shard-I-of-N.lock`) and share the manifest; the
+result is assembled under NAME.lock (`sweep --merge`, or the shard that finds every part present).
 """
 
 from __future__ import annotations
@@ -224,6 +224,8 @@ class Store:
     Args:
         out: the output directory (already checked, see `check_dir`).
         name: the run's name (file stem).
+        lock_name: the lock file's stem (default `name`; a shard of a job array locks `NAME.shard-I-of-N`,
+            so shards write parts side by side while NAME.lock guards the result).
 
     Example:
         >>> import tempfile
@@ -235,12 +237,12 @@ class Store:
         ([1.5, None], ['topk__2'])
     """
 
-    def __init__(self, out, name: str):
+    def __init__(self, out, name: str, lock_name: str | None = None):
         self.dir = pathlib.Path(out)
         self.name = name
         self.nc = self.dir / f"{name}.nc"
         self.parts = self.dir / f"{name}.parts"
-        self.lock_path = self.dir / f"{name}.lock"
+        self.lock_path = self.dir / f"{lock_name or name}.lock"
         self.manifest: dict | None = None
 
     # ------------------------------------------------------------------------------------------- lock
@@ -431,7 +433,8 @@ def _sigterm_raises() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def open_run(out, name: str, manifest: dict, resume: bool = False, overwrite: bool = False) -> Iterator[Store]:
+def open_run(out, name: str, manifest: dict, resume: bool = False, overwrite: bool = False,
+             lock_name: str | None = None) -> Iterator[Store]:
     """Check OUT, lock NAME there, check the manifest (`Store.check_manifest`); unlock on leaving.
 
     SIGINT or SIGTERM inside leave the finished parts in place and raise `Interrupted` saying how to resume.
@@ -439,6 +442,7 @@ def open_run(out, name: str, manifest: dict, resume: bool = False, overwrite: bo
     Args:
         out: output directory (created if missing). name: the run's name.
         manifest: JSON-ready description of the run. resume, overwrite: see `Store.check_manifest`.
+        lock_name: the lock's stem (`Store`; default `name`).
 
     Yields:
         The locked `Store`.
@@ -457,7 +461,7 @@ def open_run(out, name: str, manifest: dict, resume: bool = False, overwrite: bo
         ...     locked, st.lock_path.exists(), reused
         (True, False, [1.0])
     """
-    store = Store(check_dir(out), name)
+    store = Store(check_dir(out), name, lock_name)
     store.lock()
     try:
         with _sigterm_raises():

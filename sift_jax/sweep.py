@@ -31,17 +31,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sift_jax import montecarlo, presets, similarity, store
+from sift_jax import distributed, inputs, montecarlo, presets, similarity, store
 from sift_jax.errors import ConfigError
 from sift_jax.provenance import provenance
-from sift_jax.scenario import DYNAMIC_FIELDS, PER_HELPER_FIELDS, STATIC_FIELDS, Scenario
-from sift_jax.simulate import METRICS, PAIRED_METRIC, REGIMES, TaskMetrics, check_policy
+from sift_jax.scenario import (DYNAMIC_FIELDS, INTEGER_FIELDS, PER_HELPER_FIELDS, STATIC_FIELDS, TABLE_FIELDS,
+                               Scenario)
+from sift_jax import metrics as metric_records
+from sift_jax.simulate import PAIRED_METRIC, REGIMES, TaskMetrics, check_policy
 from sift_jax.stats import Stat
 
 __all__ = ["Curve", "Spec", "curve_groups", "curve_pairs", "load_spec", "run", "scenario_of", "stack_scenarios"]
 
-SPEC_KEYS = ("name", "title", "preset", "curves", "samples", "quick_samples", "seed", "chunk_size", "fading",
-             "fixed", "quick_fixed", "axes", "mode", "points_per_call", "options")
+SPEC_KEYS = ("name", "title", "preset", "curves", "samples", "quick_samples", "seed", "chunk_size", "regime",
+             "fading", "fixed", "quick_fixed", "axes", "mode", "points_per_call", "options", "tables", "router")
 POINT_AXES = ("swept", "all")
 STAT_FIELDS = ("mean", "ci_lo", "ci_hi", "n", "n_invalid", "p50", "p90", "p99", "tail_share", "reliable")
 
@@ -76,10 +78,13 @@ class Spec:
         name, title, preset: output file stem, figure title, preset the points start from.
         curves: the policies (and bit loadings) to run at every point.
         samples, quick_samples, seed, chunk_size: Monte Carlo settings (quick_samples with `quick=True`).
-        fading: "slow" or "fast". fixed, quick_fixed: Scenario overrides (quick_fixed only when quick).
+        regime: "slow" or "fast" fading (spec key `regime`; `fading` is accepted as its former name).
+            fixed, quick_fixed: Scenario overrides (quick_fixed only when quick).
         axes: ((field, values), ...) swept Scenario fields, in the field's unit (e.g. bandwidth_hz in Hz).
         mode: "product" (grid, last axis fastest) or "zip" (axes walked together).
         points_per_call: points per compiled call. options: policy options. text: the TOML source.
+        tables, router: absolute paths of a mismatch-table file and a router log (`sift_jax.inputs`;
+            spec keys `tables` and `router`, relative to the spec file's directory), or None (synthetic).
 
     Example:
         >>> spec = load_spec('''
@@ -105,7 +110,7 @@ class Spec:
     quick_samples: int
     seed: int
     chunk_size: int | None
-    fading: str
+    regime: str
     fixed: dict
     quick_fixed: dict
     axes: tuple[tuple[str, tuple], ...]
@@ -113,6 +118,8 @@ class Spec:
     points_per_call: int
     options: dict
     text: str
+    tables: str | None = None
+    router: str | None = None
 
     def points(self) -> list[dict]:
         """Field -> value of every point, in storage order (product: last axis fastest).
@@ -159,7 +166,9 @@ def load_spec(source: str | os.PathLike) -> Spec:
         sift_jax.errors.ConfigError: policy = 'nope' is invalid: allowed is one of ...
     """
     text = str(source)
+    where = pathlib.Path.cwd()  # relative file paths in the spec start here (the spec file's directory)
     if "\n" not in text:
+        where = pathlib.Path(source).resolve().parent
         try:
             text = pathlib.Path(source).read_text()
         except OSError as err:
@@ -177,15 +186,17 @@ def load_spec(source: str | os.PathLike) -> Spec:
           "a string of letters, digits, '-' and '_'")
     preset = raw.get("preset")
     _need(preset in presets.names(), "preset", preset, "one of " + ", ".join(presets.names()))
-    fading = raw.get("fading", "slow")
-    _need(fading in REGIMES, "fading", fading, "one of " + ", ".join(REGIMES))
+    _need(not ("fading" in raw and "regime" in raw), "fading", raw.get("fading"),
+          "absent when regime is given (fading is the former name of regime)")
+    regime = raw.get("regime", raw.get("fading", "slow"))
+    _need(regime in REGIMES, "regime", regime, "one of " + ", ".join(REGIMES))
     curves_raw = raw.get("curves")
     _need(isinstance(curves_raw, list) and curves_raw and all(isinstance(c, str) for c in curves_raw), "curves",
           curves_raw, "a non-empty list of 'policy' or 'policy:bits' strings")
     curves = []
     for c in curves_raw:
         policy, _, bits = c.partition(":")
-        check_policy(policy, fading, bits or None)
+        check_policy(policy, regime, bits or None)
         curves.append(Curve(policy, bits or None))
     samples = raw.get("samples", 10_000)
     quick_samples = raw.get("quick_samples", min(samples, 256) if _is_int(samples) else 256)
@@ -223,8 +234,19 @@ def load_spec(source: str | os.PathLike) -> Spec:
         _need(len({len(v) for _, v in axes}) == 1, "axes", [len(v) for _, v in axes], "equal lengths for mode='zip'")
     options = raw.get("options", {})
     _need(isinstance(options, dict), "options", options, "a table of policy options")
-    spec = Spec(name, raw.get("title", name), preset, tuple(curves), samples, quick_samples, seed, chunk, fading,
-                dict(fixed), dict(quick_fixed), tuple(axes), mode, ppc, dict(options), text)
+    files = {}
+    for key in ("tables", "router"):
+        value = raw.get(key)
+        _need(value is None or (isinstance(value, str) and value), key, value, "a file path (string)")
+        if value is not None:
+            path = where / value
+            _need(path.exists(), key, value, f"an existing file (looked for {path})")
+            files[key] = str(path)
+    if "tables" in files:  # the file's tables do not depend on the synthetic table's fields
+        swept = [f for f, _ in axes if f in TABLE_FIELDS]
+        _need(not swept, "axes", swept, "no synthetic-table field when tables is a file (it would change nothing)")
+    spec = Spec(name, raw.get("title", name), preset, tuple(curves), samples, quick_samples, seed, chunk, regime,
+                dict(fixed), dict(quick_fixed), tuple(axes), mode, ppc, dict(options), text, **files)
     for point in spec.points()[:1] + spec.points()[-1:]:
         scenario_of(spec, point, quick=False)  # validates field values early, naming the field
     return spec
@@ -263,8 +285,7 @@ def scenario_of(spec: Spec, point: dict, quick: bool, base: Scenario | None = No
 
 def _field_values(fields: dict) -> dict:
     """TOML values as Scenario values: whole floats of integer fields as ints, lists as float arrays."""
-    ints = ("n_nodes", "top_k", "n_tokens", "n_layers", "n_slots", "n_clusters", "table_seed")
-    fields = {k: (int(v) if k in ints and float(v).is_integer() else v) for k, v in fields.items()}
+    fields = {k: (int(v) if k in INTEGER_FIELDS and float(v).is_integer() else v) for k, v in fields.items()}
     return {k: (np.asarray(v, float) if isinstance(v, list) else v) for k, v in fields.items()}
 
 
@@ -276,7 +297,7 @@ def unvalidated_base(spec: Spec, quick: bool) -> Scenario:
         fields.update(spec.quick_fixed)
     for name, value in fields.items():
         if name not in STATIC_FIELDS + DYNAMIC_FIELDS:
-            raise ConfigError(name, value, "a Scenario field (see sift_jax.scenario.UNITS)")
+            raise ConfigError(name, value, "a Scenario field (see sift_jax.scenario.FIELDS)")
     return dataclasses.replace(presets.get(spec.preset), **_field_values(fields))
 
 
@@ -324,26 +345,46 @@ def stack_scenarios(scs: list[Scenario], varying: set[str] | None = None) -> Sce
     return dataclasses.replace(first, **leaves)
 
 
-TABLE_FIELDS = frozenset({"output_norm", "output_norm_sigma", "intra_cluster_cosine"})  # read by synthetic_tables
-
-
-def point_params(scs: list[Scenario], varying: set[str]) -> tuple[tuple, tuple]:
-    """(params (Scenario, tables), per-leaf point axes) for `montecarlo.run`: only the `varying` dynamic
-    fields (and the tables, if a field they depend on varies) carry the point axis; the rest is shared,
-    so draws and gates that do not depend on a varying field are computed once per sample."""
+def point_params(scs: list[Scenario], varying: set[str], spec: Spec | None = None) -> tuple[tuple, tuple]:
+    """(params (Scenario, tables[, router logits]), per-leaf point axes) for `montecarlo.run`: only the
+    `varying` dynamic fields (and the synthetic tables, if a field they depend on varies) carry the point
+    axis; the rest is shared, so draws and gates that do not depend on a varying field are computed once
+    per sample. The spec's table file and router log (`Spec.tables`, `Spec.router`) are shared by all points."""
+    files = _input_files(spec, scs[0])
     varying = set(varying) & set(DYNAMIC_FIELDS)
     if not varying:  # a batch of one point (padded): stack one field so vmap has an axis
         varying = {DYNAMIC_FIELDS[0]}
     stacked = stack_scenarios(scs, varying)
     marks = dataclasses.replace(stacked, **{f: (0 if f in varying else -1) for f in DYNAMIC_FIELDS})
     sc_axes = tuple(None if a == -1 else 0 for a in jax.tree.leaves(marks))
-    vary_tables = bool(varying & TABLE_FIELDS)
-    if vary_tables:
+    vary_tables = bool(varying & TABLE_FIELDS) and "tables" not in files
+    if "tables" in files:
+        tables = files["tables"]
+    elif vary_tables:
         in_axes = jax.tree.unflatten(jax.tree.structure(stacked), list(sc_axes))
         tables = jax.vmap(similarity.synthetic_tables, in_axes=(in_axes,))(stacked)
     else:
         tables = similarity.synthetic_tables(stacked)
-    return (stacked, tables), sc_axes + ((0 if vary_tables else None),)
+    router = (files["router"],) if "router" in files else ()
+    return (stacked, tables, *router), sc_axes + ((0 if vary_tables else None),) + (None,) * len(router)
+
+
+def _input_files(spec: Spec | None, sc: Scenario) -> dict:
+    """{"tables": float[L, N, N+1], "router": float32[L, T, N]} from the spec's files, checked against `sc`."""
+    if spec is None:
+        return {}
+    sizes = (sc.n_nodes, sc.n_layers, sc.n_tokens)
+    return {key: _cached_input(key, path, sizes, inputs.file_sha256(path))
+            for key, path in (("tables", spec.tables), ("router", spec.router)) if path}
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_input(kind: str, path: str, sizes: tuple[int, int, int], sha256: str) -> jax.Array:
+    """A checked input file's array (cached by path, sizes and content hash)."""
+    del sha256  # part of the cache key only: a changed file is read again
+    n_nodes, n_layers, n_tokens = sizes
+    sc = Scenario(n_nodes=n_nodes, n_layers=n_layers, n_tokens=n_tokens, top_k=1)
+    return (inputs.load_tables if kind == "tables" else inputs.load_router)(path, sc)[0]
 
 
 @functools.cache
@@ -370,7 +411,8 @@ def _decode(payload: list[dict]) -> list[dict[str, Stat]]:
 
 def run(spec: Spec | str | os.PathLike, out: str | os.PathLike | None = "results", resume: bool = False,
         samples: int | None = None, quick: bool = False, progress: Callable[[int, int], None] | None = None,
-        point_axes: str | None = None, overwrite: bool = False):
+        point_axes: str | None = None, overwrite: bool = False, shard: tuple[int, int] | None = None,
+        merge: bool = False):
     """Run a sweep; returns an `xarray.Dataset` (also written to `<out>/<name>.nc` when `out` is set).
 
     Args:
@@ -388,10 +430,21 @@ def run(spec: Spec | str | os.PathLike, out: str | os.PathLike | None = "results
             runs), else "swept".
         overwrite: replace an earlier `<out>/<name>.nc` and its parts (refused otherwise, as is
             `resume` together with `overwrite`).
+        shard: (I, N), 0 <= I < N: run only the batches k with k % N == I (a deterministic 1/N of the
+            work, e.g. one task of a job array) into the shared `out`, joining parts other shards wrote
+            (resume semantics, each shard with its own lock); the shard that finds every part present
+            assembles `<name>.nc`. Without it every batch runs.
+        merge: compute nothing: assemble `<name>.nc` from the parts in `out` (refused, listing what is
+            missing, unless every part of this run is present and intact).
+
+    Several processes (after `sift_jax.distributed.initialize_from_env()`, e.g. `sift-jax sweep --distributed`
+    on N hosts) each call `run` with the same arguments: every process evaluates every batch over the global
+    devices, process 0 alone opens the store, decides which parts to skip on `resume` and writes parts and
+    the result; the others return None.
 
     Returns:
-        An `xarray.Dataset` with dims (curve, *axes) for product specs or (curve, point) for zipped
-        ones, and one variable `<metric>_<stat>` per metric of `METRICS` (in its unit: J, s, fractions)
+        An `xarray.Dataset` (None for a shard that leaves parts to other shards) with dims (curve, *axes) for product specs or (curve, point) for zipped
+        ones, and one variable `<metric>_<stat>` per registered metric (`sj.metrics.names()`; in its unit)
         and stat (mean, ci_lo, ci_hi, n, n_invalid, p50, p90, p99, tail_share, reliable); attributes hold
         the spec, seed, samples, chunk size and provenance. Under fast fading also `energy_diff_j_<stat>`
         with dims (pair, *axes): for each pair "<a>|<b>" of curves of one policy, the per-sample energy
@@ -400,7 +453,8 @@ def run(spec: Spec | str | os.PathLike, out: str | os.PathLike | None = "results
 
     Raises:
         ConfigError: an invalid spec or run argument, a bad or locked `out`, earlier results without
-            `resume` or `overwrite`, or `resume` over parts of another run.
+            `resume` or `overwrite`, `resume`/`shard`/`merge` over parts of another run, or a `merge`
+            with parts missing.
         store.Interrupted: SIGINT/SIGTERM while writing to `out` (finished batches are kept for `resume`).
 
     Example:
@@ -439,37 +493,128 @@ def run(spec: Spec | str | os.PathLike, out: str | os.PathLike | None = "results
     points = spec.points()
     base = unvalidated_base(spec, quick)
     scs = [scenario_of(spec, p, quick, base) for p in points]
+    for prefilling in sorted({sc.n_tokens > 1 for sc in scs}):  # each curve's rule exists and takes the options
+        for c in spec.curves:
+            check_policy(c.policy, spec.regime, c.bits, spec.options, prefilling)
     manifest = {"spec_sha256": hashlib.sha256(spec.text.encode()).hexdigest(), "code": _code_hash(),
-                "samples": n_samples, "seed": spec.seed, "quick": quick, "point_axes": point_axes}
+                "samples": n_samples, "seed": spec.seed, "quick": quick, "point_axes": point_axes,
+                "metrics": list(metric_records.names())}
+    for key in ("tables", "router"):  # a changed input file makes the parts another run's (resume refuses)
+        path = getattr(spec, key)
+        if path:
+            getattr(inputs, f"load_{key}")(path, scs[0])  # checked against the scenario before any work
+            manifest[f"{key}_sha256"] = inputs.file_sha256(path)
     groups: dict[tuple, list[int]] = {}
     for i, sc in enumerate(scs):
         groups.setdefault(_static_signature(sc), []).append(i)
     batches = [(curves, idx[b:b + spec.points_per_call]) for curves in curve_groups(spec) for idx in groups.values()
                for b in range(0, len(idx), spec.points_per_call)]
-    total = len(batches) * n_samples * spec.points_per_call
+    mine = _shard_batches(len(batches), shard, merge, out, resume, overwrite)
+    total = len(mine) * n_samples * spec.points_per_call
     results: dict[tuple[str, int], dict[str, Stat]] = {}
-    opened = contextlib.nullcontext() if out is None else store.open_run(out, spec.name, manifest, resume, overwrite)
-    with opened as st:
-        for k, (curves, members) in enumerate(batches):
-            keys = {label: f"{label.replace(':', '_').replace('|', '--')}__{members[0]}"
-                    for label in [c.label for c in curves] + curve_pairs(curves)}
-            by_curve = {} if st is None or st.missing(keys.values()) else {
-                label: st.load(key, _decode) for label, key in keys.items()}
-            if not by_curve or None in by_curve.values():  # never run, or a part was damaged
-                by_curve = _evaluate(spec, curves, [scs[i] for i in members], varying, n_samples, size, progress, k,
+    lock = None if shard is None else f"{spec.name}.shard-{shard[0]}-of-{shard[1]}"
+    with contextlib.ExitStack() as stack:
+        held: dict = {}
+
+        def open_store() -> list[int]:
+            """Process 0 only: open (lock, check) the store and load the finished batches; their indices."""
+            if out is None:
+                return []
+            st = held["st"] = stack.enter_context(store.open_run(
+                out, spec.name, manifest, resume or shard is not None or merge, overwrite, lock_name=lock))
+            for k in mine:
+                keys = _part_keys(*batches[k])
+                loaded = {} if st.missing(keys.values()) else {label: st.load(key, _decode) for label, key in keys.items()}
+                if loaded and None not in loaded.values():  # present and intact (a damaged one is recomputed)
+                    held.setdefault("loaded", {})[k] = loaded
+            return sorted(held.get("loaded", {}))
+
+        # every process of a multi-process run evaluates the same batches in step; process 0 decides which
+        finished = set(distributed.on_writer(open_store))
+        st = held.get("st")
+        for done, k in enumerate(mine):
+            curves, members = batches[k]
+            if k in finished:
+                by_curve = held.get("loaded", {}).get(k, {})  # empty outside process 0: nothing to keep
+            else:
+                by_curve = _evaluate(spec, curves, [scs[i] for i in members], varying, n_samples, size, progress, done,
                                      total)
                 if st is not None:
-                    for label, key in keys.items():
+                    for label, key in _part_keys(curves, members).items():
                         st.save(key, _encode(by_curve[label]))
             for label, stats in by_curve.items():
                 for i, stat in zip(members, stats):
                     results[(label, i)] = stat
             if progress is not None:
-                progress((k + 1) * n_samples * spec.points_per_call, total)
+                progress((done + 1) * n_samples * spec.points_per_call, total)
+        if not distributed.is_writer():
+            return None  # process 0 builds and writes the result
+        if shard is None and not merge:
+            ds = to_dataset(spec, points, results, n_samples, size, quick, point_axes)
+            if st is not None:
+                st.write_result(ds.to_netcdf)
+            return ds
+    return _assemble(spec, out, manifest, batches, points, n_samples, size, quick, point_axes, merge)
+
+
+def _part_keys(curves: tuple[Curve, ...], members: list[int]) -> dict[str, str]:
+    """{curve or pair label: part key} of one batch."""
+    return {label: f"{label.replace(':', '_').replace('|', '--')}__{members[0]}"
+            for label in [c.label for c in curves] + curve_pairs(curves)}
+
+
+def _shard_batches(n_batches: int, shard, merge: bool, out, resume: bool, overwrite: bool) -> list[int]:
+    """The batch indices this process runs: all, a shard's k % N == I, or none (merge)."""
+    if shard is None:
+        return [] if merge else list(range(n_batches))
+    if merge:
+        raise ConfigError("merge", True, "not with shard (merge assembles what the shards wrote)")
+    ok = isinstance(shard, tuple) and len(shard) == 2 and all(isinstance(v, int) and not isinstance(v, bool)
+                                                              for v in shard)
+    if not ok or not 0 <= shard[0] < shard[1] <= 100_000:
+        raise ConfigError("shard", shard, "(I, N) integers with 0 <= I < N <= 100000 (CLI: --shard I/N)")
+    if out is None or overwrite or resume:
+        what = "out" if out is None else "overwrite" if overwrite else "resume"
+        raise ConfigError(what, {"out": out, "overwrite": overwrite, "resume": resume}[what],
+                          "with shard: an output directory shared by the shards, without --overwrite (it would "
+                          "discard other shards' parts) and without --resume (shards always reuse finished parts)")
+    return [k for k in range(n_batches) if k % shard[1] == shard[0]]
+
+
+def _assemble(spec: Spec, out, manifest: dict, batches: list, points: list, n_samples: int, size: int, quick: bool,
+              point_axes: str, required: bool):
+    """`<name>.nc` from the parts in `out` when every part is present and intact; else None, or (when
+    `required`, i.e. --merge) a ConfigError naming what is missing."""
+    if out is None:
+        raise ConfigError("out", None, "an output directory holding the shards' parts (merge)")
+    try:
+        opened = store.open_run(out, spec.name, manifest, resume=True)
+        st = opened.__enter__()
+    except ConfigError:
+        if required:
+            raise
+        return None  # another shard holds the result lock: it assembles
+    try:
+        results, missing = {}, []
+        for curves, members in batches:
+            for label, key in _part_keys(curves, members).items():
+                stats = None if st.missing([key]) else st.load(key, _decode)
+                if stats is None:
+                    missing.append(key)
+                    continue
+                for i, stat in zip(members, stats):
+                    results[(label, i)] = stat
+        if missing:
+            if required:
+                raise ConfigError("merge", str(st.parts), f"every part of this run: {len(missing)} of "
+                                  f"{sum(len(_part_keys(*b)) for b in batches)} missing or damaged (e.g. "
+                                  f"{', '.join(missing[:3])}); run the shards that own them")
+            return None
         ds = to_dataset(spec, points, results, n_samples, size, quick, point_axes)
-        if st is not None:
-            st.write_result(ds.to_netcdf)
-    return ds
+        st.write_result(ds.to_netcdf)
+        return ds
+    finally:
+        opened.__exit__(None, None, None)
 
 
 def curve_groups(spec: Spec) -> list[tuple[Curve, ...]]:
@@ -483,13 +628,13 @@ def curve_groups(spec: Spec) -> list[tuple[Curve, ...]]:
         Tuples of curves, in the spec's order of first appearance; every curve in exactly one tuple.
 
     Example:
-        >>> spec = load_spec('name = "d"\\npreset = "switch-base-8"\\nfading = "fast"\\n'
+        >>> spec = load_spec('name = "d"\\npreset = "switch-base-8"\\nregime = "fast"\\n'
         ...                  'curves = ["siftmoe:dynamic", "topk:uniform", "siftmoe:uniform"]\\n'
         ...                  '[[axes]]\\nfield = "eta"\\nvalues = [0.5]\\n')
         >>> [[c.label for c in group] for group in curve_groups(spec)]
         [['siftmoe:dynamic', 'siftmoe:uniform'], ['topk:uniform']]
     """
-    if spec.fading != "fast":
+    if spec.regime != "fast":
         return [(c,) for c in spec.curves]
     by_policy: dict[str, list[Curve]] = {}
     for c in spec.curves:
@@ -503,14 +648,14 @@ def _evaluate(spec: Spec, curves: tuple[Curve, ...], scs: list[Scenario], varyin
     per chunk. Returns {curve label: [{metric: Stat}] per real point}."""
     n_real = len(scs)
     padded = scs + [scs[-1]] * (spec.points_per_call - n_real)
-    params, axes = point_params(padded, varying)
-    bits = tuple(c.bits for c in curves) if spec.fading == "fast" else None
-    fn = TaskMetrics(policy=curves[0].policy, regime=spec.fading, bits=bits,
+    params, axes = point_params(padded, varying, spec)
+    bits = tuple(c.bits for c in curves) if spec.regime == "fast" else None
+    fn = TaskMetrics(policy=curves[0].policy, regime=spec.regime, bits=bits,
                      options=tuple(sorted(spec.options.items())))
     base = k * n_samples * spec.points_per_call
     cb = None if progress is None else (lambda done: progress(base + done * spec.points_per_call, total))
     stats = montecarlo.run(fn, params, spec.points_per_call, n_samples, spec.seed, size, cb, axes=axes)[:n_real]
-    out = {c.label: [{m: pt[fn.key(c.bits, m)] for m in METRICS} for pt in stats] for c in curves}
+    out = {c.label: [{m: pt[fn.key(c.bits, m)] for m in fn.metrics} for pt in stats] for c in curves}
     for (a, b), label in zip(fn.pairs, curve_pairs(curves)):
         out[label] = [{PAIRED_METRIC: pt[fn.pair_key(a, b)]} for pt in stats]
     return out
@@ -527,7 +672,7 @@ def curve_pairs(curves: tuple[Curve, ...]) -> list[str]:
         dataset's `energy_diff_j_*` variables hold E_a - E_b (J per token). Empty under slow fading.
 
     Example:
-        >>> spec = load_spec('name = "d"\\npreset = "switch-base-8"\\nfading = "fast"\\n'
+        >>> spec = load_spec('name = "d"\\npreset = "switch-base-8"\\nregime = "fast"\\n'
         ...                  'curves = ["siftmoe:dynamic", "siftmoe:uniform", "siftmoe:dp"]\\n'
         ...                  '[[axes]]\\nfield = "eta"\\nvalues = [0.5]\\n')
         >>> curve_pairs(curve_groups(spec)[0])
@@ -539,9 +684,12 @@ def curve_pairs(curves: tuple[Curve, ...]) -> list[str]:
 
 
 def to_dataset(spec: Spec, points: list[dict], results: dict, n_samples: int, chunk_size: int, quick: bool,
-               point_axes: str = "swept"):
-    """Labelled results: dims (curve, *axes) for product specs or (curve, point) for zipped ones."""
+               point_axes: str = "swept", metric_names: tuple[str, ...] | None = None):
+    """Labelled results: dims (curve, *axes) for product specs or (curve, point) for zipped ones; one
+    variable per metric of `metric_names` (default: every registered metric) and stat."""
     import xarray as xr
+
+    metric_names = metric_records.names() if metric_names is None else metric_names
 
     curves = [c.label for c in spec.curves]
     if spec.mode == "product":
@@ -557,7 +705,7 @@ def to_dataset(spec: Spec, points: list[dict], results: dict, n_samples: int, ch
         return (s.mean, lo, hi, s.n, s.n_invalid, s.p50, s.p90, s.p99, s.tail_share, float(s.reliable))
 
     data = {}
-    for metric in METRICS:
+    for metric in metric_names:
         rows = [fields(results[(label, i)][metric]) for label in curves for i in range(len(points))]
         table = np.array(rows, dtype=float).reshape(shape + (len(STAT_FIELDS),))  # None -> nan
         for j, f in enumerate(STAT_FIELDS):
@@ -569,9 +717,14 @@ def to_dataset(spec: Spec, points: list[dict], results: dict, n_samples: int, ch
         for j, f in enumerate(STAT_FIELDS):
             data[f"{PAIRED_METRIC}_{f}"] = (("pair",) + dims[1:], table[..., j])
         coords["pair"] = pairs
-    attrs = {"spec_name": spec.name, "title": spec.title, "preset": spec.preset, "fading": spec.fading,
+    attrs = {"spec_name": spec.name, "title": spec.title, "preset": spec.preset, "regime": spec.regime,
              "spec": spec.text, "seed": spec.seed, "samples": n_samples, "chunk_size": chunk_size,
              "quick": int(quick), "point_axes": point_axes, "code_sha256": _code_hash()}
+    for key in ("tables", "router"):
+        path = getattr(spec, key)
+        attrs[f"{key}_file"] = path or "synthetic"
+        if path:
+            attrs[f"{key}_sha256"] = inputs.file_sha256(path)
     attrs |= {k: (int(v) if isinstance(v, bool) else v) for k, v in provenance().items()}
     attrs["note"] = ("mean/ci/quantiles are NaN only where n == 0 (no valid sample, e.g. all infeasible); "
                      "see the _n and _n_invalid variables")

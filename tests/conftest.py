@@ -1,12 +1,7 @@
-"""Shared test set-up: repo root on sys.path (for benchmarks.numpy_reference), x64 toggling fixture."""
-
-import pathlib
-import sys
+"""Shared test set-up: the x64 toggling fixture. The NumPy references live in `sift_jax.testing`."""
 
 import jax
 import pytest
-
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
 
 @pytest.fixture

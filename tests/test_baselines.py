@@ -12,10 +12,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from benchmarks.bench_decode import random_instances
 from sift_jax.errors import ConfigError
 from sift_jax.policies import baselines, decode, topk, topk_ideal, wdmoe
 from sift_jax.scenario import Scenario
+from sift_jax.testing.numpy_reference import random_instances
 
 N, K = 6, 3
 

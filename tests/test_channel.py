@@ -7,8 +7,8 @@ import pytest
 from scipy import stats as sps
 
 import sift_jax as sj
-from benchmarks import numpy_reference as ref
 from sift_jax.scenario import Scenario
+from sift_jax.testing import numpy_reference as ref
 
 N_DRAW = 400_000
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 import sift_jax as sj
-from benchmarks import numpy_reference as ref
 from sift_jax.scenario import Scenario
+from sift_jax.testing import numpy_reference as ref
 
 
 def _random_scenario(rng, n_nodes=6, cap=False):

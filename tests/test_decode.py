@@ -20,12 +20,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from benchmarks.bench_decode import clustered_instances, decode_numpy, random_instances
 from sift_jax import policies
 from sift_jax.errors import ConfigError
 from sift_jax.policies import decode, oracle
 from sift_jax.policies.baselines import topk as topk_practical
 from sift_jax.scenario import Scenario
+from sift_jax.testing.numpy_reference import clustered_instances, decode_numpy, random_instances
 
 N_PAD = 8
 

@@ -62,4 +62,4 @@ def test_readme_python_quickstart_runs(tmp_path, monkeypatch):
     namespace: dict = {}
     exec(compile(code, "README.md quickstart", "exec"), namespace)  # noqa: S102 - our own README
     assert namespace["res"].metrics["energy_per_token_j"].n + namespace["res"].metrics["energy_per_token_j"].n_invalid == 2
-    assert (tmp_path / "fig6a.nc").exists() and int(namespace["ds"].attrs["samples"]) == 2
+    assert (tmp_path / "fig5a.nc").exists() and int(namespace["ds"].attrs["samples"]) == 2

@@ -68,9 +68,11 @@ def test_save_and_load_tables(cal, tmp_path):
         cal_lib.load_tables(tmp_path / "nowhere")
 
 
-def test_prop1_holds_for_every_token_and_layer(model, corpus):
+def test_prop1_holds_for_every_token_and_layer(model, corpus, cal):
     """Random skip/replace selections on every token and layer: delta <= sum_i g_i F_i,phi(i)(z), with F
-    from `similarity.pairwise` (independent of the model's code path)."""
+    from `similarity.pairwise` (independent of the model's code path). Thm. 1 on the same run, counted in
+    NumPy: e^(l) = ||y~^(l) - y^(l)|| (perturbed against clean MoE outputs) <= the recursion
+    b^(l) = beta^(l) b^(l-1) + 2 B^(l) + delta^(l), b^(0) = 0, with the calibrated B_max, beta_max."""
     cfg = model.cfg
     x, _ = data_lib.eval_windows(corpus.test, cfg.context, 4)
     x = jnp.asarray(x)
@@ -96,19 +98,52 @@ def test_prop1_holds_for_every_token_and_layer(model, corpus):
     # the lab's exact-F bound is the same quantity
     np.testing.assert_allclose(np.asarray(tight_lib.exact_f_bound(aux["expert_outputs"], aux["gates"], aux["topk"],
                                                                   jnp.asarray(sel))), bound, rtol=2e-4, atol=1e-5)
+    # Thm. 1, written out in NumPy (App. B, eqs. 29-32), on every token and layer
+    e = np.linalg.norm(np.asarray(aux["moe_outputs"], np.float64) - np.asarray(aux0["moe_outputs"], np.float64), axis=-1)
+    b_max = np.asarray(cal["b_max"], np.float64)
+    b_max = b_max.max(-1) if b_max.ndim == 2 else b_max  # [L]: max over the layer's experts
+    beta = np.asarray(cal["beta_max"], np.float64)
+    thm1 = np.zeros_like(delta)
+    prev = np.zeros(delta.shape[1:])
+    for l in range(n_l):
+        prev = beta[l] * prev + 2 * b_max[l] + delta[l]
+        thm1[l] = prev
+    assert np.sum(e > thm1 * (1 + tight_lib.PROP1_RTOL)) == 0
+    assert np.mean(e > 0) > 0.5  # the selections did perturb the outputs
 
 
 # one settings object for both runs: the second reuses the first one's compilation
 TC = tight_lib.TightnessConfig(n_windows=2, n_draws=2, eta_fractions=(0.0, 0.3, 1.0), grid_batch=2)
 
 
-def test_tightness_run(model, cal, corpus):
-    res = tight_lib.run(model, cal["table"], cal["b_max"], cal["beta_max"], corpus.test, tc=TC)
-    # (a) Prop. 1 with exact F never exceeds 1; the table version is a distribution
-    assert res["prop1_exact"]["n_violations"] == 0 and res["prop1_exact"]["topk_n_violations"] == 0
-    assert res["prop1_exact"]["max_ratio"] <= 1 + tight_lib.PROP1_RTOL
-    assert res["prop1_exact"]["n"] > 0 and res["prop1_table"]["all"]["median"] > 0
-    # (b) Thm. 1 holds (e <= 2 B_max with the calibrated B_max, see the module docstring)
+@pytest.fixture(scope="module")
+def tight_run(model, cal, corpus):
+    return tight_lib.run(model, cal["table"], cal["b_max"], cal["beta_max"], corpus.test, tc=TC)
+
+
+def _numpy_violations(res) -> tuple[int, int]:
+    """Violations counted in NumPy from the run's per-token arrays ("ratios", SiftMoE runs, changed
+    layer-tokens): (Prop. 1 with exact F: delta > bound_f; Thm. 1 at the last layer: e / bound > 1)."""
+    r, rtol = res["ratios"], tight_lib.PROP1_RTOL
+    delta, bound_f = np.asarray(r["delta"], np.float64), np.asarray(r["bound_f"], np.float64)
+    assert delta.shape == bound_f.shape and np.all(bound_f > 0)
+    return int(np.sum(delta > bound_f * (1 + rtol) + 1e-6)), int(np.sum(np.asarray(r["thm1"]) > 1 + rtol))
+
+
+def test_tightness_run(model, tight_run):
+    res = tight_run
+    # (a) Prop. 1 with exact F never exceeds 1 (triangle inequality); the table version is a distribution
+    prop1, thm1 = _numpy_violations(res)
+    r = res["ratios"]
+    assert prop1 == 0 and res["prop1_exact"]["n_violations"] == prop1
+    assert res["prop1_exact"]["topk_n_violations"] == 0  # (no per-token arrays of the Top-K runs are returned)
+    assert r["delta"].size == res["prop1_exact"]["n"] > 0
+    assert np.max(np.asarray(r["delta"], np.float64) / r["bound_f"]) <= 1 + tight_lib.PROP1_RTOL
+    assert res["prop1_table"]["all"]["median"] > 0
+    # (b) Thm. 1 holds (e <= 2 B_max with the calibrated B_max, see the module docstring), at the last layer
+    # of every SiftMoE run and token, counted here
+    n_runs = len(res["etas"]) * res["n_draws"]
+    assert r["thm1"].size == n_runs * res["n_tokens"] and thm1 == 0
     assert res["thm1"]["n_violations"] == 0 and res["thm1"]["measured_delta"]["max"] <= 1
     # (c) shapes and sanity: eta = 0 cannot lose more than practical Top-K (fallback), energy falls with eta
     assert len(res["accuracy"]["siftmoe"]) == 3 and len(res["accuracy"]["siftmoe_per_draw"][0]) == 2
@@ -141,7 +176,7 @@ def test_bad_inputs(model, cal, corpus):
                       sc=tight_lib.lab_scenario(model.cfg, n_layers=3))
 
 
-def test_cli_calibrate_and_tightness(model, cal, tmp_path):
+def test_cli_calibrate_and_tightness(model, cal, tight_run, tmp_path):
     """`moe calibrate` and `moe tightness` on a saved checkpoint write tables, JSON and PNG figures."""
     import json
 
@@ -165,7 +200,11 @@ def test_cli_calibrate_and_tightness(model, cal, tmp_path):
                             "--grid-batch", "2", "--quiet"], catch_exceptions=False)
     assert r.exit_code == 0, r.output
     doc = json.loads((ckpt / "tightness" / "tightness.json").read_text())
-    assert doc["prop1_exact"]["n_violations"] == 0 and len(doc["etas"]) == 3
+    # the same settings and model as `tight_run`: the counts are those of its per-token arrays (NumPy)
+    prop1, _ = _numpy_violations(tight_run)
+    assert doc["prop1_exact"]["n_violations"] == prop1 == 0 and len(doc["etas"]) == 3
+    assert doc["prop1_exact"]["n"] == tight_run["ratios"]["delta"].size
+    assert doc["thm1"]["n_violations"] == 0
     for name in doc["figures"]:
         assert (ckpt / "tightness" / name).stat().st_size > 1000
     r = runner.invoke(moe, ["tightness", str(ckpt), "--fallback", "drop"])

@@ -109,3 +109,44 @@ def test_runner_matches_the_host_accumulator_on_raw_values():
             assert (s.p50, s.p90, s.p99, s.n, s.max, s.reliable) == (ref.p50, ref.p90, ref.p99, ref.n, ref.max,
                                                                       ref.reliable)
             assert s.ci95 == (pytest.approx(ref.ci95[0], rel=1e-9, abs=1e-15), pytest.approx(ref.ci95[1], rel=1e-9))
+
+
+METRIC_CODE = """
+import json, jax, jax.numpy as jnp
+from sift_jax import montecarlo
+
+def metric(key, params):
+    u = jax.random.uniform(key)
+    return {"latency": (2.364 + 0.008 * jnp.exp(u), True), "rate": ((u < params["p"]).astype(jnp.float32), True)}
+"""
+SHARDED_CODE = METRIC_CODE + """
+params = {"p": jax.device_put(jnp.array([0.0, 0.3, 1.0]), jax.devices()[0])}  # committed to one device
+out = {mode: [{k: v.to_dict() for k, v in r.items()} for r in montecarlo.run(metric, params, 3, 3000, 5, 1000,
+                                                                                sharding=mode)]
+       for mode in ("shard_map", "dispatch")}
+print(json.dumps({"devices": jax.device_count(), "spmd_programs": montecarlo._chunk_shard_map._cache_size(), **out}))
+"""
+
+
+def test_shard_map_over_four_cpu_devices_runs_one_spmd_program():
+    """sharding="shard_map" over 4 CPU devices compiles the SPMD program (it used to fall back to one device),
+    takes params committed to one device, and matches a one-device run: exactly for the 0/1 rate, to float32
+    rounding for a float metric (XLA's partitioned code may differ in the last ulps); "dispatch" bit for bit."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = os.environ | {"XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+    res = subprocess.run([sys.executable, "-c", SHARDED_CODE], env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    got = json.loads(res.stdout.strip().splitlines()[-1])
+    assert got["devices"] == 4 and got["spmd_programs"] == 1
+    ns = {}
+    exec(METRIC_CODE, ns)  # the same metric, run in this (one-device) process
+    ref = montecarlo.run(ns["metric"], {"p": jnp.array([0.0, 0.3, 1.0])}, 3, 3000, 5, 1000)
+    for p, stats_p in enumerate(ref):
+        assert got["dispatch"][p] == json.loads(json.dumps({k: v.to_dict() for k, v in stats_p.items()}))
+        assert got["shard_map"][p]["rate"] == got["dispatch"][p]["rate"]
+        for field in ("mean", "std", "max", "p50", "p99"):
+            assert got["shard_map"][p]["latency"][field] == pytest.approx(getattr(stats_p["latency"], field), rel=1e-6)

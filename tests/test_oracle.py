@@ -1,5 +1,5 @@
 """The brute-force oracle (policies/oracle.py) against hand-solved cases and the independent NumPy
-enumeration of benchmarks/bench_decode.py (node sets instead of slot mappings)."""
+enumeration of sift_jax/testing/numpy_reference.py (node sets instead of slot mappings)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from benchmarks.bench_decode import decode_numpy, random_instances
 from sift_jax.errors import ConfigError
 from sift_jax.policies import oracle
 from sift_jax.scenario import Scenario
+from sift_jax.testing.numpy_reference import decode_numpy, random_instances
 
 
 def run(n, k, inst, share):

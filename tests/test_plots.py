@@ -63,6 +63,10 @@ def test_band_from_zero_on_a_log_axis(tmp_path):
     assert (tmp_path / "fig7a.png").stat().st_size > 1000 and png.endswith("fig7a.png")
 
 
-def test_metric_labels_cover_the_energy_split():
-    assert plots.METRIC_LABELS["uplink_energy_j"] == "Uplink (radio) energy per token (J)"
-    assert plots.METRIC_LABELS["local_energy_j"] == "User-side expert energy per token (J)"
+def test_metric_labels_cover_every_registered_metric():
+    from sift_jax import metrics
+
+    assert plots._metric_label("uplink_energy_j") == "Uplink (radio) energy per token (J)"
+    assert plots._metric_label("local_energy_j") == "User-side expert energy per token (J)"
+    assert all(plots._metric_label(m) != m for m in metrics.names())  # every metric has a label of its own
+    assert plots._metric_label("not_registered") == "not_registered"

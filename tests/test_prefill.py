@@ -301,8 +301,8 @@ def test_fast_truncated_candidate_lists_keep_a_valid_bound(x64):
 
 
 def _numpy_minimal_sets(x, k):
-    """Minimal feasible node sets per token from the NumPy formulation of benchmarks/bench_prefill.py."""
-    from benchmarks.bench_prefill import feasible_sets
+    """Minimal feasible node sets per token from the NumPy formulation of sift_jax/testing/numpy_reference.py."""
+    from sift_jax.testing.numpy_reference import feasible_sets
 
     member, ok = feasible_sets(x, k)  # [S, N] membership of the sets of available nodes, [M, S] feasible
     n = member.shape[1]

@@ -59,11 +59,17 @@ def test_bad_arguments_raise_config_error():
 
 
 def test_infeasible_counted_not_dropped():
-    sc = _decode(n_layers=2, deadline_s=0.028)  # 27.35 ms expert loads: almost nothing fits
+    # 27.35 ms expert loads leave 1.65 ms of the 29 ms deadline: whether a helper fits depends on its
+    # channel, so some tasks (about 28% with seed 0) have a layer with no feasible selection, others not
+    # (at 28 ms every task is infeasible, at 30 ms none is).
+    sc = _decode(n_layers=2, deadline_s=0.029)
     res = simulate(sc, policy="siftmoe", samples=500, seed=0).metrics
-    assert res["infeasible_rate"].n == 500
-    assert res["energy_per_token_j"].n + res["energy_per_token_j"].n_invalid == 500
-    assert res["infeasible_rate"].mean == pytest.approx(res["energy_per_token_j"].n_invalid / 500)
+    rate, energy = res["infeasible_rate"], res["energy_per_token_j"]
+    assert 0 < rate.mean < 1 and 0 < energy.n_invalid < 500
+    assert rate.n == 500 and rate.n_invalid == 0
+    assert energy.n + energy.n_invalid == 500
+    assert energy.n == round(500 * (1 - rate.mean))
+    assert rate.mean == pytest.approx(energy.n_invalid / 500)
 
 
 def _user_cost(sc):

@@ -3,7 +3,7 @@ its calibration tables and the tightness of the paper's bounds on it.
 
 Modules: `data` (corpus), `model` (MoELM), `train` (AdamW + orbax checkpoints), `calibrate`
 (Fbar tables, B_max / beta estimates, `load_tables`), `tightness` (Prop. 1 / Thm. 1 checks, accuracy vs
-eta) and `cli` (the `sift-jax moe` commands, `quick_lab`). Importing this package is cheap: the
+eta) and `cli` (the `sift-jax moe` commands), `lab` (`quick_lab`). Importing this package is cheap: the
 submodules load on first use.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 
 def quick_lab(out_dir, seed: int = 0, quick: bool = True) -> dict:
-    """Train, calibrate and run the tightness lab; see `sift_jax.moe.cli.quick_lab`.
+    """Train, calibrate and run the tightness lab; see `sift_jax.moe.lab.quick_lab`.
 
     Args:
         out_dir: output directory (checkpoint/, tightness/ and summary.json are written there).
@@ -35,7 +35,7 @@ def quick_lab(out_dir, seed: int = 0, quick: bool = True) -> dict:
         ...     summary["quick"], sorted(summary["paths"])
         (True, ['checkpoint', 'tightness'])
     """
-    from sift_jax.moe.cli import quick_lab as _quick_lab
+    from sift_jax.moe.lab import quick_lab as _quick_lab
 
     return _quick_lab(out_dir, seed=seed, quick=quick)
 

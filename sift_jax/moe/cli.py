@@ -1,4 +1,4 @@
-"""`sift-jax moe train | calibrate | tightness`: the Flax MoE lab on the command line, and `quick_lab`.
+"""`sift-jax moe train | calibrate | tightness`: the Flax MoE lab on the command line.
 
 Outputs:
     train      CKPT/ (orbax params/, config.json), CKPT/train_summary.json, CKPT/train_curve.png
@@ -22,7 +22,7 @@ import numpy as np
 
 from sift_jax.errors import ConfigError
 
-__all__ = ["main", "moe", "quick_lab"]
+__all__ = ["main", "moe", "write_json"]
 
 
 def _echo(quiet: bool, text: str):
@@ -31,7 +31,23 @@ def _echo(quiet: bool, text: str):
         click.echo(text, err=True)
 
 
-def _write_json(path: pathlib.Path, doc: dict):
+def write_json(path: pathlib.Path, doc: dict) -> None:
+    """Write `doc` as indented JSON, NumPy scalars and arrays as plain numbers and lists.
+
+    Args:
+        path: the file to write. doc: a dict of JSON-ready values, NumPy scalars or arrays.
+
+    Returns:
+        None.
+
+    Example:
+        >>> import tempfile, numpy as np
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     write_json(pathlib.Path(d) / "x.json", {"a": np.float32(1.5), "b": np.arange(2)})
+        ...     (pathlib.Path(d) / "x.json").read_text().split()
+        ['{', '"a":', '1.5,', '"b":', '[', '0,', '1', ']', '}']
+    """
+
     def default(o):
         if isinstance(o, (np.floating, np.integer)):
             return o.item()
@@ -185,7 +201,7 @@ def do_train(out, cfg, tc, quiet: bool = True, corpus=None) -> dict:
     if stale:
         warnings.warn(f"{out}: removed {', '.join(stale)} of the previous model; run `sift-jax moe calibrate {out}`",
                       StoreWarning, stacklevel=2)
-    _write_json(out / "train_summary.json", summary)
+    write_json(out / "train_summary.json", summary)
     plot_train_curve(res.history, summary, out / "train_curve.png")
     return summary
 
@@ -232,89 +248,8 @@ def do_tightness(ckpt, out=None, preset: str = "mixtral-8x7b", overrides: dict |
     res["overrides"] = {k: (v if np.isscalar(v) else np.asarray(v).tolist()) for k, v in (overrides or {}).items()}
     res["figures"] = plot_tightness(res, out)
     doc = {k: v for k, v in res.items() if k != "ratios"}
-    _write_json(out / "tightness.json", doc)
+    write_json(out / "tightness.json", doc)
     return doc
-
-
-def _cached_train(ckpt: pathlib.Path, cfg, tc) -> dict | None:
-    """The saved training summary when `ckpt` already holds a model trained with exactly (cfg, tc)."""
-    try:
-        meta = json.loads((ckpt / "config.json").read_text())
-        if meta.get("model") == cfg.to_dict() and meta.get("train") == tc.to_dict() and (ckpt / "params").is_dir():
-            return json.loads((ckpt / "train_summary.json").read_text())
-    except (OSError, ValueError):
-        pass
-    return None
-
-
-def quick_lab(out_dir, seed: int = 0, quick: bool = True) -> dict:
-    """Train, calibrate and run the tightness lab in one call (used by `sift-jax reproduce`).
-
-    quick=True: the tiny model (`tiny_config`, `tiny_train_config`: about 30 s of CPU time to train,
-    about a minute for everything on 2 CPU cores) and a small tightness run (8 test windows, 2 channel
-    draws). quick=False: the default model and settings (about 5 minutes of CPU time to train). A checkpoint
-    already in `out_dir/checkpoint` that was trained with the same configurations is reused (cached).
-
-    Writes `out_dir/checkpoint/` (checkpoint, calibration, train curve, table heatmaps),
-    `out_dir/tightness/` (tightness.json and figures) and `out_dir/summary.json`.
-
-    Args:
-        out_dir: output directory (created if missing).
-        seed: seed of the training run, the calibration estimators and the channel draws.
-        quick: the tiny model and small settings (True) or the defaults (False).
-
-    Returns:
-        {"train", "calibration", "tightness": summaries, "paths": {...}, "figures": {name: path relative
-        to the parent of out_dir (where a report next to out_dir links them)}, "figures_abs": {name: path},
-        "quick": bool}. Units as in `sift_jax.moe.train.train`, `sift_jax.moe.calibrate.summarize` and
-        `sift_jax.moe.tightness.run`.
-
-    Example:
-        The run is skipped in the doctests (it trains for about 30 s of CPU time; `sift-jax reproduce
-        --quick`, tested in `tests/test_sweep.py`, runs it). What quick=True trains, checked:
-
-        >>> import tempfile
-        >>> from sift_jax.moe.model import tiny_config
-        >>> from sift_jax.moe.train import tiny_train_config
-        >>> tiny_config().n_layers, tiny_config().n_experts, tiny_train_config().steps
-        (2, 4, 200)
-        >>> with tempfile.TemporaryDirectory() as d:  # doctest: +SKIP
-        ...     summary = quick_lab(d)
-        ...     sorted(summary["figures"])
-        ['accuracy_vs_eta', 'calibration_tables', 'energy_vs_eta', 'prop1_ratio', 'thm1_ratio', 'train_curve']
-    """
-    from sift_jax.moe import data as data_lib
-    from sift_jax.moe import tightness as tight_lib
-    from sift_jax.moe.model import MoEConfig, tiny_config
-    from sift_jax.moe.train import TrainConfig, tiny_train_config
-
-    out = pathlib.Path(out_dir)
-    ckpt = out / "checkpoint"
-    if quick:
-        cfg, tc = tiny_config(), tiny_train_config(seed=seed)
-        cal_kw = dict(n_windows=32, n_lipschitz_points=64, n_power_points=4, power_iters=20)
-        tcfg = tight_lib.TightnessConfig(n_windows=8, batch_windows=8, n_draws=2, seed=seed, grid_batch=2)
-    else:
-        cfg, tc = MoEConfig(), TrainConfig(seed=seed)
-        cal_kw = {}
-        tcfg = tight_lib.TightnessConfig(seed=seed)
-    corpus = data_lib.load_corpus(max_bytes_per_split=tc.max_bytes_per_split)
-    train_summary = _cached_train(ckpt, cfg, tc)
-    if train_summary is None:
-        train_summary = do_train(ckpt, cfg, tc, corpus=corpus)
-    else:
-        train_summary = dict(train_summary, cached=True)
-    cal = do_calibrate(ckpt, seed=seed, corpus=corpus, **cal_kw)
-    tight = do_tightness(ckpt, out / "tightness", corpus=corpus, tc=tcfg)
-    files = {"train_curve": ckpt / "train_curve.png", "calibration_tables": ckpt / "calibration_tables.png"}
-    files.update({pathlib.Path(name).stem: out / "tightness" / name for name in tight["figures"]})
-    base = out.resolve().parent
-    summary = {"train": train_summary, "calibration": cal, "tightness": tight, "quick": quick,
-               "paths": {"checkpoint": str(ckpt), "tightness": str(out / "tightness")},
-               "figures": {k: str(v.resolve().relative_to(base)) for k, v in files.items()},
-               "figures_abs": {k: str(v.resolve()) for k, v in files.items()}}
-    _write_json(out / "summary.json", summary)
-    return summary
 
 
 # ----------------------------------------------------------------------------------------------- CLI

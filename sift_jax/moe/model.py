@@ -382,8 +382,3 @@ def init_model(cfg: MoEConfig, seed: int = 0) -> MoELM:
         True
     """
     return MoELM(cfg, rngs=nnx.Rngs(params=seed))
-
-
-def topk_selection(aux: dict) -> jax.Array:
-    """The identity selection (every Top-K slot served by its own expert): int32[L, B, T, K]."""
-    return aux["topk"]

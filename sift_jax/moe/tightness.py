@@ -32,17 +32,8 @@ Measurements (all per token and layer, at the perturbed run's own layer input z~
     energy per token (sum over the L layers of the policy's decision energy, J; Figs. 3b/4b).
 
 Vectorisation: one jitted call per batch of test windows runs every (eta, draw) pair of SiftMoE and
-every draw of the baselines with `lax.map` (batched vmap) over the grid.
-
-Measured on the default model (`sift-jax moe train`, calibrate and tightness with defaults: 32 test windows =
-4,096 tokens, 4 channel draws, 9 etas; 37 s of CPU time): Prop. 1 with exact F holds everywhere (max ratio
-1.000001, float32 rounding; the ratio is exactly 1 whenever a single slot changes); with the table the ratio
-has median 0.92, p90 1.61, max 5.8; the Thm. 1 ratio e^(L)/bound has median 5.5e-4 and max 6.3e-3 (the
-2 B_max terms dominate). Accuracy: ideal Top-2 0.528, practical Top-2 0.510 (21% of layer decisions lose an
-expert); SiftMoE 0.510 for eta <= 0.5 falling to 0.476 at eta = 4.87 while its energy per token falls from
-2.79 J to 0.38 J. In this small model no expert is a better substitute than a skip on average (every
-Fbar[i, j] > Fbar[i, skip]), so SiftMoE saves energy mostly by skipping, and it cannot beat practical Top-K
-in accuracy as the paper reports for its larger models.
+every draw of the baselines with `lax.map` (batched vmap) over the grid. Figures on the default model
+(bound ratios, accuracy and energy against eta): BENCHMARKS.md ("MoE lab").
 
 The eta grid defaults to fractions of `eta_scale` = the mean over layers and experts of the skip
 column Fbar[:, i, N] (the mean expert-output norm), since the deviation of skipping a whole token's
@@ -69,7 +60,7 @@ from sift_jax.scenario import Scenario
 __all__ = ["TightnessConfig", "lab_scenario", "run"]
 
 DEFAULT_ETA_FRACTIONS = (0.0, 0.02, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0)
-BASELINES = ("topk-ideal", "topk")
+LAB_BASELINES = ("topk-ideal", "topk")
 FALLBACKS = ("topk", "skip")
 # Relative tolerance of the "never exceeds 1" check of Prop. 1 with exact F (float32 rounding).
 PROP1_RTOL = 1e-5
@@ -274,7 +265,7 @@ def _make_batch_fn(graphdef, cfg: MoEConfig, tc: TightnessConfig, n_eta: int):
             return run_one(params, x, y, f[idx[1]], etas[idx[0]], table, b_max, beta, sc, "siftmoe", clean_y)
 
         res = {"siftmoe": jax.lax.map(sift, grid, batch_size=tc.grid_batch)}
-        for name in BASELINES:
+        for name in LAB_BASELINES:
             def base(c, name=name):
                 return run_one(params, x, y, f[c], etas[0], table, b_max, beta, sc, name, clean_y)
 
@@ -361,7 +352,7 @@ def run(model: MoELM, table: np.ndarray, b_max: np.ndarray, beta_max: np.ndarray
     cost_fn = _cost_fn
     acc = None
     per_token = {p: {k: [] for k in ("delta", "bound_f", "bound_t", "e", "thm1", "thm1_t")}
-                 for p in ("siftmoe",) + BASELINES}
+                 for p in ("siftmoe",) + LAB_BASELINES}
     for i in range(0, n_seq, tc.batch_windows):
         x, y = x_all[i:i + tc.batch_windows], y_all[i:i + tc.batch_windows]
         b = x.shape[0]
@@ -395,10 +386,12 @@ def run(model: MoELM, table: np.ndarray, b_max: np.ndarray, beta_max: np.ndarray
                                ("energy_per_token_j", "energy_sum", n_tok)):
         s = per("siftmoe", key, denom)
         out[metric] = {"siftmoe": s.mean(1).tolist(), "siftmoe_per_draw": s.tolist()}
-        for p in BASELINES:
+        for p in LAB_BASELINES:
             v = per(p, key, denom)
             out[metric][p] = float(v.mean())
             out[metric][f"{p}_per_draw"] = v.tolist()
+    # the lab decodes token by token, so its infeasible_rate is per (token, layer) decision, unlike
+    # `sj.metrics`' per-task one; the replace and skip rates share `sj.metrics`' L x M x K slot denominator
     for metric, key, denom in (("infeasible_rate", "infeasible", n_tok * L), ("replace_rate", "replaced", n_tok * L * K),
                                ("skip_rate", "skipped", n_tok * L * K)):
         out[metric] = {"siftmoe": per("siftmoe", key, denom).mean(1).tolist(),

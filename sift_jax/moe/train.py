@@ -4,13 +4,8 @@ Training is pure and deterministic in the seed: the batch of step s is drawn wit
 ``fold_in(key(seed), s)``, so the result is the same whatever the chunk length (`eval_every`). Steps
 run as a jitted ``lax.scan`` over `eval_every` steps; the validation loss is evaluated on the host
 between chunks. Optimiser: optax AdamW (decoupled weight decay on matrices only) behind global-norm
-clipping, with linear warm-up and cosine decay to 10% of the peak rate.
-
-Measured on the 2-core CPU of this project (jax 0.10.2, default `MoEConfig` -- d 128, 4 MoE layers, 8 experts,
-top-2, d_ff 128, context 128, 1.41M parameters -- and default `TrainConfig`: 500 steps of 16 x 128 bytes):
-validation loss 1.70 nats/byte (2.45 bits/byte), next-byte accuracy 0.558 (test: 1.72, 0.545), with 289 s
-of CPU time (about 2.5 min of wall time on an idle 2-core machine). See `DEFAULT_RESULT`. For reference, a
-unigram byte model scores 3.19 nats/byte and always predicting a space 0.29 accuracy.
+clipping, with linear warm-up and cosine decay to 10% of the peak rate. The loss, accuracy and CPU time
+of the default `MoEConfig` trained with the default `TrainConfig` are in BENCHMARKS.md ("MoE lab").
 
 Checkpoint layout (a directory)::
 
@@ -47,17 +42,6 @@ __all__ = ["TrainConfig", "TrainResult", "evaluate", "load_checkpoint", "save_ch
 # Reference points: uniform bytes = ln 256 = 5.55 nats; the unigram byte model of the train split scores
 # 3.19 nats on val, and always predicting the most frequent byte (space) gives accuracy 0.29.
 TINY_VAL_LOSS_THRESHOLD = 2.8
-
-# Measured with `sift-jax moe train` and the defaults (seed 0), CPython 3.11.7 stdlib corpus, jax 0.10.2 on the
-# project's 2-core CPU. The machine was shared (load average ~9), so the wall time there was 861 s at 32% CPU;
-# the process used 289 s of CPU time in all (compilation and evaluations included), i.e. about 2.5 minutes
-# of wall time on an idle 2-core machine. Results are bit-reproducible for a given seed and jax version.
-DEFAULT_RESULT = {
-    "machine": "2-core CPU (shared), jax 0.10.2, CPython 3.11.7",
-    "steps": 500, "tokens_seen": 500 * 16 * 128, "cpu_time_s": 289.0, "wall_time_s_shared_machine": 861.0,
-    "val_loss": 1.7014, "val_accuracy": 0.5583, "val_bits_per_byte": 2.455,
-    "test_loss": 1.7237, "test_accuracy": 0.5445,
-}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -31,8 +31,8 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from sift_jax.policies.decision import Decision
-from sift_jax.policies.decode import check_inputs, loads_of, seq_sum, slot_values
+from sift_jax.policies.decision import Decision, make_decision
+from sift_jax.policies._decode_core import check_inputs, loads_of, seq_sum, slot_values
 from sift_jax.errors import ConfigError
 from sift_jax.scenario import Scenario
 
@@ -48,15 +48,7 @@ def _outcome(sc, f, topk, e, s, assign, feasible) -> Decision:
     energy = seq_sum(jnp.where(assign >= 0, jnp.where(jnp.isfinite(f[topk]), f[topk], 0.0), 0.0))
     picked = jnp.take_along_axis(e, jnp.clip(assign, 0, n - 1)[:, None], axis=1)[:, 0]
     dev = seq_sum(jnp.where(assign >= 0, picked, s))
-    return Decision(
-        assign=assign.astype(jnp.int32),
-        loads=loads,
-        energy_j=energy,
-        deviation_bound=dev,
-        feasible=feasible,
-        n_replaced=jnp.sum((assign >= 0) & (assign != topk)).astype(jnp.int32),
-        n_skipped=jnp.sum(assign < 0).astype(jnp.int32),
-    )
+    return make_decision(assign, loads, energy, dev, feasible, topk, reports_infeasible=True)
 
 
 def topk_ideal(sc: Scenario, f, g, topk, table) -> Decision:

@@ -62,8 +62,8 @@ lexicographic minima and dense grids. One exception: a lexicographic running min
 chain of selects over the candidate rows (energy, deviation and mapping carried together) makes XLA's
 CPU fusion recompute the chain at every use (compile time exponential in the rows, runs 10-100x
 slower), so "sets" packs the mapping into one integer and leaves the choice to `staircase`. For one
-eta "sets" costs about 1.8x "direct" per decision on Mixtral (2.2e6 against 4.0e6 decisions/s, about
-+5% on a whole `simulate`); on an eta axis it is 2-3x cheaper per point (BENCHMARKS.md, "Sweeps").
+eta "sets" costs more per decision than "direct" on Mixtral; on an eta axis it is cheaper per point
+(figures: BENCHMARKS.md, "Sweeps").
 With the synthetic GPT-OSS tables (4 experts per cluster) a list never exceeds 4 entries, so the
 default R = 4 never falls back. With tables where many nodes are strictly useful for one expert (e.g.
 uniformly random tables) the fallback runs: still exact, about a hundred times slower. Raise `per_slot_candidates` for such tables ((R+1)^K grows fast).
@@ -84,7 +84,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from sift_jax.errors import ConfigError
-from sift_jax.policies.decision import Decision
+from sift_jax.policies._decode_core import (canonical_sum, check_inputs, lex_argmin, lex_better, loads_of, seq_sum,
+                                            slot_values, sorted_network)
+from sift_jax.policies.decision import INVALID_COUNT, Decision, make_decision
 from sift_jax.policies.lazy import lazy
 from sift_jax.policies.staircase import best_within
 from sift_jax.scenario import Scenario
@@ -94,98 +96,20 @@ __all__ = ["decode"]
 STRATEGIES = ("auto", "sets", "direct", "pruned")
 SETS_MAX = 128  # "auto" uses "sets" when the node sets of size 2..K number at most this
 DIRECT_MAX_DENSE = 4096  # else "direct" when sum_(j=2..K) N^j (dense grid cells) is at most this
+SETS_MAX_EXPLICIT = 8 * SETS_MAX  # strategy="sets" asked for explicitly: most node sets of size 2..K compiled
+DIRECT_MAX_EXPLICIT = 64 * DIRECT_MAX_DENSE  # strategy="direct" asked for explicitly: most dense grid cells compiled
 MAX_SUBSETS = 2_000_000  # largest exact subset enumeration (fallback) we compile
 MAX_COMBOS = 1_000_000  # largest (R+1)^K owner grid
 MAX_MATCHING_K = 5  # share_substitutes=False enumerates K! slot permutations per subset
 DEFAULT_PER_SLOT = 4
 _CHUNK = 512  # subsets per scan step of the fallback enumeration
-_BIG = 2**30  # node count of an invalid candidate
 _HI = jax.lax.Precision.HIGHEST
-
-
-# ----------------------------------------------------------------------------------------------------
-# small helpers (shared with baselines / oracle)
-# ----------------------------------------------------------------------------------------------------
-
-
-def seq_sum(x: jax.Array) -> jax.Array:
-    """Left-to-right sum over the leading (small, static) axis: ((x0 + x1) + x2) + ...
-
-    Every policy sums per-slot deviations in this fixed order, so equal mappings give bit-equal
-    deviations whatever the code path (XLA does not reassociate float additions).
-    """
-    return functools.reduce(operator.add, [x[i] for i in range(x.shape[0])])
-
-
-_NETWORKS = {2: ((0, 1),), 3: ((0, 1), (1, 2), (0, 1)), 4: ((0, 1), (2, 3), (0, 2), (1, 3), (1, 2)),
-             5: ((0, 1), (3, 4), (2, 4), (2, 3), (1, 4), (0, 3), (0, 2), (1, 3), (1, 2))}
-
-
-def canonical_sum(xs) -> jax.Array:
-    """Sum of a short list of arrays in ascending order of value (a sorting network, then left to right).
-
-    The energy of a node set must not depend on the order in which its members are listed: two
-    listings of one set must give bit-equal energies, or the deviation tie-break could be overridden
-    by one ulp of rounding. Works elementwise on broadcastable arrays; inf sorts last.
-    """
-    return functools.reduce(operator.add, _sorted_network(xs))
-
-
-def slot_values(g: jax.Array, topk: jax.Array, table: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Per-slot weighted mismatches: e float[K, N], e[i, v] = g_i Fbar[topk_i, v]; s float[K] (skip)."""
-    n = table.shape[0]
-    rows = table[topk]  # [K, N + 1]
-    return g[:, None] * rows[:, :n], g * rows[:, n]
-
-
-def loads_of(assign: jax.Array, n: int) -> jax.Array:
-    """int32[N]: 1 for every node used by some slot (a token is sent once to each node)."""
-    return jnp.any(assign[:, None] == jnp.arange(n)[None, :], axis=0).astype(jnp.int32)
-
-
-def lex_argmin(energy, dev, count):
-    """Index and value of the lexicographic minimum of (energy, dev, count) over flat arrays.
-
-    Invalid entries must carry (inf, inf, _BIG). `count` may be a Python int (the same for every
-    entry: one pass fewer). Returns (index, energy, dev, count); the first index among exact ties.
-    """
-    e_min = jnp.min(energy)
-    key = jnp.where(energy == e_min, dev, jnp.inf)
-    if isinstance(count, int):  # two passes: argmin keeps the first index among ties
-        c_min = jnp.where(jnp.isfinite(e_min), count, _BIG).astype(jnp.int32)
-        return jnp.argmin(key), e_min, jnp.min(key), c_min
-    d_min = jnp.min(key)
-    m = key == d_min
-    c_min = jnp.min(jnp.where(m, count, _BIG))
-    return jnp.argmax(m & (count == c_min)), e_min, d_min, c_min
-
-
-def lex_better(a, b) -> jax.Array:
-    """True where key a = (energy, dev, count) is strictly smaller than key b."""
-    (ea, da, ca), (eb, db, cb) = a, b
-    return (ea < eb) | ((ea == eb) & ((da < db) | ((da == db) & (ca < cb))))
-
-
-def check_inputs(sc: Scenario, f, g, topk, table):
-    """Shape checks shared by the decoding policies; returns the arrays in one float dtype."""
-    f, g, topk, table = jnp.asarray(f), jnp.asarray(g), jnp.asarray(topk), jnp.asarray(table)
-    n, k = sc.n_nodes, sc.top_k
-    if f.shape != (n,):
-        raise ConfigError("f", f"array of shape {f.shape}", f"float[N={n}] node costs")
-    if g.shape != (k,):
-        raise ConfigError("g", f"array of shape {g.shape}", f"float[K={k}] gate weights")
-    if topk.shape != (k,) or not jnp.issubdtype(topk.dtype, jnp.integer):
-        raise ConfigError("topk", f"array of shape {topk.shape} and dtype {topk.dtype}", f"int[K={k}] expert indices")
-    if table.shape != (n, n + 1):
-        raise ConfigError("table", f"array of shape {table.shape}", f"float[N={n}, N+1={n + 1}]")
-    dt = jnp.result_type(f.dtype, g.dtype, table.dtype, float)
-    return f.astype(dt), g.astype(dt), topk.astype(jnp.int32), table.astype(dt)
 
 
 # ----------------------------------------------------------------------------------------------------
 # kernels. Conventions: e float[K, N] = g_i Fbar[topk_i, v]; s float[K] skip values; cap = min(e, s);
 # fu float[N] = f on strictly useful finite nodes, inf elsewhere. Keys are (energy, dev, count) with
-# (inf, inf, _BIG) for invalid entries. Dense one-hot selections replace gathers (slow on CPU).
+# (inf, inf, INVALID_COUNT) for invalid entries. Dense one-hot selections replace gathers (slow on CPU).
 # ----------------------------------------------------------------------------------------------------
 
 
@@ -424,14 +348,14 @@ def _subset_search(fu, cap, s, eta, share: bool, n: int, k: int, chunk: int):
         count = jnp.sum(members < n, axis=1).astype(jnp.int32)
         valid = (count >= 2) & ~bad & (dev <= eta)
         idx, e_min, d_min, c_min = lex_argmin(jnp.where(valid, energy, jnp.inf), jnp.where(valid, dev, jnp.inf),
-                                              jnp.where(valid, count, _BIG))
+                                              jnp.where(valid, count, INVALID_COUNT))
         sel = jnp.arange(members.shape[0]) == idx
         best = jnp.max(jnp.where(sel[:, None], members, -1), axis=0)
         return e_min, d_min, c_min.astype(jnp.int32), best.astype(jnp.int32)
 
     if chunks.shape[0] == 1:
         return evaluate(jnp.asarray(chunks[0]))
-    init = (jnp.asarray(jnp.inf, fu.dtype), jnp.asarray(jnp.inf, fu.dtype), jnp.asarray(_BIG, jnp.int32),
+    init = (jnp.asarray(jnp.inf, fu.dtype), jnp.asarray(jnp.inf, fu.dtype), jnp.asarray(INVALID_COUNT, jnp.int32),
             jnp.full((k,), n, jnp.int32))
 
     def step(carry, members):
@@ -455,16 +379,6 @@ def _candidate_lists(mask, r: int):
     return jnp.stack(lists, axis=1).astype(jnp.int32), jnp.any(left)
 
 
-def _sorted_network(xs):
-    """Sort a short Python list of equally shaped arrays elementwise (ascending)."""
-    xs = list(jnp.broadcast_arrays(*xs))
-    m = len(xs)
-    pairs = _NETWORKS.get(m) or tuple((i, i + 1) for r in range(m) for i in range(r % 2, m - 1, 2))
-    for p, q in pairs:
-        xs[p], xs[q] = jnp.minimum(xs[p], xs[q]), jnp.maximum(xs[p], xs[q])
-    return xs
-
-
 def _half_grid(slots, opt, fo, vo, share: bool, n: int):
     """Flat grid over the options of `slots` (one option per slot, the last one = none), built by
     broadcasting the per-slot option vectors (no gathers, no one-hot selections).
@@ -479,7 +393,7 @@ def _half_grid(slots, opt, fo, vo, share: bool, n: int):
         return jnp.broadcast_to(jnp.reshape(x, tuple(r1 if a == q else 1 for a in range(h))), (r1,) * h).reshape(-1)
 
     picks = [grid(opt[j], q) for q, j in enumerate(slots)]
-    costs = _sorted_network([grid(fo[j], q) for q, j in enumerate(slots)]) if h > 1 else [grid(fo[slots[0]], 0)]
+    costs = sorted_network([grid(fo[j], q) for q, j in enumerate(slots)]) if h > 1 else [grid(fo[slots[0]], 0)]
     k = vo.shape[0]
     if share:
         vals = [functools.reduce(jnp.minimum, [grid(vo[i, j], q) for q, j in enumerate(slots)]) for i in range(k)]
@@ -500,7 +414,7 @@ def _merge_sum(xs, ys):
         c, d = jnp.minimum(xs[1], ys[1]), jnp.maximum(xs[1], ys[1])
         b, c = jnp.minimum(b, c), jnp.maximum(b, c)
         return ((a + b) + c) + d
-    return functools.reduce(operator.add, _sorted_network(list(xs) + list(ys)))
+    return functools.reduce(operator.add, sorted_network(list(xs) + list(ys)))
 
 
 def _owner_grid(lists, fu, cap, s, eta, share: bool, n: int):
@@ -536,7 +450,7 @@ def _owner_grid(lists, fu, cap, s, eta, share: bool, n: int):
                 valid = valid & ((col(x) != row(y)) | col(x == n))
     shape = (n1.shape[0], n2.shape[0])
     keys = (jnp.where(valid, energy, jnp.inf).reshape(-1), jnp.broadcast_to(dev, shape).reshape(-1),
-            jnp.where(valid, count, _BIG).astype(jnp.int32).reshape(-1))
+            jnp.where(valid, count, INVALID_COUNT).astype(jnp.int32).reshape(-1))
 
     def picks_of(idx):  # slot-aligned picks of the flat grid index, int32[K]
         a, b = idx // shape[1], idx % shape[1]
@@ -569,9 +483,9 @@ def _check_options(n, k, share, strategy, per_slot):
                                       f" <= {MAX_SUBSETS:,}")
     if k > 1 and not share and k > MAX_MATCHING_K:
         raise ConfigError("top_k", k, f"K <= {MAX_MATCHING_K} with share_substitutes=False (K! slot permutations)")
-    if strategy == "sets" and n_multi_subsets(n, k) > 8 * SETS_MAX:
+    if strategy == "sets" and n_multi_subsets(n, k) > SETS_MAX_EXPLICIT:
         raise ConfigError("strategy", strategy, f"'direct', 'pruned' or 'auto' for N={n}, K={k} (too many node sets)")
-    if strategy == "direct" and k > 1 and sum(n ** j for j in range(2, k + 1)) > 64 * DIRECT_MAX_DENSE:
+    if strategy == "direct" and k > 1 and sum(n ** j for j in range(2, k + 1)) > DIRECT_MAX_EXPLICIT:
         raise ConfigError("strategy", strategy, f"'pruned' or 'auto' for N={n}, K={k} (dense grid too large)")
     if strategy == "pruned" and k > 1 and (min(per_slot, n) + 1) ** k > MAX_COMBOS:
         raise ConfigError("per_slot_candidates", per_slot, f"a value with (R+1)^K <= {MAX_COMBOS:,}")
@@ -696,7 +610,7 @@ def decode(sc: Scenario, f, g, topk, table, share_substitutes: bool = True, stra
                 a = _map_shared(members, e, s, topk, n) if share else _map_matching(members, e, s, n)
                 return f_e, f_d, f_c, a
 
-            no_result = (jnp.asarray(jnp.inf, f.dtype), jnp.asarray(jnp.inf, f.dtype), jnp.asarray(_BIG, jnp.int32),
+            no_result = (jnp.asarray(jnp.inf, f.dtype), jnp.asarray(jnp.inf, f.dtype), jnp.asarray(INVALID_COUNT, jnp.int32),
                          jnp.full((k,), -1, jnp.int32))
             results.append(lazy(overflow, full_search, (fu, cap, e, s, topk, eta), no_result))
         for r_e, r_d, r_c, r_a in results:
@@ -708,13 +622,5 @@ def decode(sc: Scenario, f, g, topk, table, share_substitutes: bool = True, stra
 
 def _decision(best_e, best_d, assign, topk, n: int) -> Decision:
     feasible = jnp.isfinite(best_e)
-    assign = jnp.where(feasible, assign, -1).astype(jnp.int32)
-    return Decision(
-        assign=assign,
-        loads=loads_of(assign, n),
-        energy_j=jnp.where(feasible, best_e, 0.0),
-        deviation_bound=jnp.where(feasible, best_d, 0.0),
-        feasible=feasible,
-        n_replaced=jnp.sum((assign >= 0) & (assign != topk)).astype(jnp.int32),
-        n_skipped=jnp.where(feasible, jnp.sum(assign < 0), 0).astype(jnp.int32),
-    )
+    return make_decision(assign, loads_of(jnp.where(feasible, assign, -1), n), best_e, best_d, feasible, topk,
+                         reports_infeasible=False)

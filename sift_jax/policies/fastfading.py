@@ -52,10 +52,14 @@ import jax.numpy as jnp
 from flax import struct
 
 from sift_jax import costs
+from sift_jax import fading as fading_families
+from sift_jax.fading import inverse_gain_mean
 from sift_jax.channel import per_helper, uplink_snr_per_watt
 from sift_jax.errors import ConfigError
 from sift_jax.policies import fastfading_bits as fb
 from sift_jax.policies.decision import Decision
+from sift_jax.policies.layer import select_layer
+from sift_jax.policies.registry import get_record
 from sift_jax.scenario import Scenario
 
 __all__ = ["FastInfo", "SlotPlan", "allocate_bits", "layer_decision", "layer_decision_with_info",
@@ -65,7 +69,6 @@ __all__ = ["FastInfo", "SlotPlan", "allocate_bits", "layer_decision", "layer_dec
 BITS = ("uniform", "closed-form", "dp")
 ALIASES = {"dynamic": "closed-form"}
 OPTIONS = ("inv_gain_mean", "downlink_gain", "dp_grid", "dp_quad", "dp_iters")
-DP_FAMILIES = ("gamma", "nakagami")
 
 
 def check_bits(policy: str, bits) -> str:
@@ -81,41 +84,10 @@ def check_bits(policy: str, bits) -> str:
     ...
     sift_jax.errors.ConfigError: bits = None is invalid: allowed is one of uniform, closed-form, dynamic, dp (fast fading needs a bit loading)
     """
-    from sift_jax import policies
-
-    policies.get(policy)
+    get_record(policy)
     if not isinstance(bits, str) or (bits not in BITS and bits not in ALIASES):
         raise ConfigError("bits", bits, "one of uniform, closed-form, dynamic, dp (fast fading needs a bit loading)")
     return ALIASES.get(bits, bits)
-
-
-def inverse_gain_mean(sc: Scenario, inv_gain_mean=None) -> float:
-    """E[1/h] used by the surrogate and eq. (26): the option if given, else the fading family's.
-
-    >>> inverse_gain_mean(Scenario(fading="gamma", fading_shape=2.0))
-    2.0
-    >>> inverse_gain_mean(Scenario(fading="rayleigh"))
-    Traceback (most recent call last):
-    ...
-    sift_jax.errors.ConfigError: fading = 'rayleigh' is invalid: allowed is ... E[1/h] is infinite for fading='rayleigh' ...
-    """
-    if inv_gain_mean is not None:
-        try:
-            value = float(inv_gain_mean)
-        except (TypeError, ValueError):
-            value = math.nan
-        if not (math.isfinite(value) and value > 0):
-            raise ConfigError("inv_gain_mean", inv_gain_mean, "a finite number > 0 (E[1/h] >= 1 for unit-mean gains)")
-        return value
-    value = sc.inv_gain_mean
-    if not math.isfinite(value):
-        why = "infinite" if math.isinf(value) or sc.fading == "rician" else "not known in closed form"
-        raise ConfigError(
-            "fading", sc.fading,
-            f"a family with finite E[1/h] for the fast-fading surrogate and eq. (26): E[1/h] is {why} for "
-            f"fading={sc.fading!r} (shape {sc.fading_shape}); use gamma/nakagami with shape > 1, or pass a "
-            f"finite inv_gain_mean=... option")
-    return float(value)
 
 
 @struct.dataclass
@@ -280,7 +252,7 @@ def surrogate_marginal_costs(sc: Scenario, distance_m, max_load: int, inv_gain_m
 
 
 def _dp_tables(sc: Scenario, dp_grid: int, dp_quad: int):
-    if sc.fading not in DP_FAMILIES or not float(sc.fading_shape) > 1.0:
+    if not fading_families.get(sc.fading).dp_support(sc):
         raise ConfigError("bits", "dp", f"bit loadings other than dp for fading={sc.fading!r} (shape "
                           f"{sc.fading_shape}): the DP integrates over Gamma/Nakagami fading with shape > 1 only")
     return fb.dp_tables(float(sc.fading_shape), int(sc.n_slots), int(dp_grid), int(dp_quad))
@@ -546,15 +518,8 @@ def layer_decisions_with_info(sc: Scenario, distance_m, slot_gain, g, topk, tabl
         raise ConfigError("slot_gain", f"shape {slot_gain.shape}", f"float[N-1={sc.n_helpers}, Q={sc.n_slots}]")
     if g.ndim != 2:
         raise ConfigError("g", f"shape {g.shape}", "float[M, K]")
-    from sift_jax import policies
-
-    if g.shape[0] == 1:
-        f = surrogate_costs(sc, distance_m, iota_opt, h_rep)
-        sel = policies.get(policy)(sc, f, g[0], topk[0], table, **opts)
-        sel = sel.replace(assign=jnp.reshape(sel.assign, (1, -1)), deviation_bound=jnp.reshape(sel.deviation_bound, (1,)))
-    else:
-        d_e, cap = surrogate_marginal_costs(sc, distance_m, g.shape[0], iota_opt, h_rep)
-        sel = policies.get_prefill(policy)(sc, d_e, cap, g, topk, table, **opts)
+    sel = select_layer(sc, policy, g, topk, table, lambda: surrogate_costs(sc, distance_m, iota_opt, h_rep),
+                       lambda m: surrogate_marginal_costs(sc, distance_m, m, iota_opt, h_rep), **opts)
     loads = sel.loads
     hl = loads[1:]
     e_user = costs.user_energy(sc, loads[0])
@@ -569,9 +534,8 @@ def layer_decisions_with_info(sc: Scenario, distance_m, slot_gain, g, topk, tabl
                                     mine.get("dp_iters", fb.DP_ITERS))
         e_help, ok = realised_energy(sc, distance_m, slot_gain, gamma, plan, hl)
         time_ok = (plan.uplink_s > 0) & (plan.uplink_s >= per_helper(sc, sc.helper_load_time_s))
-        dec = Decision(assign=sel.assign, loads=loads, energy_j=e_user + jnp.sum(jnp.where(ok, e_help, 0.0)),
-                       deviation_bound=sel.deviation_bound, feasible=sel.feasible & user_ok & jnp.all(ok),
-                       n_replaced=sel.n_replaced, n_skipped=sel.n_skipped)
+        dec = sel.replace(energy_j=e_user + jnp.sum(jnp.where(ok, e_help, 0.0)),
+                          feasible=sel.feasible & user_ok & jnp.all(ok))
         info = FastInfo(
             surrogate_energy_j=sel.energy_j,
             paper_estimate_j=e_user + jnp.sum(jnp.where(ok, paper, 0.0)),

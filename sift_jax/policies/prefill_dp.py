@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sift_jax.errors import ConfigError
-from sift_jax.policies.prefill import (PrefillInfo, candidate_mask, combo_table, decision_from_combos,
+from sift_jax.policies._sets import (PrefillInfo, candidate_mask, combo_table, decision_from_combos,
                                        effective_caps)
 
 __all__ = ["solve_dp"]

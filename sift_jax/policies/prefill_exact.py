@@ -35,7 +35,7 @@ import jax.numpy as jnp
 
 from sift_jax.errors import ConfigError
 from sift_jax.policies.lazy import lazy
-from sift_jax.policies.prefill import (PrefillInfo, decision_from_combos, effective_caps, layer_energy,
+from sift_jax.policies._sets import (PrefillInfo, decision_from_combos, effective_caps, layer_energy,
                                        user_prepaid)
 
 __all__ = ["solve_exact"]

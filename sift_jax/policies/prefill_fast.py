@@ -24,26 +24,27 @@ is <= the optimum for every lam >= 0 (weak duality; the node term is minimised b
 exact for any E_v). Because the user's E_0 is not convex, the relaxation is applied twice, to the
 problem with the user off and to the one with the user on (prepaid costs, plus the one-off energy),
 and the smaller value is the bound; each is maximised by `lagrangian_bound` (smoothed dual, Adam) and
-lowered by a floating-point safety margin. Measured: within about 1% of the optimum on random
-instances (tests/test_prefill.py, benchmarks/bench_prefill.py).
+lowered by a floating-point safety margin. tests/test_prefill.py checks it against the exact optimum;
+BENCHMARKS.md (benchmarks/bench_prefill.py) reports the certified gaps.
 
 Cost per instance: O((n_passes + 1) M Cm K) for re-insertion, O(n_pair_passes M P R^2 N) for pair moves
 (P = n_partners, R = n_cand) and O(n_dual (M Cm K + N D)) for the bound, Cm = min(C, max_cand), plus, when
 the lists are truncated, two feasibility passes per token (building the lists, and the bound's minima
 over all sets), each over S = sum_{k <= K} binom(n_useful, k) + N sets (n_useful = 16:
-S = 2,548 instead of C = 41,449); memory O(M Cm) (plus O(K S) per token for those passes). Measured on a
-2-core CPU (benchmarks/bench_prefill.py): GPT-OSS-20B instances (N = 32, K = 4) at M = 128 take 0.6 s.
+S = 2,548 instead of C = 41,449); memory O(M Cm) (plus O(K S) per token for those passes). Timings:
+BENCHMARKS.md (benchmarks/bench_prefill.py).
 """
 
 from __future__ import annotations
 
-import jax
-import jax.numpy as jnp
-
 import functools
 
+import jax
+import jax.numpy as jnp
+import optax
+
 from sift_jax.policies.lazy import lazy
-from sift_jax.policies.prefill import (PrefillInfo, _deviation, _slot_rows, candidate_mask, combo_index, combo_table,
+from sift_jax.policies._sets import (PrefillInfo, token_deviation, slot_rows, candidate_mask, combo_index, combo_table,
                                        decision_from_combos, effective_caps, layer_energy, user_prepaid)
 
 __all__ = ["solve_fast"]
@@ -108,7 +109,7 @@ def _token_sets(sc, cap_eff, gm, tm, table, n_useful: int):
     """
     n, k = table.shape[0], tm.shape[0]
     r = min(n_useful, n)
-    fp, skip = _slot_rows(gm[None], tm[None], table)
+    fp, skip = slot_rows(gm[None], tm[None], table)
     fp, skip = fp[0], skip[0]  # [K, N + 1] (column N = inf pad), [K]
     avail = cap_eff >= 1
     useful = jnp.any(fp[:, :n] <= skip[:, None], 0) & avail
@@ -120,7 +121,7 @@ def _token_sets(sc, cap_eff, gm, tm, table, n_useful: int):
     valid = jnp.all((pos == r) | (pos < count), -1)
     mem = jnp.concatenate([nodes[pos], jnp.full((n, k), n, jnp.int32).at[:, 0].set(jnp.arange(n, dtype=jnp.int32))])  # [S, K]
     best = functools.reduce(jnp.minimum, [fp[:, mem[:, j]] for j in range(k)])  # [K, S]
-    dev, _ = _deviation(gm, best, skip[:, None])
+    dev, _ = token_deviation(gm, best, skip[:, None])
     avail_ext = jnp.concatenate([avail, jnp.ones((1,), bool)])
     feasible = (dev <= sc.eta) & jnp.all(avail_ext[mem], -1)
     keep = jnp.concatenate([valid, ~useful])  # useful singletons are local combos already
@@ -321,14 +322,25 @@ def dual_value(dE, cap_eff, tok_min, lam):
     return jnp.where(dead, jnp.inf, tok.sum() + node.sum() - margin)
 
 
-def lagrangian_bound(dE, cap_eff, cand, members, lam0, n_dual: int = 120, lr: float = 0.1):
+# The dual ascent of `lagrangian_bound`: Adam on mu = log(lam), temperature annealed geometrically.
+DUAL_LR = 0.1  # Adam step size on log(lam)
+DUAL_GRAD_WEIGHTS = (0.1, 0.001)  # weight of the new gradient in Adam's first and second moments (1 - beta_1,2)
+DUAL_EPS = 1e-12  # added to Adam's denominator sqrt(second moment)
+DUAL_TAU = (0.3, 1e-3)  # soft-min temperature at the first and the last iteration, as fractions of the price scale
+DUAL_EXACT_EVERY = 4  # the exact L is evaluated at every this many-th iterate (and the last)
+
+
+def lagrangian_bound(dE, cap_eff, cand, members, lam0, n_dual: int = 120, lr: float = DUAL_LR):
     """Lagrangian lower bound L(lam) maximised over lam >= 0 (module docstring).
 
     L is concave but not smooth, and plain subgradient or coordinate ascent stall on its kinks, so
-    lam = exp(mu) follows Adam ascent steps on a smoothed L_tau (each min over a token's sets and over a
-    node's loads replaced by a soft-min at temperature tau, annealed from 0.3 to 0.001 of the price
-    scale). The exact L is evaluated at every 4th iterate and the last; the best value, lowered by a floating-point
-    safety margin (M + N + 2) eps sum |terms|, is returned.
+    lam = exp(mu) follows Adam ascent steps (DUAL_GRAD_WEIGHTS, DUAL_EPS) on a smoothed L_tau (each min
+    over a token's sets and over a node's loads replaced by a soft-min at temperature tau, annealed
+    geometrically from DUAL_TAU[0] to DUAL_TAU[1] of the price scale by `optax.exponential_decay`). The
+    exact L is evaluated at every DUAL_EXACT_EVERY-th iterate and the last; the best value, lowered by a
+    floating-point safety margin (M + N + 2) eps sum |terms|, is returned. The Adam step is written out
+    rather than `optax.adam`: optax rounds differently ((1 - 0.9) != 0.1, lr applied after the division),
+    and the multipliers seed two of `solve_fast`'s search starts, so its decisions would change.
 
     Args:
         dE: float[N, D] marginal costs (the cost model to bound). cap_eff: int32[N].
@@ -374,16 +386,22 @@ def lagrangian_bound(dE, cap_eff, cand, members, lam0, n_dual: int = 120, lr: fl
         load = q @ df
         return (count - load) * lam
 
+    def tau_at(i):  # traced in the loop body: scale * DUAL_TAU[0] hoisted out of it rounds tau differently
+        return optax.exponential_decay(scale * DUAL_TAU[0], transition_steps=max(n_dual - 1, 1),
+                                       decay_rate=DUAL_TAU[1] / DUAL_TAU[0])(i)
+
+    w1, w2 = DUAL_GRAD_WEIGHTS
+    b1, b2 = 1 - w1, 1 - w2  # 0.9, 0.999 exactly
+
     def body(i, s):
         mu, mom, vel, best, best_mu = s
-        frac = i / jnp.maximum(n_dual - 1, 1)
-        tau = scale * 0.3 * (1e-3 / 0.3) ** frac
-        gr = grad(mu, tau)
-        mom = 0.9 * mom + 0.1 * gr
-        vel = 0.999 * vel + 0.001 * gr**2
-        step = lr * (mom / (1 - 0.9 ** (i + 1))) / (jnp.sqrt(vel / (1 - 0.999 ** (i + 1))) + 1e-12)
+        gr = grad(mu, tau_at(i))
+        mom = b1 * mom + w1 * gr
+        vel = b2 * vel + w2 * gr**2
+        step = lr * (mom / (1 - b1 ** (i + 1))) / (jnp.sqrt(vel / (1 - b2 ** (i + 1))) + DUAL_EPS)
         mu = mu + jnp.where(jnp.isfinite(step), step, 0.0)
-        val = jax.lax.cond((i % 4 == 3) | (i == n_dual - 1), exact, lambda _: -jnp.inf, jnp.exp(mu))
+        check = (i % DUAL_EXACT_EVERY == DUAL_EXACT_EVERY - 1) | (i == n_dual - 1)
+        val = jax.lax.cond(check, exact, lambda _: -jnp.inf, jnp.exp(mu))
         better = val > best
         return mu, mom, vel, jnp.where(better, val, best), jnp.where(better, mu, best_mu)
 
@@ -391,6 +409,14 @@ def lagrangian_bound(dE, cap_eff, cand, members, lam0, n_dual: int = 120, lr: fl
     init = (mu0, zeros, zeros, exact(jnp.exp(mu0)), mu0)
     _, _, _, best, best_mu = jax.lax.fori_loop(0, n_dual, body, init)
     return jnp.maximum(best, 0.0), jnp.exp(best_mu)
+
+
+# The search starts of `solve_fast` (module docstring, "Primal"), in the order of its start arrays: (start,
+# the cost model it is searched under). Cost models: "prepaid" (the user's one-off energy prepaid,
+# `user_prepaid`), "off" (the user node switched off), "true" (dE as given).
+SEARCH_STARTS = (("greedy", "prepaid"), ("empty", "off"), ("lagrangian", "off"), ("lagrangian", "prepaid"),
+                 ("topk", "true"))
+COST_MODELS = ("prepaid", "off", "true")  # pair moves go to the best start of each model first
 
 
 def solve_fast(sc, dE, cap, g, topk, table, n_passes: int = 4, n_pair_passes: int = 3, n_cand: int = 6,
@@ -412,7 +438,7 @@ def solve_fast(sc, dE, cap, g, topk, table, n_passes: int = 4, n_pair_passes: in
         n_cand: candidate sets per token considered in a pair move (its cheapest ones + its current).
         n_partners: partner tokens tried per token in a pair pass.
         n_pair_starts: how many starts get the pair passes (the best of each cost model first);
-            default all 5 for M <= 16 (small instances, where single moves stall most), else 1.
+            default all 5 (SEARCH_STARTS) for M <= 16 (small instances, where single moves stall most), else 1.
         n_dual: iterations of the Lagrangian bound (`lagrangian_bound`).
         max_cand: most candidate sets per token in the search (`candidate_lists`; None = all). Only
             binds when sum_{k <= K} binom(N, k) > max_cand (e.g. N = 32, K = 4: 41,449 sets).
@@ -485,20 +511,25 @@ def solve_fast(sc, dE, cap, g, topk, table, n_passes: int = 4, n_pair_passes: in
         pick = jnp.take_along_axis(cand_v, jnp.argmin(price, 1)[:, None], 1)[:, 0]
         return jnp.where(jnp.isfinite(price.min(1)), pick, -1).astype(jnp.int32)
 
-    start_cost = jnp.stack([prepaid, off, off, prepaid, dE])
-    start_combo = jnp.stack([greedy, empty, lagr_start(cand_off, lams[0]), lagr_start(cand, lams[1]),
-                             combo_index(topk, n, k).astype(jnp.int32)])
+    costs = {"prepaid": prepaid, "off": off, "true": dE}
+    starts = {("greedy", "prepaid"): greedy, ("empty", "off"): empty,
+              ("lagrangian", "off"): lagr_start(cand_off, lams[0]),
+              ("lagrangian", "prepaid"): lagr_start(cand, lams[1]),
+              ("topk", "true"): combo_index(topk, n, k).astype(jnp.int32)}
+    n_starts = len(SEARCH_STARTS)
+    start_cost = jnp.stack([costs[model] for _, model in SEARCH_STARTS])
+    start_combo = jnp.stack([starts[start] for start in SEARCH_STARTS])
     combos = jax.vmap(lambda c, x: _reinsert(c, x, cand, members, ind, cap_eff, order, n_passes))(
         start_cost, start_combo)
     energies, _ = jax.vmap(energy_of)(combos)
     if n_pair_starts is None:
-        n_pair_starts = 5 if m <= 16 else 1
+        n_pair_starts = n_starts if m <= 16 else 1
     if n_pair_passes > 0 and n_pair_starts > 0:
-        # the best start of each cost model (user prepaid, user off, true), then the next best ones
-        group = jnp.array([0, 1, 1, 0, 2])
-        first = jnp.stack([jnp.argmin(jnp.where(group == i, energies, jnp.inf)) for i in range(3)])
+        # the best start of each cost model (COST_MODELS), then the next best ones
+        group = jnp.array([COST_MODELS.index(model) for _, model in SEARCH_STARTS])
+        first = jnp.stack([jnp.argmin(jnp.where(group == i, energies, jnp.inf)) for i in range(len(COST_MODELS))])
         pos = jnp.argsort(jnp.argsort(energies))  # rank by energy
-        key = jnp.where(jnp.any(jnp.arange(5)[:, None] == first[None, :], 1), pos, pos + 5)
+        key = jnp.where(jnp.any(jnp.arange(n_starts)[:, None] == first[None, :], 1), pos, pos + n_starts)
         top = jnp.argsort(key)[:n_pair_starts]
         more = jax.vmap(lambda c, x: _pair_search(c, x, cand, members, ind, cap_eff, order, n_cand, n_partners,
                                                   n_pair_passes))(start_cost[top], combos[top])
