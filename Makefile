@@ -9,7 +9,7 @@ STAMP_TEST := $(VENV)/.installed-test
 export JAX_COMPILATION_CACHE_DIR ?= $(CURDIR)/.jax_cache
 export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS ?= 0.5
 
-.PHONY: run test bench clean
+.PHONY: run test lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,7 +26,11 @@ $(STAMP_TEST): pyproject.toml | $(BIN)/python
 run: $(STAMP_RUN)
 	$(BIN)/sift-jax reproduce --quick --overwrite --out results/quick
 
-test: $(STAMP_TEST)
+lint: $(STAMP_TEST)
+	$(BIN)/ruff check sift_jax tests benchmarks
+	$(BIN)/ruff format --check sift_jax tests benchmarks
+
+test: lint
 	$(BIN)/python -m pytest -n 2 --dist loadgroup --durations=15 tests sift_jax --doctest-modules
 	SIFT_QUICK=1 $(BIN)/python -m pytest -n 2 --nbmake notebooks
 

@@ -29,8 +29,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from sift_jax.testing.numpy_reference import decode_numpy, random_instances  # noqa: E402
-
+from sift_jax.testing.numpy_reference import decode_numpy, random_instances
 
 # ------------------------------------------------------------------------------------------------
 # instances
@@ -93,13 +92,15 @@ def bench(quick: bool = False) -> list[dict]:
     from sift_jax import policies, presets
 
     scale = 4 if quick else 1
-    batch = {"switch-like": 16384, "mixtral-like": 16384, "gpt-oss-like": 8192 // scale,
-             "gpt-oss-random": 512 // scale}
+    batch = {"switch-like": 16384, "mixtral-like": 16384, "gpt-oss-like": 8192 // scale, "gpt-oss-random": 512 // scale}
     np_batch = {"switch-like": 8192, "mixtral-like": 8192, "gpt-oss-like": 32, "gpt-oss-random": 32}
     repeats = 3 if quick else 7
     cases = []  # (name, sc, f, g, topk, table, eta, tables shared per layer?)
-    for name, preset in (("switch-like", "switch-base-8"), ("mixtral-like", "mixtral-8x7b"),
-                         ("gpt-oss-like", "gpt-oss-20b")):
+    for name, preset in (
+        ("switch-like", "switch-base-8"),
+        ("mixtral-like", "mixtral-8x7b"),
+        ("gpt-oss-like", "gpt-oss-20b"),
+    ):
         sc, f, g, topk, tables = preset_layers(preset, -(-batch[name] // presets.get(preset).n_layers))
         eta = np.full(f.shape[:2], float(sc.eta), np.float32)
         cases.append((name, sc, f, g, topk, tables, eta, True))
@@ -109,15 +110,20 @@ def bench(quick: bool = False) -> list[dict]:
 
     rows = []
     for name, sc, f, g, topk, table, eta, per_layer in cases:
+
         def one(f_, g_, t_, tab_, eta_, sc=sc):
             return policies.decode(dataclasses.replace(sc, eta=eta_), f_, g_, t_, tab_)
 
         if per_layer:  # as in simulate: vmap over samples of a vmap over layers; one table per layer
             fn = jax.jit(jax.vmap(jax.vmap(one), in_axes=(0, 0, 0, None, 0)))
             n_dec = f.shape[0] * f.shape[1]
-            flat = (f.reshape(n_dec, -1), g.reshape(n_dec, -1), topk.reshape(n_dec, -1),
-                    np.broadcast_to(table[None], (f.shape[0],) + table.shape).reshape(n_dec, *table.shape[1:]),
-                    eta.reshape(-1))
+            flat = (
+                f.reshape(n_dec, -1),
+                g.reshape(n_dec, -1),
+                topk.reshape(n_dec, -1),
+                np.broadcast_to(table[None], (f.shape[0],) + table.shape).reshape(n_dec, *table.shape[1:]),
+                eta.reshape(-1),
+            )
         else:
             fn = jax.jit(jax.vmap(one))
             n_dec, flat = f.shape[0], (f, g, topk, table, eta)
@@ -126,11 +132,20 @@ def bench(quick: bool = False) -> list[dict]:
         nb = min(np_batch[name], n_dec)
         ref = tuple(a[:nb] for a in flat)
         t, t_np = np.inf, np.inf
-        for r in range(repeats if nb >= 100 else 2):  # interleaved, so both see the same machine load
-            t = min(t, _best_time(lambda: jax.block_until_ready(fn(*args)), 1))
-            t_np = min(t_np, _best_time(lambda: decode_numpy(*ref), 1))
-        rows.append({"case": name, "N": sc.n_nodes, "K": sc.top_k, "batch": n_dec, "jax_per_s": n_dec / t,
-                     "numpy_batch": nb, "numpy_per_s": nb / t_np})
+        for _ in range(repeats if nb >= 100 else 2):  # interleaved, so both see the same machine load
+            t = min(t, _best_time(lambda fn=fn, args=args: jax.block_until_ready(fn(*args)), 1))
+            t_np = min(t_np, _best_time(lambda ref=ref: decode_numpy(*ref), 1))
+        rows.append(
+            {
+                "case": name,
+                "N": sc.n_nodes,
+                "K": sc.top_k,
+                "batch": n_dec,
+                "jax_per_s": n_dec / t,
+                "numpy_batch": nb,
+                "numpy_per_s": nb / t_np,
+            }
+        )
     return rows
 
 
@@ -146,8 +161,10 @@ def main(argv=None) -> None:
     print("| case | N | K | JAX decisions/s (batch) | NumPy decisions/s (batch) | speed-up |")
     print("|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['case']} | {r['N']} | {r['K']} | {r['jax_per_s']:.3g} ({r['batch']}) | "
-              f"{r['numpy_per_s']:.3g} ({r['numpy_batch']}) | {r['jax_per_s'] / r['numpy_per_s']:.1f}x |")
+        print(
+            f"| {r['case']} | {r['N']} | {r['K']} | {r['jax_per_s']:.3g} ({r['batch']}) | "
+            f"{r['numpy_per_s']:.3g} ({r['numpy_batch']}) | {r['jax_per_s'] / r['numpy_per_s']:.1f}x |"
+        )
 
 
 if __name__ == "__main__":

@@ -27,13 +27,13 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
+import jax
+import jax.numpy as jnp
 
-from benchmarks.common import best_time, machine  # noqa: E402
-from sift_jax import channel, gating, presets, similarity  # noqa: E402
-from sift_jax.policies import fastfading as ff  # noqa: E402
-from sift_jax.policies import fastfading_bits as fb  # noqa: E402
+from benchmarks.common import best_time, machine
+from sift_jax import channel, gating, presets, similarity
+from sift_jax.policies import fastfading as ff
+from sift_jax.policies import fastfading_bits as fb
 
 RULES = ("uniform", "closed-form", "dp")
 
@@ -86,7 +86,7 @@ def energies(name: str, n_tokens: int, samples: int, layers: int, seed: int = 0)
 
     out = {}
     for bits in RULES:
-        fn = jax.jit(jax.vmap(lambda k: sample(k, bits)))
+        fn = jax.jit(jax.vmap(lambda k, bits=bits: sample(k, bits)))
         t0 = time.perf_counter()
         res = jax.block_until_ready(fn(keys))
         out[bits] = [np.asarray(r, np.float64) for r in res] + [time.perf_counter() - t0]  # + time (s)
@@ -122,12 +122,16 @@ def main() -> None:
     cases = [("switch-base-8", 1), ("mixtral-8x7b", 1), ("switch-base-8", 8), ("mixtral-8x7b", 4)]
     if args.quick:
         cases = cases[:2]
-    print(f"Realised uplink energy per token (J; eq. (22) summed over helpers and slots), siftmoe selection on "
-          f"the surrogate, {samples} samples x {layers} layers, mean +- 95% CI over feasible samples (the selection, "
-          "hence feasibility, is the same for every rule); savings are paired (ratio of means, delta-method CI); "
-          "total = uplink + the user's local energy, closed-form rule\n")
-    print("| preset | M | uniform | closed-form | dp | eq. (27) | dp vs cf | cf vs uniform | dp vs uniform | "
-          "median u / cf / dp | total (cf) | cap binds | infeasible | time (s) u / cf / dp |")
+    print(
+        f"Realised uplink energy per token (J; eq. (22) summed over helpers and slots), siftmoe selection on "
+        f"the surrogate, {samples} samples x {layers} layers, mean +- 95% CI over feasible samples (the selection, "
+        "hence feasibility, is the same for every rule); savings are paired (ratio of means, delta-method CI); "
+        "total = uplink + the user's local energy, closed-form rule\n"
+    )
+    print(
+        "| preset | M | uniform | closed-form | dp | eq. (27) | dp vs cf | cf vs uniform | dp vs uniform | "
+        "median u / cf / dp | total (cf) | cap binds | infeasible | time (s) u / cf / dp |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name, m in cases:
         out = energies(name, m, samples, layers)
@@ -135,12 +139,14 @@ def main() -> None:
         u, cf, dp = (out[b][1][ok] for b in RULES)
         paper = out["closed-form"][2][ok]
         total = out["closed-form"][0][ok]
-        fmt = lambda v: "%.4g +- %.2g" % stat(v)  # noqa: E731
-        sv = lambda a, b: "%.1f%% +- %.1f" % tuple(100 * np.array(saving(a, b)))  # noqa: E731
-        med = " / ".join("%.3g" % np.median(v) for v in (u, cf, dp))
-        times = " / ".join("%.0f" % out[b][5] for b in RULES)
-        print(f"| {name} | {m} | {fmt(u)} | {fmt(cf)} | {fmt(dp)} | {fmt(paper)} | {sv(cf, dp)} | {sv(u, cf)} | "
-              f"{sv(u, dp)} | {med} | {fmt(total)} | {out['uniform'][4].mean():.3f} | {1 - ok.mean():.3f} | {times} |")
+        fmt = lambda v: "{:.4g} +- {:.2g}".format(*stat(v))  # noqa: E731
+        sv = lambda a, b: "{:.1f}% +- {:.1f}".format(*tuple(100 * np.array(saving(a, b))))  # noqa: E731
+        med = " / ".join(f"{np.median(v):.3g}" for v in (u, cf, dp))
+        times = " / ".join(f"{out[b][5]:.0f}" for b in RULES)
+        print(
+            f"| {name} | {m} | {fmt(u)} | {fmt(cf)} | {fmt(dp)} | {fmt(paper)} | {sv(cf, dp)} | {sv(u, cf)} | "
+            f"{sv(u, dp)} | {med} | {fmt(total)} | {out['uniform'][4].mean():.3f} | {1 - ok.mean():.3f} | {times} |"
+        )
 
 
 if __name__ == "__main__":

@@ -12,14 +12,13 @@ import pathlib
 import sys
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
-import sift_jax as sj  # noqa: E402
-from benchmarks.common import best_time, machine  # noqa: E402
-from sift_jax.testing import numpy_reference as ref  # noqa: E402
+import sift_jax as sj
+from benchmarks.common import best_time, machine
+from sift_jax.testing import numpy_reference as ref
 
 
 def jax_batch(sc, n: int, impl: str = "threefry2x32"):
@@ -43,7 +42,7 @@ def numpy_batch(sc, n: int):
 
     def run():
         d, h = ref.draw_channel(rng, p, n, sc.n_layers, sc.n_helpers, int(sc.fading_shape))
-        _, r_dn = ref.rates(p, d[:, None, :], h, 1.0)
+        _, _r_dn = ref.rates(p, d[:, None, :], h, 1.0)
         f = ref.node_costs(p, d[:, None, :], h)
         return f.sum()
 
@@ -65,8 +64,10 @@ def main(argv=None):
         t_jax = best_time(jax_batch(sc, args.samples), 0)
         t_np = best_time(numpy_batch(sc, args.samples), repeats=3)
         t_rbg = best_time(jax_batch(sc, args.samples, "rbg"), 0)
-        print(f"| {name} | {sc.n_layers} x {sc.n_helpers} | {args.samples / t_jax:.3g} | {args.samples / t_np:.3g} "
-              f"| {t_np / t_jax:.1f}x | {args.samples / t_rbg:.3g} | {t_np / t_rbg:.1f}x |")
+        print(
+            f"| {name} | {sc.n_layers} x {sc.n_helpers} | {args.samples / t_jax:.3g} | {args.samples / t_np:.3g} "
+            f"| {t_np / t_jax:.1f}x | {args.samples / t_rbg:.3g} | {t_np / t_rbg:.1f}x |"
+        )
 
 
 if __name__ == "__main__":

@@ -45,16 +45,19 @@ def main(argv=None):
         args.counts = ["1e5", "1e6"]
     rows = []
     for count in args.counts:
-        out = subprocess.run([sys.executable, "-c", CHILD, count, str(args.chunk)], capture_output=True, text=True,
-                             cwd=ROOT, check=True)
+        out = subprocess.run(
+            [sys.executable, "-c", CHILD, count, str(args.chunk)], capture_output=True, text=True, cwd=ROOT, check=True
+        )
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
         assert rows[-1]["n"] == rows[-1]["samples"]
     print(f"Machine: {machine()}; chunk {args.chunk}\n")
     print("| samples | peak RSS (MB) | RSS after warm-up (MB) | run time (s) | peak vs first row |")
     print("|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['samples']:.0e} | {r['peak_kb'] / 1024:.0f} | {r['warm_kb'] / 1024:.0f} | {r['seconds']:.1f} | "
-              f"{r['peak_kb'] / rows[0]['peak_kb'] - 1:+.1%} |")
+        print(
+            f"| {r['samples']:.0e} | {r['peak_kb'] / 1024:.0f} | {r['warm_kb'] / 1024:.0f} | {r['seconds']:.1f} | "
+            f"{r['peak_kb'] / rows[0]['peak_kb'] - 1:+.1%} |"
+        )
 
 
 if __name__ == "__main__":

@@ -9,9 +9,11 @@ K = 2: `prefill(method="fast")` against scipy.optimize.milp (HiGHS) on the exact
 
 Instances: `prefill.random_instances` (convex exponential helper costs, a user with a one-off load
 energy, 10% small capacities, eta in [0.5, 1.5]), and instances of the model: the first layer of
-independent samples of a preset (switch-base-8 for K = 1, mixtral-8x7b for K = 2) with M tokens. JAX: jit(vmap(...)) over a batch, best of 3 timed
+independent samples of a preset (switch-base-8 for K = 1, mixtral-8x7b for K = 2) with M tokens. JAX: jit(vmap(...))
+over a batch, best of 3 timed
 runs after compiling, at the best of the case's batch and sub-batches of 64 and 256 (a vmapped while
-loop runs as long as its slowest lane, so narrower batches can be faster). Usage: python benchmarks/bench_prefill.py [--quick]
+loop runs as long as its slowest lane, so narrower batches can be faster). Usage: python benchmarks/bench_prefill.py
+[--quick]
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from scipy import sparse
-from scipy.optimize import LinearConstraint, Bounds, linear_sum_assignment, milp
+from scipy.optimize import Bounds, LinearConstraint, linear_sum_assignment, milp
 
 try:
     from benchmarks.common import best_time, machine
@@ -57,9 +59,14 @@ def preset_instances(name, batch, m, seed=0):
         ch = sj.channel.draw(k1, sc)
         g, topk = sj.gating.draw(k2, sc)
         gain = ch.gain[0]
-        return dict(dE=sj.costs.marginal_costs(sc, ch.distance_m, gain, m),
-                    cap=sj.costs.capacities(sc, ch.distance_m, gain), g=g[0], topk=topk[0], table=table,
-                    eta=jnp.asarray(sc.eta, jnp.float32))
+        return dict(
+            dE=sj.costs.marginal_costs(sc, ch.distance_m, gain, m),
+            cap=sj.costs.capacities(sc, ch.distance_m, gain),
+            g=g[0],
+            topk=topk[0],
+            table=table,
+            eta=jnp.asarray(sc.eta, jnp.float32),
+        )
 
     return jax.jit(jax.vmap(one))(jax.random.split(jax.random.key(seed), batch)), sc
 
@@ -68,13 +75,15 @@ def jax_solver(m, n, k, method, sc=None):
     sc = Scenario(n_nodes=n, top_k=k, n_tokens=m) if sc is None else sc
 
     def one(x):
-        return P.prefill_with_info(sc.replace(eta=x["eta"]), x["dE"], x["cap"], x["g"], x["topk"], x["table"],
-                                   method=method)
+        return P.prefill_with_info(
+            sc.replace(eta=x["eta"]), x["dE"], x["cap"], x["g"], x["topk"], x["table"], method=method
+        )
 
     return jax.jit(jax.vmap(one))
 
 
 # ----------------------------------------------------------------------------- SciPy references
+
 
 def scipy_k1(x):
     """K = 1 optimum: slot-expanded linear_sum_assignment, user off and user on (prepaid)."""
@@ -127,13 +136,19 @@ def scipy_milp(x, k):
     user = np.nonzero(slot_v == 0)[0]  # the user's units must be used as a prefix (one-off first cost)
     if len(user) > 1:
         r = np.arange(len(user) - 1)
-        prefix = sparse.csr_matrix((np.r_[np.ones(len(r)), -np.ones(len(r))],
-                                    (np.r_[r, r], n_x + np.r_[user[:-1], user[1:]])), shape=(len(r), n_x + n_y))
+        prefix = sparse.csr_matrix(
+            (np.r_[np.ones(len(r)), -np.ones(len(r))], (np.r_[r, r], n_x + np.r_[user[:-1], user[1:]])),
+            shape=(len(r), n_x + n_y),
+        )
         rows.append(prefix)
         lo.append(np.zeros(len(r)))
         hi.append(np.full(len(r), np.inf))
-    res = milp(cost, constraints=LinearConstraint(sparse.vstack(rows), np.concatenate(lo), np.concatenate(hi)),
-               integrality=np.ones(n_x + n_y), bounds=Bounds(0, 1))
+    res = milp(
+        cost,
+        constraints=LinearConstraint(sparse.vstack(rows), np.concatenate(lo), np.concatenate(hi)),
+        integrality=np.ones(n_x + n_y),
+        bounds=Bounds(0, 1),
+    )
     return res.fun if res.status == 0 else np.inf
 
 
@@ -151,13 +166,20 @@ def per_instance(fn, inst, count, passes: int = 3):
 
 # ----------------------------------------------------------------------------- main
 
+
 def main(quick: bool = False):
     rows = []
     # (instances, M, N, K, method, JAX batch, instances for the SciPy loop)
-    cases = [("random", 64, 8, 1, "exact", 1024, 64), ("random", 256, 8, 1, "exact", 256, 16),
-             ("switch-base-8", 64, 8, 1, "exact", 1024, 64), ("switch-base-8", 256, 8, 1, "exact", 256, 16),
-             ("random", 64, 8, 2, "fast", 64, 16), ("random", 256, 8, 2, "fast", 16, 4),
-             ("mixtral-8x7b", 32, 8, 2, "fast", 64, 16), ("mixtral-8x7b", 64, 8, 2, "fast", 64, 16)]
+    cases = [
+        ("random", 64, 8, 1, "exact", 1024, 64),
+        ("random", 256, 8, 1, "exact", 256, 16),
+        ("switch-base-8", 64, 8, 1, "exact", 1024, 64),
+        ("switch-base-8", 256, 8, 1, "exact", 256, 16),
+        ("random", 64, 8, 2, "fast", 64, 16),
+        ("random", 256, 8, 2, "fast", 16, 4),
+        ("mixtral-8x7b", 32, 8, 2, "fast", 64, 16),
+        ("mixtral-8x7b", 64, 8, 2, "fast", 64, 16),
+    ]
     # (mixtral-8x7b with 256 tokens misses its 74 ms deadline on every sample: no row for it)
     for family, m, n, k, method, batch, count in cases:
         if quick:
@@ -179,43 +201,66 @@ def main(quick: bool = False):
             ref, t_ref = per_instance(scipy_k1, ref_inst, count)
             baseline = "SciPy linear_sum_assignment x2 (user off/on)"
         else:
-            ref, t_ref = per_instance(lambda x: scipy_milp(x, k), ref_inst, count)
+            ref, t_ref = per_instance(lambda x, k=k: scipy_milp(x, k), ref_inst, count)
             baseline = "SciPy milp (HiGHS), exact"
         fin = np.isfinite(ref)
         gap = (energy[:count][fin] - ref[fin]) / ref[fin]
         cert = info.rel_gap[dec.feasible]
-        rows.append((family, m, n, k, method, 1 / t_jax, baseline, 1 / t_ref, t_ref / t_jax, gap, cert,
-                     int(fin.sum()), count, float(dec.feasible.mean())))
+        rows.append(
+            (
+                family,
+                m,
+                n,
+                k,
+                method,
+                1 / t_jax,
+                baseline,
+                1 / t_ref,
+                t_ref / t_jax,
+                gap,
+                cert,
+                int(fin.sum()),
+                count,
+                float(dec.feasible.mean()),
+            )
+        )
         print(f"done {family} M={m} K={k}: {1 / t_jax:.1f}/s vs {1 / t_ref:.2f}/s", flush=True)
 
     print(f"\n## Prefill instances per second ({machine()}; 2-core CPU)\n")
-    print("| instances | M | N | K | JAX method | JAX inst/s | baseline | baseline inst/s | speed-up | gap to baseline"
-          " optimum (mean / max) | certified gap to own lower bound (mean / max) | feasible |")
+    print(
+        "| instances | M | N | K | JAX method | JAX inst/s | baseline | baseline inst/s | speed-up | gap to baseline"
+        " optimum (mean / max) | certified gap to own lower bound (mean / max) | feasible |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for family, m, n, k, method, r_jax, base, r_ref, speed, gap, cert, n_ok, count, feas in rows:
         gap_s = f"{gap.mean():.2e} / {gap.max():.2e} ({n_ok}/{count} inst.)" if len(gap) else "-"
         cert_s = f"{cert.mean():.2%} / {cert.max():.2%}" if len(cert) else "-"
-        print(f"| {family} | {m} | {n} | {k} | {method} | {r_jax:,.1f} | {base} | {r_ref:,.2f} | {speed:,.0f}x | {gap_s} | "
-              f"{cert_s} | {feas:.0%} |")
-
+        print(
+            f"| {family} | {m} | {n} | {k} | {method} | {r_jax:,.1f} | {base} | {r_ref:,.2f} | {speed:,.0f}x "
+            f"| {gap_s} | {cert_s} | {feas:.0%} |"
+        )
 
     # The fast solver against the exact DP on small random instances (the test suite's shapes, float64).
     print("\n| M | N | K | instances (feasible) | gap to DP: mean | max | bound <= DP optimum | mean certified gap |")
     print("|---|---|---|---|---|---|---|---|")
-    for m, n, k, batch in ([(4, 4, 2, 1200), (5, 5, 3, 500), (6, 6, 2, 500)] if not quick else [(4, 4, 2, 64)]):
+    for m, n, k, batch in [(4, 4, 2, 1200), (5, 5, 3, 500), (6, 6, 2, 500)] if not quick else [(4, 4, 2, 64)]:
         with jax.enable_x64(True):
             inst = P.random_instances(jax.random.key(21), batch, m, n, k, dtype=jnp.float64)
-            (dp, _), (fast, info) = (jax.tree.map(np.asarray, jax_solver(m, n, k, meth)(inst)) for meth in ("dp", "fast"))
+            (dp, _), (fast, info) = (
+                jax.tree.map(np.asarray, jax_solver(m, n, k, meth)(inst)) for meth in ("dp", "fast")
+            )
         ok = dp.feasible
         gap = (fast.energy_j[ok] - dp.energy_j[ok]) / dp.energy_j[ok]
         valid = bool(np.all(info.lower_bound[ok] <= dp.energy_j[ok] * (1 + 1e-9)))
-        print(f"| {m} | {n} | {k} | {batch} ({ok.sum()}) | {gap.mean():.3%} | {gap.max():.3%} | {valid} | "
-              f"{info.rel_gap[ok].mean():.2%} |")
+        print(
+            f"| {m} | {n} | {k} | {batch} ({ok.sum()}) | {gap.mean():.3%} | {gap.max():.3%} | {valid} | "
+            f"{info.rel_gap[ok].mean():.2%} |"
+        )
 
     # Scale: the fast solver at the largest sizes it is meant for (no reference can run there).
     print("\n| M | N | K | method | s per instance (batch of 2) | certified gap to own lower bound | feasible |")
     print("|---|---|---|---|---|---|---|")
-    for m, n, k in ([(128, 16, 3)] if quick else [(512, 32, 4)]):
+    for m, n, k in [(128, 16, 3)] if quick else [(512, 32, 4)]:
         inst = make_instances(2, m, n, k, seed=1)
         solver = jax_solver(m, n, k, "fast")
         t = best_time(solver, inst, repeats=1) / 2

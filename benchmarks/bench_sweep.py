@@ -18,27 +18,34 @@ import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
-import sift_jax as sj  # noqa: E402
-from benchmarks.common import machine  # noqa: E402
+import sift_jax as sj
+from benchmarks.common import machine
 
-CASES = {"bandwidth": ("bandwidth_hz", "topk", np.linspace(1.5e6, 2.5e6, 1000)),
-         "eta": ("eta", "siftmoe", np.linspace(0.0, 2.5, 1000))}
+CASES = {
+    "bandwidth": ("bandwidth_hz", "topk", np.linspace(1.5e6, 2.5e6, 1000)),
+    "eta": ("eta", "siftmoe", np.linspace(0.0, 2.5, 1000)),
+}
 
 
 def measure(field: str, policy: str, values: np.ndarray, samples: int) -> dict:
     spec = sj.sweep.load_spec(
         f'name = "bench"\npreset = "mixtral-8x7b"\ncurves = ["{policy}"]\n'
-        f'samples = {samples}\npoints_per_call = {len(values)}\n'
-        '[fixed]\nn_tokens = 1\nn_layers = 4\n[[axes]]\n'
-        f'field = "{field}"\nvalues = [{", ".join(repr(float(v)) for v in values)}]\n')
+        f"samples = {samples}\npoints_per_call = {len(values)}\n"
+        "[fixed]\nn_tokens = 1\nn_layers = 4\n[[axes]]\n"
+        f'field = "{field}"\nvalues = [{", ".join(repr(float(v)) for v in values)}]\n'
+    )
     base = sj.presets.get("mixtral-8x7b").replace(n_tokens=1, n_layers=4)
 
     def sweep():
         return sj.sweep.run(spec, out=None)["energy_per_token_j_mean"].values[0]
 
     def loop():
-        return [sj.simulate(base.replace(**{field: float(v)}), policy=policy, samples=samples, seed=0)
-                .metrics["energy_per_token_j"].mean for v in values]
+        return [
+            sj.simulate(base.replace(**{field: float(v)}), policy=policy, samples=samples, seed=0)
+            .metrics["energy_per_token_j"]
+            .mean
+            for v in values
+        ]
 
     out = {}
     for name, fn in (("sweep", sweep), ("loop", loop)):
@@ -69,13 +76,17 @@ def main(argv=None):
         values = grid[np.linspace(0, len(grid) - 1, args.points).astype(int)]
         rows.append((case, policy, measure(field, policy, values, args.samples)))
     print(f"Machine: {machine()}\n")
-    print("| axis, policy | points x samples | sweep cold (s) | loop cold (s) | ratio cold | sweep warm (s) | "
-          "loop warm (s) | ratio warm |")
+    print(
+        "| axis, policy | points x samples | sweep cold (s) | loop cold (s) | ratio cold | sweep warm (s) | "
+        "loop warm (s) | ratio warm |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for case, policy, r in rows:
         (s_cold, s_warm, _), (l_cold, l_warm, _) = r["sweep"], r["loop"]
-        print(f"| {case}, {policy} | {args.points} x {args.samples} | {s_cold:.2f} | {l_cold:.2f} | "
-              f"{l_cold / s_cold:.1f}x | {s_warm:.2f} | {l_warm:.2f} | {l_warm / s_warm:.1f}x |")
+        print(
+            f"| {case}, {policy} | {args.points} x {args.samples} | {s_cold:.2f} | {l_cold:.2f} | "
+            f"{l_cold / s_cold:.1f}x | {s_warm:.2f} | {l_warm:.2f} | {l_warm / s_warm:.1f}x |"
+        )
 
 
 if __name__ == "__main__":

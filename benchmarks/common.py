@@ -18,8 +18,10 @@ def machine() -> str:
     except (OSError, StopIteration):
         pass
     dev = jax.devices()[0]
-    return (f"{cpu}, {os.cpu_count()} cores, backend {jax.default_backend()} ({dev.device_kind}), "
-            f"jax {jax.__version__}, x64={jax.config.jax_enable_x64}")
+    return (
+        f"{cpu}, {os.cpu_count()} cores, backend {jax.default_backend()} ({dev.device_kind}), "
+        f"jax {jax.__version__}, x64={jax.config.jax_enable_x64}"
+    )
 
 
 def best_time(fn, *args, repeats: int = 5) -> float:

@@ -16,7 +16,7 @@ slot (expert `topk[..., i]`); `mapping == topk` retains, another node replaces, 
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -24,8 +24,14 @@ import jax.numpy as jnp
 from sift_jax.errors import ConfigError
 
 __all__ = [
-    "estimate_b_max", "exact_deviation", "final_bound", "layer_bound", "layer_budgets",
-    "lipschitz_finite_difference", "lipschitz_power_iteration", "replace_beats_skip",
+    "estimate_b_max",
+    "exact_deviation",
+    "final_bound",
+    "layer_bound",
+    "layer_budgets",
+    "lipschitz_finite_difference",
+    "lipschitz_power_iteration",
+    "replace_beats_skip",
 ]
 
 
@@ -256,8 +262,11 @@ def layer_budgets(theta, kappa, b_max, beta_max, split=None, delta_prev=None) ->
     theta = jnp.asarray(theta)
     if theta.ndim != 0:
         raise ConfigError("theta", f"array of shape {theta.shape}", "a scalar")
-    args = [kappa, b_max, beta_max] + ([split] if split is not None else []) + \
-        ([delta_prev] if delta_prev is not None else [])
+    args = (
+        [kappa, b_max, beta_max]
+        + ([split] if split is not None else [])
+        + ([delta_prev] if delta_prev is not None else [])
+    )
     shapes = [jnp.shape(a) for a in args]
     if any(len(s) > 1 for s in shapes) or all(len(s) == 0 for s in shapes):
         raise ConfigError("b_max", f"shapes {shapes}", "scalars or float[L] arrays, at least one float[L]")
@@ -321,14 +330,17 @@ def estimate_b_max(fn: Callable[[jax.Array], jax.Array], zs: jax.Array, batch_si
         >>> estimate_b_max(lambda z: W @ z, jnp.array([[3.0, 4.0], [1.0, 0.0]]))
         Array([ 5., 10.], dtype=float32)
     """
+
     def run(zs):
         out = jax.vmap(fn)(zs) if batch_size is None else jax.lax.map(fn, zs, batch_size=batch_size)
         return jnp.max(_norm_last(out), axis=0)
+
     return jax.jit(run)(jnp.asarray(zs))
 
 
-def lipschitz_finite_difference(fn: Callable[[jax.Array], jax.Array], zs: jax.Array, key: jax.Array,
-                                eps: float = 1e-3, n_directions: int = 8) -> jax.Array:
+def lipschitz_finite_difference(
+    fn: Callable[[jax.Array], jax.Array], zs: jax.Array, key: jax.Array, eps: float = 1e-3, n_directions: int = 8
+) -> jax.Array:
     """Empirical Lipschitz constant by finite differences (the paper's suggestion, §2.1).
 
     beta_i ~ max over samples s and random unit directions u of ||fn_i(z_s + eps u) - fn_i(z_s)|| / eps.
@@ -352,6 +364,7 @@ def lipschitz_finite_difference(fn: Callable[[jax.Array], jax.Array], zs: jax.Ar
         >>> bool(jnp.abs(est - 3.0) < 1e-2)
         True
     """
+
     def run(zs, key, eps):
         u = jax.random.normal(key, (zs.shape[0], n_directions, zs.shape[-1]), zs.dtype)
         u = u / _norm_last(u)[..., None]
@@ -359,11 +372,13 @@ def lipschitz_finite_difference(fn: Callable[[jax.Array], jax.Array], zs: jax.Ar
         moved = jax.vmap(jax.vmap(fn))(zs[:, None, :] + eps * u)  # [S, D, ..., d_out]
         ratio = _norm_last(moved - base[:, None]) / eps
         return jnp.max(ratio, axis=(0, 1))
+
     return jax.jit(run)(jnp.asarray(zs), key, eps)
 
 
-def lipschitz_power_iteration(fn: Callable[[jax.Array], jax.Array], z: jax.Array, key: jax.Array,
-                              iters: int = 100) -> jax.Array:
+def lipschitz_power_iteration(
+    fn: Callable[[jax.Array], jax.Array], z: jax.Array, key: jax.Array, iters: int = 100
+) -> jax.Array:
     """Spectral norm of each expert's Jacobian at z by power iteration with `jax.jvp` / `jax.vjp`.
 
     For expert i with Jacobian J_i at z, iterates v <- J_i^T J_i v / ||.|| and returns ||J_i v||, the
@@ -392,9 +407,11 @@ def lipschitz_power_iteration(fn: Callable[[jax.Array], jax.Array], z: jax.Array
     """
     z = jnp.asarray(z)
     if z.ndim == 2:
+
         def run(z, key):
             keys = jax.random.split(key, z.shape[0])
             return jnp.max(jax.vmap(lambda zz, kk: _power_iteration(fn, zz, kk, iters))(z, keys), axis=0)
+
         return jax.jit(run)(z, key)
     if z.ndim != 1:
         raise ConfigError("z", f"array of shape {z.shape}", "float[d] or float[S, d]")

@@ -15,13 +15,14 @@ import click
 import numpy as np
 
 from sift_jax import policies, presets
-from sift_jax.policies import fastfading
 from sift_jax.errors import ConfigError
+from sift_jax.policies import fastfading
 from sift_jax.scenario import DYNAMIC_FIELDS, FIELDS, INTEGER_FIELDS, PER_HELPER_FIELDS, STATIC_FIELDS, Scenario
 
 __all__ = ["cli", "load_plugins", "main", "parse_shard"]
 
 DEFAULT_PRESET = "mixtral-8x7b"
+
 
 def _parse_field(name: str, text: str):
     """CLI text -> field value: int for integer statics, str for `fading`, float (or a comma list for
@@ -49,8 +50,11 @@ def scenario_options(func):
         unit = f" [{info.unit}]" if info.unit != "-" else ""
         allowed = ("one of " + ", ".join(fading.names())) if name == "fading" else info.describe()
         value = np.asarray(getattr(default, name)).tolist()
-        help_text = f"{info.meaning}{unit}; {allowed}; {DEFAULT_PRESET}: {value:g}" if isinstance(value, float) \
+        help_text = (
+            f"{info.meaning}{unit}; {allowed}; {DEFAULT_PRESET}: {value:g}"
+            if isinstance(value, float)
             else f"{info.meaning}{unit}; {allowed}; {DEFAULT_PRESET}: {value}"
+        )
         if name in PER_HELPER_FIELDS:
             help_text += " (scalar or comma list, one per helper)"
         flag = "--fading-family" if name == "fading" else "--" + name.replace("_", "-")  # --fading = slow|fast
@@ -81,8 +85,19 @@ def metrics_table(metrics: dict) -> str:
     rows = [("metric", "mean", "95% CI", "p50", "p90", "p99", "n", "invalid", "reliable")]
     for name, s in metrics.items():
         ci = f"[{_fmt(s.ci95[0])}, {_fmt(s.ci95[1])}]" if s.ci95 else "-"
-        rows.append((name, _fmt(s.mean), ci, _fmt(s.p50), _fmt(s.p90), _fmt(s.p99), str(s.n), str(s.n_invalid),
-                     "yes" if s.reliable else "NO"))
+        rows.append(
+            (
+                name,
+                _fmt(s.mean),
+                ci,
+                _fmt(s.p50),
+                _fmt(s.p90),
+                _fmt(s.p99),
+                str(s.n),
+                str(s.n_invalid),
+                "yes" if s.reliable else "NO",
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows)
 
@@ -94,6 +109,7 @@ class _Progress:
         self.bar = None
         if not quiet and sys.stderr.isatty():
             from tqdm import tqdm
+
             self.bar = tqdm(total=total, desc=desc, unit="sample", leave=False)
         self.done = 0
 
@@ -151,37 +167,68 @@ def _version() -> str:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(_version(), "--version", prog_name="sift-jax")
-@click.option("--plugin", "plugins", multiple=True,
-              help="module to import first: registers policies, fading families or metrics (repeatable; also "
-                   "SIFT_JAX_PLUGINS=a,b)")
+@click.option(
+    "--plugin",
+    "plugins",
+    multiple=True,
+    help="module to import first: registers policies, fading families or metrics (repeatable; also "
+    "SIFT_JAX_PLUGINS=a,b)",
+)
 def cli(plugins):
     """SiftMoE engine: energy-efficient expert selection for wireless distributed MoE inference."""
     load_plugins(plugins)
 
 
 @cli.command()
-@click.option("--preset", default=DEFAULT_PRESET, show_default=True,
-              help=" | ".join(presets.names()) + " (plain names: fitted to the paper; *-4090: data sheets)")
-@click.option("--policy", default="siftmoe", show_default=True,
-              help=" | ".join(f"{n} ({policies.record(n).description})" for n in policies.names()))
+@click.option(
+    "--preset",
+    default=DEFAULT_PRESET,
+    show_default=True,
+    help=" | ".join(presets.names()) + " (plain names: fitted to the paper; *-4090: data sheets)",
+)
+@click.option(
+    "--policy",
+    default="siftmoe",
+    show_default=True,
+    help=" | ".join(f"{n} ({policies.record(n).description})" for n in policies.names()),
+)
 @click.option("--samples", default=10_000, show_default=True, type=int, help="Monte Carlo samples (tasks)")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--chunk-size", default=None, type=int, help="samples per compiled call (memory only)")
-@click.option("--regime", "--fading", "regime", default="slow", show_default=True,
-              help="fading regime: slow (one gain per layer) | fast (per-slot gains); --fading is its former name, "
-                   "the fading family is --fading-family")
-@click.option("--bits", default=None, help="fast-fading bit loading: " + " | ".join(
-    [*fastfading.BITS, *(f"{a} (= {b})" for a, b in fastfading.ALIASES.items())]))
-@click.option("--table", "table_path", default=None,
-              help="mismatch tables [L,N,N+1]: .npz of `sift-jax calibrate`, .npy, or a MoE-lab calibration dir")
-@click.option("--router", "router_path", default=None,
-              help="router log: .npy of logits [L,T,N] (or [T,N]); each task takes M consecutive logged tokens")
+@click.option(
+    "--regime",
+    "--fading",
+    "regime",
+    default="slow",
+    show_default=True,
+    help="fading regime: slow (one gain per layer) | fast (per-slot gains); --fading is its former name, "
+    "the fading family is --fading-family",
+)
+@click.option(
+    "--bits",
+    default=None,
+    help="fast-fading bit loading: "
+    + " | ".join([*fastfading.BITS, *(f"{a} (= {b})" for a, b in fastfading.ALIASES.items())]),
+)
+@click.option(
+    "--table",
+    "table_path",
+    default=None,
+    help="mismatch tables [L,N,N+1]: .npz of `sift-jax calibrate`, .npy, or a MoE-lab calibration dir",
+)
+@click.option(
+    "--router",
+    "router_path",
+    default=None,
+    help="router log: .npy of logits [L,T,N] (or [T,N]); each task takes M consecutive logged tokens",
+)
 @click.option("--float64", is_flag=True, help="run in float64 (jax_enable_x64)")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
 @click.option("--quiet", is_flag=True, help="no progress bar")
 @scenario_options
-def simulate(preset, policy, samples, seed, chunk_size, regime, bits, table_path, router_path, float64, as_json, quiet,
-             **fields):
+def simulate(
+    preset, policy, samples, seed, chunk_size, regime, bits, table_path, router_path, float64, as_json, quiet, **fields
+):
     """Monte Carlo metrics of one policy on a preset (any Scenario field can be overridden)."""
     import jax
 
@@ -192,13 +239,27 @@ def simulate(preset, policy, samples, seed, chunk_size, regime, bits, table_path
     sc = build_scenario(preset, fields)
     progress = _Progress(samples, quiet or as_json, f"{preset}/{policy}")
     try:
-        res = run_simulation(sc, policy=policy, samples=samples, seed=seed, chunk_size=chunk_size, table=table_path,
-                             regime=regime, bits=bits, progress=progress, router=router_path)
+        res = run_simulation(
+            sc,
+            policy=policy,
+            samples=samples,
+            seed=seed,
+            chunk_size=chunk_size,
+            table=table_path,
+            regime=regime,
+            bits=bits,
+            progress=progress,
+            router=router_path,
+        )
     except ConfigError as err:
         if policy == "oracle" and err.field == "method":  # its advice names Python options the CLI lacks
-            raise ConfigError("policy", policy, f"an instance small enough for the exact oracle "
-                              f"({err.allowed.split('; use ')[0]}): lower --n-tokens, --n-nodes or --top-k, "
-                              f"or choose another --policy") from None
+            raise ConfigError(
+                "policy",
+                policy,
+                f"an instance small enough for the exact oracle "
+                f"({err.allowed.split('; use ')[0]}): lower --n-tokens, --n-nodes or --top-k, "
+                f"or choose another --policy",
+            ) from None
         raise
     finally:
         progress.close()
@@ -217,12 +278,20 @@ def simulate(preset, policy, samples, seed, chunk_size, regime, bits, table_path
 @click.option("--samples", default=None, type=int, help="override the spec's sample count")
 @click.option("--quick", is_flag=True, help="quick sizes: the spec's quick_samples and [quick_fixed]")
 @click.option("--quiet", is_flag=True, help="no progress bar")
-@click.option("--shard", default=None, help="I/N: run the I-th of N deterministic shares of the batches into a "
-              "shared OUT (job arrays); the shard that completes the set writes NAME.nc")
+@click.option(
+    "--shard",
+    default=None,
+    help="I/N: run the I-th of N deterministic shares of the batches into a "
+    "shared OUT (job arrays); the shard that completes the set writes NAME.nc",
+)
 @click.option("--merge", is_flag=True, help="compute nothing: assemble NAME.nc from the shards' parts in OUT")
-@click.option("--distributed", is_flag=True, help="one of several processes of a multi-host JAX job (SIFT_JAX_COORDINATOR, "
-              "SIFT_JAX_NUM_PROCESSES, SIFT_JAX_PROCESS_ID, or what jax.distributed detects: SLURM, MPI, TPU); "
-              "process 0 writes")
+@click.option(
+    "--distributed",
+    is_flag=True,
+    help="one of several processes of a multi-host JAX job (SIFT_JAX_COORDINATOR, "
+    "SIFT_JAX_NUM_PROCESSES, SIFT_JAX_PROCESS_ID, or what jax.distributed detects: SLURM, MPI, TPU); "
+    "process 0 writes",
+)
 def sweep(spec_path, out, resume, overwrite, samples, quick, quiet, shard, merge, distributed):
     """Run a TOML sweep spec; writes OUT/NAME.nc (xarray) and OUT/NAME.png."""
     from sift_jax import distributed as multi
@@ -238,8 +307,10 @@ def sweep(spec_path, out, resume, overwrite, samples, quick, quiet, shard, merge
     if not writer:
         return
     if ds is None:
-        click.echo(f"shard {shard}: parts written to {out / spec.name}.parts; NAME.nc comes when every shard is done "
-                   f"(the last one writes it, or run `sift-jax sweep {spec_path} --out {out} --merge`)")
+        click.echo(
+            f"shard {shard}: parts written to {out / spec.name}.parts; NAME.nc comes when every shard is done "
+            f"(the last one writes it, or run `sift-jax sweep {spec_path} --out {out} --merge`)"
+        )
         return
     png = plots.plot_dataset(ds, out / f"{spec.name}.png")
     click.echo(f"wrote {out / spec.name}.nc and {png}")
@@ -263,7 +334,8 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
         >>> parse_shard("8/8")
         Traceback (most recent call last):
         ...
-        sift_jax.errors.ConfigError: shard = '8/8' is invalid: allowed is I/N with integers 0 <= I < N <= 100000 (e.g. 0/4)
+        sift_jax.errors.ConfigError: shard = '8/8' is invalid: allowed is I/N with integers 0 <= I < N <= 100000
+        (e.g. 0/4)
     """
     if text is None:
         return None
@@ -283,6 +355,7 @@ def _run_sweep(spec, out, resume, samples, quick, quiet, overwrite=False, shard=
     bar = None
     if not quiet and sys.stderr.isatty():
         from tqdm import tqdm
+
         bar = tqdm(desc=spec.name, unit="sample", leave=False)
 
     def progress(done, total):
@@ -292,8 +365,17 @@ def _run_sweep(spec, out, resume, samples, quick, quiet, overwrite=False, shard=
             bar.refresh()
 
     try:
-        return sweeps.run(spec, out=out, resume=resume, samples=samples, quick=quick, progress=progress,
-                          overwrite=overwrite, shard=shard, merge=merge)
+        return sweeps.run(
+            spec,
+            out=out,
+            resume=resume,
+            samples=samples,
+            quick=quick,
+            progress=progress,
+            overwrite=overwrite,
+            shard=shard,
+            merge=merge,
+        )
     finally:
         if bar is not None:
             bar.close()
@@ -302,8 +384,9 @@ def _run_sweep(spec, out, resume, samples, quick, quiet, overwrite=False, shard=
 @cli.command()
 @click.argument("nc_path")
 @click.option("--metric", default="energy_per_token_j", show_default=True)
-@click.option("--out", "png", default=None, help="PNG path, or a directory for NAME_METRIC.png (default: next to "
-              "the .nc)")
+@click.option(
+    "--out", "png", default=None, help="PNG path, or a directory for NAME_METRIC.png (default: next to the .nc)"
+)
 def plot(nc_path, metric, png):
     """Draw a PNG of a sweep result (.nc) in the paper's style."""
     import xarray as xr
@@ -316,11 +399,15 @@ def plot(nc_path, metric, png):
     except (OSError, ValueError) as err:
         why = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise ConfigError("file", nc_path, f"a sweep result .nc file ({why})") from None
-    metrics = [str(v)[:-len("_mean")] for v in ds.data_vars if str(v).endswith("_mean")]
+    metrics = [str(v)[: -len("_mean")] for v in ds.data_vars if str(v).endswith("_mean")]
     metrics = [m for m in metrics if m != PAIRED_METRIC and all(f"{m}_{s}" in ds for s in ("ci_lo", "ci_hi"))]
     if "curve" not in ds.dims or len(ds.dims) < 2 or not metrics:
-        raise ConfigError("file", nc_path, "a sweep result .nc file (written by `sift-jax sweep`: a curve "
-                          "dimension, a swept axis and <metric>_mean/_ci_lo/_ci_hi variables)")
+        raise ConfigError(
+            "file",
+            nc_path,
+            "a sweep result .nc file (written by `sift-jax sweep`: a curve "
+            "dimension, a swept axis and <metric>_mean/_ci_lo/_ci_hi variables)",
+        )
     if metric not in metrics:
         raise ConfigError("metric", metric, f"one of {', '.join(metrics)}")
     name = pathlib.Path(nc_path).name.removesuffix(".nc") + f"_{metric}.png"
@@ -346,8 +433,15 @@ def reproduce(quick, out, spec_dir, only, samples, overwrite, quiet):
     from sift_jax import store
 
     store.check_dir(out)
-    path = repro.reproduce(out=out, quick=quick, spec_dir=spec_dir, only=only.split(",") if only else None,
-                           echo=None if quiet else click.echo, samples=samples, overwrite=overwrite)
+    path = repro.reproduce(
+        out=out,
+        quick=quick,
+        spec_dir=spec_dir,
+        only=only.split(",") if only else None,
+        echo=None if quiet else click.echo,
+        samples=samples,
+        overwrite=overwrite,
+    )
     click.echo(f"wrote {path}")
 
 
@@ -357,8 +451,12 @@ def reproduce(quick, out, spec_dir, only, samples, overwrite, quiet):
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object per model")
 @click.option("--quiet", is_flag=True, help="no per-combination lines")
-@click.option("--table", is_flag=True, help="fit the mismatch-table scale (output_norm) to SiftMoE's fall across "
-              "the eta panel (Fig. 3(b), 4(b)) instead, on the preset's radio")
+@click.option(
+    "--table",
+    is_flag=True,
+    help="fit the mismatch-table scale (output_norm) to SiftMoE's fall across "
+    "the eta panel (Fig. 3(b), 4(b)) instead, on the preset's radio",
+)
 def fit_paper(model, samples, seed, as_json, quiet, table):
     """Fit the constants the paper omits (uplink loss, M, user load power) to its Top-K curves."""
     from sift_jax import fit, presets
@@ -371,9 +469,11 @@ def fit_paper(model, samples, seed, as_json, quiet, table):
                 click.echo(json.dumps(res.to_dict()))
                 continue
             grid = ", ".join(f"{res.norm_ref / s:.4g}: {r:.3f}" for s, r in zip(res.stretches, res.ratios))
-            click.echo(f"{name}: output_norm = {res.output_norm:.4g} (preset {res.norm_ref:.4g}) makes SiftMoE fall to "
-                       f"{res.checked:.3f} of its eta = 0 energy across {res.panel} (paper {res.target:.3f}, log "
-                       f"residual {res.log_residual:+.3f})" + ("; at the edge of the grid" if res.at_bound else ""))
+            click.echo(
+                f"{name}: output_norm = {res.output_norm:.4g} (preset {res.norm_ref:.4g}) makes SiftMoE fall to "
+                f"{res.checked:.3f} of its eta = 0 energy across {res.panel} (paper {res.target:.3f}, log "
+                f"residual {res.log_residual:+.3f})" + ("; at the edge of the grid" if res.at_bound else "")
+            )
             click.echo(f"  ratio by scale: {grid}")
         return
     for name in models:
@@ -382,14 +482,18 @@ def fit_paper(model, samples, seed, as_json, quiet, table):
             click.echo(json.dumps(res.to_dict()))
             continue
         values = ", ".join(f"{k} = {v:.4g}" for k, v in res.values.items())
-        click.echo(f"{name}: {values} (uplink loss {res.gain_db:.1f} dB), uplink share at the default "
-                   f"{res.uplink_share:.0%}, loss {res.loss:.3g}"
-                   + (f"; at the edge of its range: {', '.join(res.at_bound)}" if res.at_bound else ""))
+        click.echo(
+            f"{name}: {values} (uplink loss {res.gain_db:.1f} dB), uplink share at the default "
+            f"{res.uplink_share:.0%}, loss {res.loss:.3g}"
+            + (f"; at the edge of its range: {', '.join(res.at_bound)}" if res.at_bound else "")
+        )
         click.echo(f"  the preset {name!r} uses {presets.FITTED.get(name)}")
         for anchor, value, log_ratio in res.residuals:
             where = "paper default" if anchor.kind == "level" else f"{anchor.field} {anchor.x:g} / {anchor.x2:g}"
-            click.echo(f"  {anchor.kind:5s} {anchor.panel}: {where}: paper {anchor.y:.4g}, model {value:.4g}, "
-                       f"log ratio {log_ratio:+.3f}")
+            click.echo(
+                f"  {anchor.kind:5s} {anchor.panel}: {where}: paper {anchor.y:.4g}, model {value:.4g}, "
+                f"log ratio {log_ratio:+.3f}"
+            )
 
 
 @cli.command()
@@ -417,6 +521,7 @@ def bench(quick, only):
 
 try:  # the Flax MoE lab's commands (sift-jax moe train | calibrate | tightness)
     from sift_jax.moe.cli import moe as _moe_group
+
     cli.add_command(_moe_group)
 except ImportError:  # pragma: no cover - the lab is part of the package; this guards partial installs
     pass
@@ -479,4 +584,3 @@ def main(argv=None):
     except click.ClickException as err:
         click.echo(f"error: {err.format_message()}", err=True)
         sys.exit(err.exit_code)
-

@@ -233,8 +233,11 @@ def capacities(sc: Scenario, distance_m: jax.Array, gain: jax.Array) -> jax.Arra
     by_time = jnp.ceil(t / gamma) - 1.0  # T - D gamma > 0
     s_max = jnp.log2(1.0 + sc.max_tx_power_w * uplink_snr_per_watt(sc, distance_m, gain))  # bit/s/Hz
     bw = per_helper(sc, sc.bandwidth_hz)
-    by_power = jnp.where(jnp.isinf(s_max), jnp.inf,
-                         jnp.floor(s_max * bw * t / (sc.hidden_bits + jnp.where(jnp.isinf(s_max), 0.0, s_max) * bw * gamma)))
+    by_power = jnp.where(
+        jnp.isinf(s_max),
+        jnp.inf,
+        jnp.floor(s_max * bw * t / (sc.hidden_bits + jnp.where(jnp.isinf(s_max), 0.0, s_max) * bw * gamma)),
+    )
     helper = jnp.minimum(jnp.minimum(by_load, by_time), by_power)
     upper = jnp.clip(jnp.concatenate([user[None], helper]), 0, 2**30).astype(jnp.int32) + 1
 
@@ -260,8 +263,9 @@ def node_latency(sc: Scenario, distance_m: jax.Array, gain: jax.Array, loads: ja
     stretched over all remaining time, T_up = T - D (phi/C_n + b/R_n,UE), which is T when feasible.
     """
     loads = jnp.asarray(loads)
-    user = jnp.where(loads[..., 0] > 0, sc.user_load_time_s + loads[..., 0] * sc.expert_flops / sc.user_flops_per_s,
-                     0.0)
+    user = jnp.where(
+        loads[..., 0] > 0, sc.user_load_time_s + loads[..., 0] * sc.expert_flops / sc.user_flops_per_s, 0.0
+    )
     gamma = helper_token_time(sc, distance_m, gain)
     busy = loads[..., 1:] * gamma
     t_up = jnp.maximum(sc.deadline_s - busy, 0.0)

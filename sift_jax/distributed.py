@@ -38,7 +38,11 @@ from sift_jax.errors import ConfigError
 __all__ = ["initialize_from_env", "is_writer", "on_writer", "parse_env"]
 
 COORDINATOR, NUM_PROCESSES, PROCESS_ID, INIT_TIMEOUT = (
-    "SIFT_JAX_COORDINATOR", "SIFT_JAX_NUM_PROCESSES", "SIFT_JAX_PROCESS_ID", "SIFT_JAX_INIT_TIMEOUT")
+    "SIFT_JAX_COORDINATOR",
+    "SIFT_JAX_NUM_PROCESSES",
+    "SIFT_JAX_PROCESS_ID",
+    "SIFT_JAX_INIT_TIMEOUT",
+)
 REQUIRED = (COORDINATOR, NUM_PROCESSES, PROCESS_ID)
 
 
@@ -99,11 +103,18 @@ def parse_env(env: Mapping[str, str]) -> dict:
     missing = [name for name in REQUIRED if name not in given]
     if missing:
         verb = "is" if len(given) == 1 else "are"
-        raise ConfigError(missing[0], None, message=f"{missing[0]} is not set but {' and '.join(given)} {verb}: "
-                                                    f"set all of {', '.join(REQUIRED)} or none")
+        raise ConfigError(
+            missing[0],
+            None,
+            message=f"{missing[0]} is not set but {' and '.join(given)} {verb}: "
+            f"set all of {', '.join(REQUIRED)} or none",
+        )
     n = _integer(env, NUM_PROCESSES, 1, None, "an integer >= 1")
-    out = {"coordinator_address": address, "num_processes": n,
-           "process_id": _integer(env, PROCESS_ID, 0, n - 1, f"an integer in [0, {n - 1}] ({NUM_PROCESSES} - 1)")}
+    out = {
+        "coordinator_address": address,
+        "num_processes": n,
+        "process_id": _integer(env, PROCESS_ID, 0, n - 1, f"an integer in [0, {n - 1}] ({NUM_PROCESSES} - 1)"),
+    }
     if env.get(INIT_TIMEOUT, "").strip():
         out["initialization_timeout"] = _integer(env, INIT_TIMEOUT, 1, None, "an integer number of seconds >= 1")
     return out
@@ -164,13 +175,19 @@ def initialize_from_env(env: Mapping[str, str] | None = None) -> tuple[int, int]
     except ValueError as err:
         if kwargs:
             raise
-        raise ConfigError(COORDINATOR, None, message=(
-            f"no multi-process configuration found ({err}): set {', '.join(REQUIRED)} in every process, or "
-            "run under a cluster that jax.distributed detects (SLURM srun, Open MPI mpirun, Cloud TPU)")) from err
+        raise ConfigError(
+            COORDINATOR,
+            None,
+            message=(
+                f"no multi-process configuration found ({err}): set {', '.join(REQUIRED)} in every process, or "
+                "run under a cluster that jax.distributed detects (SLURM srun, Open MPI mpirun, Cloud TPU)"
+            ),
+        ) from err
     except RuntimeError as err:
         if "before any JAX calls" in str(err):
-            raise RuntimeError("sift_jax.distributed.initialize_from_env() must run before any other JAX call "
-                               f"in the process: {err}") from err
+            raise RuntimeError(
+                f"sift_jax.distributed.initialize_from_env() must run before any other JAX call in the process: {err}"
+            ) from err
         raise
     return jax.process_index(), jax.process_count()
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
@@ -46,11 +47,11 @@ class FadingFamily:
     """
 
     name: str
-    sample: Callable[[jax.Array, "Scenario", tuple], jax.Array]
-    inverse_gain_mean: Callable[["Scenario"], float]
-    dp_support: Callable[["Scenario"], bool] = lambda sc: False
+    sample: Callable[[jax.Array, Scenario, tuple], jax.Array]
+    inverse_gain_mean: Callable[[Scenario], float]
+    dp_support: Callable[[Scenario], bool] = lambda sc: False
     parameters: tuple[str, ...] = ()
-    check: Callable[["Scenario"], None] | None = None
+    check: Callable[[Scenario], None] | None = None
     description: str = ""
 
 
@@ -73,7 +74,8 @@ def register(family: FadingFamily, *, replace: bool = False) -> FadingFamily:
         >>> register(get("gamma"))
         Traceback (most recent call last):
         ...
-        sift_jax.errors.ConfigError: fading = 'gamma' is invalid: allowed is a name not yet registered (pass replace=True to replace it)
+        sift_jax.errors.ConfigError: fading = 'gamma' is invalid: allowed is a name not yet registered (pass
+        replace=True to replace it)
     """
     name = family.name
     if not isinstance(name, str) or not name or any(c.isspace() for c in name):
@@ -84,6 +86,7 @@ def register(family: FadingFamily, *, replace: bool = False) -> FadingFamily:
     if family.check is not None and not callable(family.check):
         raise ConfigError(f"{name}.check", family.check, "None or a callable sc -> None")
     return _REGISTRY.add(name, family, replace)
+
 
 def unregister(name: str) -> None:
     """Remove a registered fading family (e.g. a test's or a notebook's own, when done with it).
@@ -104,7 +107,6 @@ def unregister(name: str) -> None:
         sift_jax.errors.ConfigError: fading = 'never-registered' is invalid: allowed is a registered name ...
     """
     _REGISTRY.remove(name)
-
 
 
 def names() -> tuple[str, ...]:
@@ -139,7 +141,7 @@ def get(name: str) -> FadingFamily:
     return _REGISTRY.get(name)
 
 
-def inverse_gain_mean(sc: "Scenario", inv_gain_mean=None) -> float:
+def inverse_gain_mean(sc: Scenario, inv_gain_mean=None) -> float:
     """E[1/h] for the fast-fading surrogate and eq. (26): `inv_gain_mean` if given, else the scenario's family's.
 
     Args:
@@ -159,7 +161,8 @@ def inverse_gain_mean(sc: "Scenario", inv_gain_mean=None) -> float:
         >>> inverse_gain_mean(Scenario(fading="rayleigh"))
         Traceback (most recent call last):
         ...
-        sift_jax.errors.ConfigError: fading = 'rayleigh' is invalid: allowed is ... E[1/h] is infinite for fading='rayleigh' ...
+        sift_jax.errors.ConfigError: fading = 'rayleigh' is invalid: allowed is ... E[1/h] is infinite for
+        fading='rayleigh' ...
     """
     if inv_gain_mean is not None:
         try:
@@ -173,10 +176,12 @@ def inverse_gain_mean(sc: "Scenario", inv_gain_mean=None) -> float:
     if not math.isfinite(value):
         why = "infinite" if math.isinf(value) else "not known in closed form"
         raise ConfigError(
-            "fading", sc.fading,
+            "fading",
+            sc.fading,
             f"a family with finite E[1/h] for the fast-fading surrogate and eq. (26): E[1/h] is {why} for "
             f"fading={sc.fading!r} (shape {sc.fading_shape}); use gamma/nakagami with shape > 1, or pass a "
-            f"finite inv_gain_mean=... option")
+            f"finite inv_gain_mean=... option",
+        )
     return value
 
 
@@ -194,9 +199,11 @@ def _gamma_sample(key, sc, shape):
 
 def _gamma_check(sc) -> None:
     if float(sc.fading_shape) != int(sc.fading_shape):
-        raise ConfigError("fading_shape", sc.fading_shape,
-                          "an integer for fading='gamma' (drawn as a sum of exponentials); use fading='nakagami'"
-                          " for a non-integer m")
+        raise ConfigError(
+            "fading_shape",
+            sc.fading_shape,
+            "an integer for fading='gamma' (drawn as a sum of exponentials); use fading='nakagami' for a non-integer m",
+        )
 
 
 def _rician_sample(key, sc, shape):
@@ -217,16 +224,42 @@ def _dp_gamma(sc) -> bool:
 
 
 for _family in (
-    FadingFamily("gamma", _gamma_sample, _gamma_mean_inverse, _dp_gamma, ("fading_shape",), _gamma_check,
-                 "Gamma(m, 1/m) power gains, integer m (the paper: m = 2), a sum of m exponentials"),
-    FadingFamily("rayleigh", lambda key, sc, shape: jax.random.exponential(key, shape, dtype=jnp.float32),
-                 lambda sc: math.inf, description="exponential power gains (E[1/h] diverges)"),
-    FadingFamily("nakagami", lambda key, sc, shape: jax.random.gamma(key, sc.fading_shape, shape, dtype=jnp.float32)
-                 / sc.fading_shape, _gamma_mean_inverse, _dp_gamma, ("fading_shape",),
-                 description="Nakagami-m: Gamma(m, 1/m) power gains, any m"),
-    FadingFamily("rician", _rician_sample, lambda sc: math.inf, parameters=("rician_k",),
-                 description="Rician with K-factor rician_k (E[1/h] diverges: the density at h = 0 is positive)"),
-    FadingFamily("lognormal", _lognormal_sample, lambda sc: math.nan, parameters=("shadowing_db",),
-                 description="log-normal shadowing with sigma shadowing_db (E[1/h]: pass inv_gain_mean)"),
+    FadingFamily(
+        "gamma",
+        _gamma_sample,
+        _gamma_mean_inverse,
+        _dp_gamma,
+        ("fading_shape",),
+        _gamma_check,
+        "Gamma(m, 1/m) power gains, integer m (the paper: m = 2), a sum of m exponentials",
+    ),
+    FadingFamily(
+        "rayleigh",
+        lambda key, sc, shape: jax.random.exponential(key, shape, dtype=jnp.float32),
+        lambda sc: math.inf,
+        description="exponential power gains (E[1/h] diverges)",
+    ),
+    FadingFamily(
+        "nakagami",
+        lambda key, sc, shape: jax.random.gamma(key, sc.fading_shape, shape, dtype=jnp.float32) / sc.fading_shape,
+        _gamma_mean_inverse,
+        _dp_gamma,
+        ("fading_shape",),
+        description="Nakagami-m: Gamma(m, 1/m) power gains, any m",
+    ),
+    FadingFamily(
+        "rician",
+        _rician_sample,
+        lambda sc: math.inf,
+        parameters=("rician_k",),
+        description="Rician with K-factor rician_k (E[1/h] diverges: the density at h = 0 is positive)",
+    ),
+    FadingFamily(
+        "lognormal",
+        _lognormal_sample,
+        lambda sc: math.nan,
+        parameters=("shadowing_db",),
+        description="log-normal shadowing with sigma shadowing_db (E[1/h]: pass inv_gain_mean)",
+    ),
 ):
     register(_family)

@@ -49,15 +49,25 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import numpy as np
 
 from sift_jax.errors import ConfigError
 
-__all__ = ["Anchor", "FitProblem", "FitResult", "PROBLEMS", "TABLE_PANELS", "TableFit", "anchors", "fit", "fit_table",
-           "scan"]
+__all__ = [
+    "PROBLEMS",
+    "TABLE_PANELS",
+    "Anchor",
+    "FitProblem",
+    "FitResult",
+    "TableFit",
+    "anchors",
+    "fit",
+    "fit_table",
+    "scan",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,13 +105,21 @@ class FitProblem:
 
 PROBLEMS = {
     "switch-base-8": FitProblem(
-        preset="switch-base-8-4090", panels=("fig5a",), level_panels=("fig3b", "fig5a", "fig5b"), grid={"n_tokens": (256, 320, 384, 448, 512)},
-        note="M within XSum article lengths (~430 words) truncated at T5's 512-token input; uplink loss 30-60 dB"),
+        preset="switch-base-8-4090",
+        panels=("fig5a",),
+        level_panels=("fig3b", "fig5a", "fig5b"),
+        grid={"n_tokens": (256, 320, 384, 448, 512)},
+        note="M within XSum article lengths (~430 words) truncated at T5's 512-token input; uplink loss 30-60 dB",
+    ),
     "mixtral-8x7b": FitProblem(
-        preset="mixtral-8x7b-4090", panels=("fig6b",), level_panels=("fig4b", "fig6a", "fig6b"),
-        grid={"n_tokens": (16, 20, 24, 28, 32)}, load_power_w=(5.0, 100.0),
+        preset="mixtral-8x7b-4090",
+        panels=("fig6b",),
+        level_panels=("fig4b", "fig6a", "fig6b"),
+        grid={"n_tokens": (16, 20, 24, 28, 32)},
+        load_power_w=(5.0, 100.0),
         note="M = 32 (a CommonsenseQA question with its five choices, 30-60 tokens; at M = 48-64 helpers overflow "
-             "the 74 ms deadline); P_UE,load 10-100 W; uplink loss 30-60 dB"),
+        "the 74 ms deadline); P_UE,load 10-100 W; uplink loss 30-60 dB",
+    ),
 }
 
 
@@ -151,6 +169,7 @@ def anchors(problem: FitProblem, targets: dict | None = None) -> list[Anchor]:
     """
     if targets is None:
         from sift_jax import targets as paper_targets
+
         targets = paper_targets.load()
     missing = [name for name in problem.panels if name not in targets]
     if missing:
@@ -167,8 +186,9 @@ def anchors(problem: FitProblem, targets: dict | None = None) -> list[Anchor]:
     for name in problem.panels:
         t = targets[name]
         if t.y_range[0] > 0:
-            out.append(Anchor("ratio", name, t.field, float(t.x_range[0]), t.y_range[1] / t.y_range[0],
-                              float(t.x_range[1])))
+            out.append(
+                Anchor("ratio", name, t.field, float(t.x_range[0]), t.y_range[1] / t.y_range[0], float(t.x_range[1]))
+            )
     return out
 
 
@@ -226,15 +246,34 @@ class FitResult:
 
     def to_dict(self) -> dict:
         """Plain-Python form (for `--json`)."""
-        return {"model": self.model, "values": self.values, "gain_db": self.gain_db, "loss": self.loss,
-                "samples": self.samples, "uplink_share": self.uplink_share, "at_bound": list(self.at_bound),
-                "residuals": [{"kind": a.kind, "panel": a.panel, "field": a.field, "x": a.x, "x2": a.x2, "paper": a.y,
-                               "model": e, "log_ratio": r} for a, e, r in self.residuals],
-                "table": [{"combo": c, "gain_db": g, "user_load_power_w": p, "loss": lo} for c, g, p, lo in self.table]}
+        return {
+            "model": self.model,
+            "values": self.values,
+            "gain_db": self.gain_db,
+            "loss": self.loss,
+            "samples": self.samples,
+            "uplink_share": self.uplink_share,
+            "at_bound": list(self.at_bound),
+            "residuals": [
+                {
+                    "kind": a.kind,
+                    "panel": a.panel,
+                    "field": a.field,
+                    "x": a.x,
+                    "x2": a.x2,
+                    "paper": a.y,
+                    "model": e,
+                    "log_ratio": r,
+                }
+                for a, e, r in self.residuals
+            ],
+            "table": [{"combo": c, "gain_db": g, "user_load_power_w": p, "loss": lo} for c, g, p, lo in self.table],
+        }
 
 
-def scan(problem: FitProblem, combo: dict, anchor_list: list[Anchor], samples: int, seed: int = 0,
-         p_ref: float = 100.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def scan(
+    problem: FitProblem, combo: dict, anchor_list: list[Anchor], samples: int, seed: int = 0, p_ref: float = 100.0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Top-K's energy parts at each anchor for one discrete combination, at unit uplink gain.
 
     Args:
@@ -272,7 +311,7 @@ def scan(problem: FitProblem, combo: dict, anchor_list: list[Anchor], samples: i
 
 def _grid(lo: float, hi: float, step: float) -> np.ndarray:
     """lo, lo + step, ..., hi (inclusive; values rounded to the step's decimals, so bounds stay exact)."""
-    return np.round(lo + step * np.arange(int(round((hi - lo) / step)) + 1), 6)
+    return np.round(lo + step * np.arange(round((hi - lo) / step) + 1), 6)
 
 
 def _best(problem: FitProblem, anchor_list: list[Anchor], up, l1, l0, p_ref: float):
@@ -282,8 +321,11 @@ def _best(problem: FitProblem, anchor_list: list[Anchor], up, l1, l0, p_ref: flo
     powers = _grid(*problem.load_power_w, 0.5) if problem.load_power_w else np.array([np.nan])
     gain = 10.0 ** (-g_db / 10.0)
     p = np.where(np.isnan(powers), p_ref, powers)
-    energy = (up[None, None, :] / gain[:, None, None] + l0[None, None, :]
-              + (l1 - l0)[None, None, :] * p[None, :, None] / p_ref)
+    energy = (
+        up[None, None, :] / gain[:, None, None]
+        + l0[None, None, :]
+        + (l1 - l0)[None, None, :] * p[None, :, None] / p_ref
+    )
     y = np.array([a.y for a in anchor_list])
     loss = np.sum((np.log(_model_values(anchor_list, energy)) - np.log(y)) ** 2, axis=-1)
     share = (up[None, None, 0] / gain[:, None]) / energy[..., 0]  # the level anchor is point 0
@@ -291,12 +333,23 @@ def _best(problem: FitProblem, anchor_list: list[Anchor], up, l1, l0, p_ref: flo
     if not np.isfinite(loss).any():
         return None
     i, j = np.unravel_index(int(np.argmin(loss)), loss.shape)
-    return (float(g_db[i]), (None if np.isnan(powers[j]) else float(powers[j])), float(loss[i, j]),
-            _model_values(anchor_list, energy[i, j]), float(share[i, j]))
+    return (
+        float(g_db[i]),
+        (None if np.isnan(powers[j]) else float(powers[j])),
+        float(loss[i, j]),
+        _model_values(anchor_list, energy[i, j]),
+        float(share[i, j]),
+    )
 
 
-def fit(model: str, samples: int = 1000, seed: int = 0, targets: dict | None = None,
-        problem: FitProblem | None = None, progress: Callable[[str], None] | None = None) -> FitResult:
+def fit(
+    model: str,
+    samples: int = 1000,
+    seed: int = 0,
+    targets: dict | None = None,
+    problem: FitProblem | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> FitResult:
     """Fit a model's omitted constants to its panels' Top-K anchors (see the module docstring).
 
     Args:
@@ -346,17 +399,23 @@ def fit(model: str, samples: int = 1000, seed: int = 0, targets: dict | None = N
         if best is None or loss < best[0]:
             best = (loss, combo, g_db, power, model_vals, share)
     if best is None:
-        raise ConfigError("grid", problem.grid, f"values where the uplink is >= {problem.min_uplink_share} of Top-K's energy")
+        raise ConfigError(
+            "grid", problem.grid, f"values where the uplink is >= {problem.min_uplink_share} of Top-K's energy"
+        )
     loss, combo, g_db, power, model_vals, share = best
     values = dict(problem.fixed, **combo, gain_up=10.0 ** (-g_db / 10.0))
     if power is not None:
         values["user_load_power_w"] = power
     residuals = [(a, float(e), float(math.log(e / a.y))) for a, e in zip(anchor_list, model_vals)]
-    at_bound = tuple(name for name, value, edges in
-                     [("gain_up", g_db, problem.gain_db), ("user_load_power_w", power, problem.load_power_w)]
-                     + [(f, combo[f], (min(problem.grid[f]), max(problem.grid[f]))) for f in fields
-                        if len(problem.grid[f]) > 1]
-                     if edges is not None and value is not None and value in edges)
+    at_bound = tuple(
+        name
+        for name, value, edges in [
+            ("gain_up", g_db, problem.gain_db),
+            ("user_load_power_w", power, problem.load_power_w),
+        ]
+        + [(f, combo[f], (min(problem.grid[f]), max(problem.grid[f]))) for f in fields if len(problem.grid[f]) > 1]
+        if edges is not None and value is not None and value in edges
+    )
     return FitResult(model, values, g_db, loss, residuals, share, at_bound, table, samples)
 
 
@@ -404,10 +463,20 @@ class TableFit:
 
     def to_dict(self) -> dict:
         """Plain-Python form (for `--json`)."""
-        return {"model": self.model, "panel": self.panel, "target": self.target, "output_norm": self.output_norm,
-                "norm_ref": self.norm_ref, "stretches": list(self.stretches), "ratios": list(self.ratios),
-                "checked": self.checked, "log_residual": self.log_residual, "energy_at_zero": self.energy_at_zero,
-                "at_bound": self.at_bound, "samples": self.samples}
+        return {
+            "model": self.model,
+            "panel": self.panel,
+            "target": self.target,
+            "output_norm": self.output_norm,
+            "norm_ref": self.norm_ref,
+            "stretches": list(self.stretches),
+            "ratios": list(self.ratios),
+            "checked": self.checked,
+            "log_residual": self.log_residual,
+            "energy_at_zero": self.energy_at_zero,
+            "at_bound": self.at_bound,
+            "samples": self.samples,
+        }
 
 
 def _siftmoe_energies(sc, etas, samples: int, seed: int) -> np.ndarray:
@@ -447,8 +516,16 @@ def interpolate_stretch(stretches, ratios, target: float) -> tuple[float, bool]:
     return float(np.exp(s[i - 1] + w * (s[i] - s[i - 1]))), False
 
 
-def fit_table(model: str, samples: int = 200, seed: int = 0, targets: dict | None = None,
-              stretches: tuple = TABLE_STRETCHES, refine: int = 1, check: bool = True, scenario=None) -> TableFit:
+def fit_table(
+    model: str,
+    samples: int = 200,
+    seed: int = 0,
+    targets: dict | None = None,
+    stretches: tuple = TABLE_STRETCHES,
+    refine: int = 1,
+    check: bool = True,
+    scenario=None,
+) -> TableFit:
     """Fit `output_norm` so that SiftMoE falls across the model's eta panel as the paper plots it.
 
     Args:
@@ -483,13 +560,14 @@ def fit_table(model: str, samples: int = 200, seed: int = 0, targets: dict | Non
         raise ConfigError("model", model, f"one of {', '.join(TABLE_PANELS)}")
     if targets is None:
         from sift_jax import targets as paper_targets
+
         targets = paper_targets.load()
     panel = targets[TABLE_PANELS[model]]
     lo, hi = panel.y_range
     if not 0 < lo < hi:
         raise ConfigError(f"{panel.name}.y_range", list(panel.y_range), "0 < lo < hi (the fall across the panel)")
     stretches = tuple(float(x) for x in stretches)
-    if not stretches or any(b <= a for a, b in zip(stretches, stretches[1:])) or stretches[0] <= 0:
+    if not stretches or any(b <= a for a, b in itertools.pairwise(stretches)) or stretches[0] <= 0:
         raise ConfigError("stretches", stretches, "an increasing tuple of numbers > 0")
     sc = presets.get(model) if scenario is None else scenario
     eta_max, norm_ref = float(panel.x_range[1]), float(sc.output_norm)
@@ -507,5 +585,6 @@ def fit_table(model: str, samples: int = 200, seed: int = 0, targets: dict | Non
     if check:  # SiftMoE at eta = 0 does not depend on the table (only the diagonal's zeros are affordable)
         (direct,) = _siftmoe_energies(sc.replace(output_norm=norm), [eta_max], samples, seed)
         checked = float(direct / energy[0])
-    return TableFit(model, panel.name, target, norm, norm_ref, stretches, ratios, checked, float(energy[0]),
-                    at_bound, samples)
+    return TableFit(
+        model, panel.name, target, norm, norm_ref, stretches, ratios, checked, float(energy[0]), at_bound, samples
+    )

@@ -65,8 +65,9 @@ def from_logits(logits: jax.Array, k: int, temperature=1.0) -> tuple[jax.Array, 
     """
     logits = jnp.asarray(logits)
     if logits.ndim < 1 or not jnp.issubdtype(logits.dtype, jnp.floating):
-        raise ConfigError("logits", f"array of shape {logits.shape} and dtype {logits.dtype}",
-                          "a floating array of shape [..., N]")
+        raise ConfigError(
+            "logits", f"array of shape {logits.shape} and dtype {logits.dtype}", "a floating array of shape [..., N]"
+        )
     n = logits.shape[-1]
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= n:
         raise ConfigError("top_k", k, f"an integer in [1, N={n}]")
@@ -92,7 +93,8 @@ def popularity(sc: Scenario) -> jax.Array:
     """
     base = jax.random.fold_in(jax.random.key(sc.table_seed), _TAG_POPULARITY)
     u = jax.vmap(lambda l: jax.random.normal(jax.random.fold_in(base, l), (sc.n_nodes,), jnp.float32))(
-        jnp.arange(sc.n_layers)).astype(jnp.result_type(float))  # float32 draws: same samples under x64
+        jnp.arange(sc.n_layers)
+    ).astype(jnp.result_type(float))  # float32 draws: same samples under x64
     return jnp.asarray(sc.popularity_skew, u.dtype) * u
 
 
@@ -177,8 +179,9 @@ def load_logits(path: str | os.PathLike, n_nodes: int | None = None, n_layers: i
     except (OSError, ValueError) as err:
         raise ConfigError("logits_path", os.fspath(path), f"a readable .npy file ({err})") from None
     if arr.ndim < 1 or not np.issubdtype(arr.dtype, np.floating):
-        raise ConfigError("logits", f"array of shape {arr.shape} and dtype {arr.dtype}",
-                          "a floating array of shape [..., N]")
+        raise ConfigError(
+            "logits", f"array of shape {arr.shape} and dtype {arr.dtype}", "a floating array of shape [..., N]"
+        )
     if n_nodes is not None and arr.shape[-1] != n_nodes:
         raise ConfigError("logits", f"array of shape {arr.shape}", f"last axis N = {n_nodes}")
     if n_layers is not None and (arr.ndim < 2 or arr.shape[0] != n_layers):

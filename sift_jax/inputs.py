@@ -81,8 +81,11 @@ def check_tables(sc: Scenario, tables) -> jax.Array:
     if arr.shape == (sc.n_nodes, sc.n_nodes + 1):
         arr = np.broadcast_to(arr, (sc.n_layers,) + arr.shape)
     if arr.shape != (sc.n_layers, sc.n_nodes, sc.n_nodes + 1):
-        raise ConfigError("table", f"array of shape {arr.shape}",
-                          f"shape ({sc.n_layers}, {sc.n_nodes}, {sc.n_nodes + 1}) or ({sc.n_nodes}, {sc.n_nodes + 1})")
+        raise ConfigError(
+            "table",
+            f"array of shape {arr.shape}",
+            f"shape ({sc.n_layers}, {sc.n_nodes}, {sc.n_nodes + 1}) or ({sc.n_nodes}, {sc.n_nodes + 1})",
+        )
     if not np.all(np.isfinite(arr)) or np.any(arr < 0):
         raise ConfigError("table", "an array with negative or non-finite entries", "finite values >= 0")
     return jnp.asarray(arr, dtype=jnp.result_type(float))
@@ -104,16 +107,19 @@ def load_tables(path, sc: Scenario) -> tuple[jax.Array, str]:
         >>> load_tables("/nonexistent/tables.npz", Scenario())
         Traceback (most recent call last):
         ...
-        sift_jax.errors.ConfigError: tables = '/nonexistent/tables.npz' is invalid: allowed is an existing .npz, .npy or calibration directory
+        sift_jax.errors.ConfigError: tables = '/nonexistent/tables.npz' is invalid: allowed is an existing .npz, .npy
+        or calibration directory
     """
     p = pathlib.Path(os.fspath(path))
     if not p.exists():
         raise ConfigError("tables", os.fspath(path), "an existing .npz, .npy or calibration directory")
     if p.is_dir():
         from sift_jax.moe.calibrate import load_tables as load_lab
+
         arr = load_lab(p)
     elif p.suffix == ".npz":
         from sift_jax.checkpoints import load_tables as load_npz
+
         arr = load_npz(p)
     else:
         try:
@@ -142,13 +148,16 @@ def check_router(sc: Scenario, logits) -> jax.Array:
         >>> check_router(sc, np.zeros((2, 2, 4)))
         Traceback (most recent call last):
         ...
-        sift_jax.errors.ConfigError: router = 'array of shape (2, 2, 4)' is invalid: allowed is float[L=2, T, N=4] or [T, N=4] with T >= n_tokens = 3 logged tokens
+        sift_jax.errors.ConfigError: router = 'array of shape (2, 2, 4)' is invalid: allowed is float[L=2, T, N=4] or
+        [T, N=4] with T >= n_tokens = 3 logged tokens
     """
     arr = np.asarray(logits)
     if arr.ndim == 2:
         arr = np.broadcast_to(arr, (sc.n_layers,) + arr.shape)
-    allowed = f"float[L={sc.n_layers}, T, N={sc.n_nodes}] or [T, N={sc.n_nodes}] with T >= n_tokens = {sc.n_tokens} " \
-              "logged tokens"
+    allowed = (
+        f"float[L={sc.n_layers}, T, N={sc.n_nodes}] or [T, N={sc.n_nodes}] with T >= n_tokens = {sc.n_tokens} "
+        "logged tokens"
+    )
     if arr.ndim != 3 or arr.shape[0] != sc.n_layers or arr.shape[2] != sc.n_nodes or arr.shape[1] < sc.n_tokens:
         raise ConfigError("router", f"array of shape {arr.shape}", allowed)
     if not np.issubdtype(arr.dtype, np.floating) or not np.all(np.isfinite(arr)):
@@ -173,10 +182,12 @@ def load_router(path, sc: Scenario) -> tuple[jax.Array, str]:
         >>> load_router("/nonexistent/router.npy", Scenario())
         Traceback (most recent call last):
         ...
-        sift_jax.errors.ConfigError: logits_path = '/nonexistent/router.npy' is invalid: allowed is a readable .npy file ...
+        sift_jax.errors.ConfigError: logits_path = '/nonexistent/router.npy' is invalid: allowed is a readable .npy
+        file ...
     """
     if os.fspath(path).endswith(".npz"):
         from sift_jax.checkpoints import load_calibration
+
         logits = load_calibration(path).get("router_logits")
         if logits is None:
             raise ConfigError("router", os.fspath(path), "a .npz holding router_logits (written by sift-jax calibrate)")

@@ -9,15 +9,16 @@ adding a metric is one `register(MetricRecord(...))`, also from outside the pack
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from sift_jax import costs
 from sift_jax.errors import ConfigError
-from sift_jax.records import Registry
 from sift_jax.policies.decision import Decision
+from sift_jax.records import Registry
 from sift_jax.scenario import Scenario
 
 __all__ = ["AVERAGES", "MetricRecord", "TaskOutcome", "get", "names", "register", "unregister"]
@@ -90,7 +91,8 @@ def register(record: MetricRecord, *, replace: bool = False) -> MetricRecord:
         >>> register(get("skip_rate"))
         Traceback (most recent call last):
         ...
-        sift_jax.errors.ConfigError: metric = 'skip_rate' is invalid: allowed is a name not yet registered (pass replace=True to replace it)
+        sift_jax.errors.ConfigError: metric = 'skip_rate' is invalid: allowed is a name not yet registered (pass
+        replace=True to replace it)
     """
     name = record.name
     if not isinstance(name, str) or not name.isidentifier() or name.startswith("_"):
@@ -100,6 +102,7 @@ def register(record: MetricRecord, *, replace: bool = False) -> MetricRecord:
     if record.over not in AVERAGES:
         raise ConfigError(f"{name}.over", record.over, "one of " + ", ".join(AVERAGES))
     return _REGISTRY.add(name, record, replace)
+
 
 def unregister(name: str) -> None:
     """Remove a registered metric (e.g. a test's or a notebook's own, when done with it).
@@ -120,7 +123,6 @@ def unregister(name: str) -> None:
         sift_jax.errors.ConfigError: metric = 'never-registered' is invalid: allowed is a registered name ...
     """
     _REGISTRY.remove(name)
-
 
 
 def names() -> tuple[str, ...]:
@@ -165,27 +167,62 @@ def _local_energy(t: TaskOutcome) -> jax.Array:
 
 
 for _record in (
-    MetricRecord("energy_per_token_j", "J", "Average energy per token (J)",
-                 lambda t: jnp.sum(t.decision.energy_j) / t.sc.n_tokens,
-                 description="the user's energy per token, summed over layers (eqs. 3 + 10/22)"),
-    MetricRecord("uplink_energy_j", "J", "Uplink (radio) energy per token (J)",
-                 lambda t: jnp.sum(t.uplink_j) / t.sc.n_tokens,
-                 description="the user's radio energy to the helpers per token"),
-    MetricRecord("local_energy_j", "J", "User-side expert energy per token (J)", _local_energy,
-                 description="the user's own expert (load and compute, eq. 3) per token"),
-    MetricRecord("deviation_bound", "table unit", "Deviation bound per layer (Prop. 1)",
-                 lambda t: jnp.mean(t.decision.deviation_bound),
-                 description="Prop. 1 bound, mean over layers and tokens"),
-    MetricRecord("replace_rate", "fraction", "Replaced Top-K slots (fraction)",
-                 lambda t: jnp.sum(t.decision.n_replaced) / _slots(t),
-                 description="fraction of the L x M x K Top-K slots served by another expert"),
-    MetricRecord("skip_rate", "fraction", "Skipped Top-K slots (fraction)",
-                 lambda t: jnp.sum(t.decision.n_skipped) / _slots(t),
-                 description="fraction of the L x M x K Top-K slots skipped or lost"),
-    MetricRecord("infeasible_rate", "fraction", "Infeasible tasks (fraction)",
-                 lambda t: 1.0 - jnp.all(t.decision.feasible).astype(jnp.result_type(float)), over="all",
-                 description="fraction of tasks with an infeasible layer (baselines: a lost expert or eta violated)"),
-    MetricRecord("latency_s", "s", "Latency per task (s)", lambda t: jnp.sum(t.latency_s),
-                 description="latency summed over layers"),
+    MetricRecord(
+        "energy_per_token_j",
+        "J",
+        "Average energy per token (J)",
+        lambda t: jnp.sum(t.decision.energy_j) / t.sc.n_tokens,
+        description="the user's energy per token, summed over layers (eqs. 3 + 10/22)",
+    ),
+    MetricRecord(
+        "uplink_energy_j",
+        "J",
+        "Uplink (radio) energy per token (J)",
+        lambda t: jnp.sum(t.uplink_j) / t.sc.n_tokens,
+        description="the user's radio energy to the helpers per token",
+    ),
+    MetricRecord(
+        "local_energy_j",
+        "J",
+        "User-side expert energy per token (J)",
+        _local_energy,
+        description="the user's own expert (load and compute, eq. 3) per token",
+    ),
+    MetricRecord(
+        "deviation_bound",
+        "table unit",
+        "Deviation bound per layer (Prop. 1)",
+        lambda t: jnp.mean(t.decision.deviation_bound),
+        description="Prop. 1 bound, mean over layers and tokens",
+    ),
+    MetricRecord(
+        "replace_rate",
+        "fraction",
+        "Replaced Top-K slots (fraction)",
+        lambda t: jnp.sum(t.decision.n_replaced) / _slots(t),
+        description="fraction of the L x M x K Top-K slots served by another expert",
+    ),
+    MetricRecord(
+        "skip_rate",
+        "fraction",
+        "Skipped Top-K slots (fraction)",
+        lambda t: jnp.sum(t.decision.n_skipped) / _slots(t),
+        description="fraction of the L x M x K Top-K slots skipped or lost",
+    ),
+    MetricRecord(
+        "infeasible_rate",
+        "fraction",
+        "Infeasible tasks (fraction)",
+        lambda t: 1.0 - jnp.all(t.decision.feasible).astype(jnp.result_type(float)),
+        over="all",
+        description="fraction of tasks with an infeasible layer (baselines: a lost expert or eta violated)",
+    ),
+    MetricRecord(
+        "latency_s",
+        "s",
+        "Latency per task (s)",
+        lambda t: jnp.sum(t.latency_s),
+        description="latency summed over layers",
+    ),
 ):
     register(_record)

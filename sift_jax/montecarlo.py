@@ -4,7 +4,8 @@ A metric function maps (key, params) for one sample to {name: (value, valid)} sc
 evaluates fixed-shape chunks of samples under one compiled `vmap` (over samples, and over a leading
 axis of sweep points), keyed by `fold_in(key(seed), i)` for sample i. Each block of `inner_batch`
 samples is summarised on the device (count, scaled sum and M2, min, max, count of values other than 0
-and 1, and each value's histogram bin: `Summary`), and the host folds the summaries into float64 accumulators (`stats.Accumulator.add_blocks`).
+and 1, and each value's histogram bin: `Summary`), and the host folds the summaries into float64 accumulators
+(`stats.Accumulator.add_blocks`).
 Memory is O(chunk), independent of the sample count, and results are bit-identical for any chunk size
 (samples are keyed by index, blocks are fixed, and the host folds canonical groups of blocks in sample
 order). The last chunk is padded to the fixed shape (the padding is masked out on the device), so one
@@ -19,7 +20,8 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -28,7 +30,7 @@ import numpy as np
 from sift_jax.errors import ConfigError
 from sift_jax.stats import BINS_PER_DECADE, LOG10_LO, N_BINS, Accumulator, Stat
 
-__all__ = ["run", "sample_keys", "Summary", "summarise"]
+__all__ = ["Summary", "run", "sample_keys", "summarise"]
 
 DEFAULT_CHUNK = 8192
 TRACES = {"count": 0}  # times a chunk function was traced (compiled); tests assert one per static shape
@@ -196,8 +198,9 @@ def _metrics_of(metric_fn: MetricFn, width: int, axes: tuple | None, params, idx
 
 
 @functools.partial(jax.jit, static_argnames=("metric_fn", "size", "width", "axes"))
-def _chunk(metric_fn: MetricFn, params, start, limit, size: int, seed, width: int | None = None,
-           axes: tuple | None = None):
+def _chunk(
+    metric_fn: MetricFn, params, start, limit, size: int, seed, width: int | None = None, axes: tuple | None = None
+):
     """Summaries of samples start..start+size-1 on one device: {name: Summary}. start, limit: uint32
     scalars; samples from limit on are padding.
 
@@ -228,8 +231,12 @@ def _chunk_shard_map(metric_fn: MetricFn, params, start, limit, size: int, seed,
     idx = start + jnp.arange(size, dtype=jnp.uint32)
     mesh = _mesh()
     spec = jax.sharding.PartitionSpec
-    sharded = jax.shard_map(functools.partial(_metrics_of, metric_fn, width, axes), mesh=mesh,
-                            in_specs=(spec(), spec("samples"), spec(), spec()), out_specs=spec(None, "samples"))
+    sharded = jax.shard_map(
+        functools.partial(_metrics_of, metric_fn, width, axes),
+        mesh=mesh,
+        in_specs=(spec(), spec("samples"), spec(), spec()),
+        out_specs=spec(None, "samples"),
+    )
     return _replicated(sharded(params, idx, jnp.stack([start, limit]), seed), mesh)
 
 
@@ -262,8 +269,9 @@ def _launch(metric_fn, device_params, start: int, limit: int, size: int, seed: i
     if mode == "shard_map":
         return [_chunk_shard_map(metric_fn, device_params, start, limit, size, seed, width, axes)]
     share = size // n_dev
-    parts = [_chunk(metric_fn, p, start + np.uint32(i * share), limit, share, seed, width, axes)
-             for i, p in device_params]
+    parts = [
+        _chunk(metric_fn, p, start + np.uint32(i * share), limit, share, seed, width, axes) for i, p in device_params
+    ]
     if jax.process_count() == 1:
         return parts
     sharding = jax.sharding.NamedSharding(_mesh(), jax.sharding.PartitionSpec(None, "samples"))
@@ -290,9 +298,11 @@ def _device_params(params, mode: str) -> list:
     if len(devices) == 1:
         return [(0, params)]
     if mode == "shard_map":
+
         def host(leaf):
             committed = isinstance(leaf, jax.Array) and getattr(leaf, "_committed", False)
             return np.asarray(leaf) if committed and leaf.is_fully_addressable else leaf
+
         return jax.tree.map(host, params)
     me = jax.process_index()
     return [(i, jax.device_put(params, d)) for i, d in enumerate(devices) if d.process_index == me]
@@ -314,9 +324,17 @@ def check_run_args(samples, seed, chunk_size) -> int:
     return -(-size // unit) * unit  # a multiple of (devices x inner block); see _metrics_of
 
 
-def run(metric_fn: MetricFn, params, n_points: int, samples: int, seed: int = 0, chunk_size: int | None = None,
-        progress: Callable[[int], None] | None = None, sharding: str = "dispatch",
-        axes: tuple | None = None) -> list[dict[str, Stat]]:
+def run(
+    metric_fn: MetricFn,
+    params,
+    n_points: int,
+    samples: int,
+    seed: int = 0,
+    chunk_size: int | None = None,
+    progress: Callable[[int], None] | None = None,
+    sharding: str = "dispatch",
+    axes: tuple | None = None,
+) -> list[dict[str, Stat]]:
     """Stream `samples` samples of `metric_fn` for each of `n_points` stacked parameter sets.
 
     Args:
@@ -374,7 +392,9 @@ def run(metric_fn: MetricFn, params, n_points: int, samples: int, seed: int = 0,
     width = inner_batch(samples)
     if axes is not None and (len(axes) != len(jax.tree.leaves(params)) or 0 not in axes):
         raise ConfigError("axes", axes, "one entry (0 or None) per leaf of params, at least one 0")
-    pending = _launch(metric_fn, device_params, 0, samples, size, seed, sharding, width, axes)  # ahead: host merges overlap compute
+    pending = _launch(
+        metric_fn, device_params, 0, samples, size, seed, sharding, width, axes
+    )  # ahead: host merges overlap compute
     for start in range(0, samples, size):
         out = pending
         if start + size < samples:

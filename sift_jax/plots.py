@@ -22,10 +22,18 @@ AXIS_LABELS = {
     "max_distance_m": ("Maximum user-helper distance (m)", 1.0),
 }
 CURVE_NAMES = {
-    "siftmoe": "SiftMoE", "topk": "Top-K (practical)", "topk-ideal": "Top-K (ideal)", "wdmoe": "WDMoE-style",
-    "oracle": "Oracle", "siftmoe:dynamic": "SiftMoE + Prop. Dynamic", "siftmoe:closed-form": "SiftMoE + Prop. Dynamic",
-    "siftmoe:uniform": "SiftMoE + Uniform", "siftmoe:dp": "SiftMoE + exact DP", "topk:dynamic": "Top-K + Prop. Dynamic",
-    "topk:closed-form": "Top-K + Prop. Dynamic", "topk:uniform": "Top-K + Uniform",
+    "siftmoe": "SiftMoE",
+    "topk": "Top-K (practical)",
+    "topk-ideal": "Top-K (ideal)",
+    "wdmoe": "WDMoE-style",
+    "oracle": "Oracle",
+    "siftmoe:dynamic": "SiftMoE + Prop. Dynamic",
+    "siftmoe:closed-form": "SiftMoE + Prop. Dynamic",
+    "siftmoe:uniform": "SiftMoE + Uniform",
+    "siftmoe:dp": "SiftMoE + exact DP",
+    "topk:dynamic": "Top-K + Prop. Dynamic",
+    "topk:closed-form": "Top-K + Prop. Dynamic",
+    "topk:uniform": "Top-K + Uniform",
 }
 
 
@@ -107,7 +115,7 @@ def _figure(ds, metric: str, log_y: bool | None, target):
         sub = ds.sel(curve=curve).isel(sel)
         mean = np.asarray(sub[f"{metric}_mean"].values, float)
         lo, hi = (np.asarray(sub[f"{metric}_ci_{k}"].values, float) for k in ("lo", "hi"))
-        line, = ax.plot(xs * scale, mean, marker="o", ms=4, label=CURVE_NAMES.get(str(curve), str(curve)))
+        (line,) = ax.plot(xs * scale, mean, marker="o", ms=4, label=CURVE_NAMES.get(str(curve), str(curve)))
         ax.fill_between(xs * scale, np.maximum(lo, 0), hi, color=line.get_color(), alpha=0.2, lw=0)
         shown += [mean, np.maximum(lo, 0), hi]
     ax.set_xlabel(label)
@@ -134,8 +142,9 @@ def _figure(ds, metric: str, log_y: bool | None, target):
     return fig
 
 
-def plot_dataset(ds, path: str | os.PathLike, metric: str = "energy_per_token_j", log_y: bool | None = None,
-                 target=None) -> str:
+def plot_dataset(
+    ds, path: str | os.PathLike, metric: str = "energy_per_token_j", log_y: bool | None = None, target=None
+) -> str:
     """Draw `metric` (mean and 95% CI band per curve) against the first swept field; write a PNG.
 
     Extra axes beyond the first are averaged out of the picture by taking their first value. The x axis

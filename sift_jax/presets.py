@@ -77,12 +77,26 @@ def _switch_base_8() -> Scenario:
     """
     load_s = 2 * 768 * 3072 * 4 / _PCIE_BYTES_PER_S
     return Scenario(
-        n_nodes=8, top_k=1, n_tokens=256, n_layers=12, n_slots=80, **_RADIO,
-        bandwidth_hz=1e6, deadline_s=0.7, eta=200.0,
-        hidden_bits=768 * 32.0, expert_flops=2 * 2 * 768 * 3072.0,
-        user_flops_per_s=0.4 * 82.6e12, helper_flops_per_s=0.4 * 82.6e12,
-        user_load_time_s=load_s, helper_load_time_s=load_s, slot_s=10e-3,
-        output_norm=250.0, output_norm_sigma=0.3, intra_cluster_cosine=0.9, n_clusters=4,
+        n_nodes=8,
+        top_k=1,
+        n_tokens=256,
+        n_layers=12,
+        n_slots=80,
+        **_RADIO,
+        bandwidth_hz=1e6,
+        deadline_s=0.7,
+        eta=200.0,
+        hidden_bits=768 * 32.0,
+        expert_flops=2 * 2 * 768 * 3072.0,
+        user_flops_per_s=0.4 * 82.6e12,
+        helper_flops_per_s=0.4 * 82.6e12,
+        user_load_time_s=load_s,
+        helper_load_time_s=load_s,
+        slot_s=10e-3,
+        output_norm=250.0,
+        output_norm_sigma=0.3,
+        intra_cluster_cosine=0.9,
+        n_clusters=4,
     )
 
 
@@ -99,12 +113,26 @@ def _mixtral_8x7b() -> Scenario:
     - B_n = 2 MHz, T = 0.074 s, eta = 1.5 (paper); tau = 1 ms slots (assumption), Q <= 80.
     """
     return Scenario(
-        n_nodes=8, top_k=2, n_tokens=32, n_layers=32, n_slots=80, **_RADIO,
-        bandwidth_hz=2e6, deadline_s=0.074, eta=1.5,
-        hidden_bits=4096 * 16.0, expert_flops=2 * 3 * 4096 * 14336.0,
-        user_flops_per_s=0.4 * 165e12, helper_flops_per_s=0.4 * 165e12,
-        user_load_time_s=27.35e-3, helper_load_time_s=27.35e-3, slot_s=1e-3,
-        output_norm=4.0, output_norm_sigma=0.3, intra_cluster_cosine=0.9, n_clusters=4,
+        n_nodes=8,
+        top_k=2,
+        n_tokens=32,
+        n_layers=32,
+        n_slots=80,
+        **_RADIO,
+        bandwidth_hz=2e6,
+        deadline_s=0.074,
+        eta=1.5,
+        hidden_bits=4096 * 16.0,
+        expert_flops=2 * 3 * 4096 * 14336.0,
+        user_flops_per_s=0.4 * 165e12,
+        helper_flops_per_s=0.4 * 165e12,
+        user_load_time_s=27.35e-3,
+        helper_load_time_s=27.35e-3,
+        slot_s=1e-3,
+        output_norm=4.0,
+        output_norm_sigma=0.3,
+        intra_cluster_cosine=0.9,
+        n_clusters=4,
     )
 
 
@@ -120,12 +148,26 @@ def _gpt_oss_20b() -> Scenario:
     """
     load_s = 3 * 2880 * 2880 * 4.25 / 8 / _PCIE_BYTES_PER_S
     return Scenario(
-        n_nodes=32, top_k=4, n_tokens=128, n_layers=24, n_slots=80, **_RADIO,
-        bandwidth_hz=0.8e6, deadline_s=0.35, eta=30.0,
-        hidden_bits=2880 * 16.0, expert_flops=2 * 3 * 2880 * 2880.0,
-        user_flops_per_s=0.4 * 165e12, helper_flops_per_s=0.4 * 165e12,
-        user_load_time_s=load_s, helper_load_time_s=load_s, slot_s=5e-3,
-        output_norm=100.0, output_norm_sigma=0.3, intra_cluster_cosine=0.9, n_clusters=8,
+        n_nodes=32,
+        top_k=4,
+        n_tokens=128,
+        n_layers=24,
+        n_slots=80,
+        **_RADIO,
+        bandwidth_hz=0.8e6,
+        deadline_s=0.35,
+        eta=30.0,
+        hidden_bits=2880 * 16.0,
+        expert_flops=2 * 3 * 2880 * 2880.0,
+        user_flops_per_s=0.4 * 165e12,
+        helper_flops_per_s=0.4 * 165e12,
+        user_load_time_s=load_s,
+        helper_load_time_s=load_s,
+        slot_s=5e-3,
+        output_norm=100.0,
+        output_norm_sigma=0.3,
+        intra_cluster_cosine=0.9,
+        n_clusters=8,
     )
 
 
@@ -133,8 +175,9 @@ def _gpt_oss_20b() -> Scenario:
 # gain_up = 10^(-loss_dB / 10) is the uplink's path-loss reference at 1 m.
 FITTED = {
     "switch-base-8": dict(n_tokens=384, gain_up=10.0 ** (-42.8 / 10)),
-    "mixtral-8x7b": dict(n_tokens=24, gain_up=10.0 ** (-30.0 / 10), user_load_power_w=9.0,
-                         output_norm=19.5),  # table scale: `sift-jax fit-paper --table` on Fig. 4(b)
+    "mixtral-8x7b": dict(
+        n_tokens=24, gain_up=10.0 ** (-30.0 / 10), user_load_power_w=9.0, output_norm=19.5
+    ),  # table scale: `sift-jax fit-paper --table` on Fig. 4(b)
     "gpt-oss-20b": dict(gain_up=10.0 ** (-30.0 / 10), user_load_power_w=9.0),  # Mixtral's, not fitted
 }
 _DATASHEET = {"switch-base-8": _switch_base_8, "mixtral-8x7b": _mixtral_8x7b, "gpt-oss-20b": _gpt_oss_20b}
@@ -183,4 +226,3 @@ def get(name: str) -> Scenario:
     if name not in _PRESETS:
         raise ConfigError("preset", name, f"one of {', '.join(_PRESETS)}")
     return validate(_PRESETS[name]())
-

@@ -27,11 +27,12 @@ class Registry(Generic[R]):
         >>> reg.add("red", 2)
         Traceback (most recent call last):
         ...
-        sift_jax.errors.ConfigError: colour = 'red' is invalid: allowed is a name not yet registered (pass replace=True to replace it)
+        sift_jax.errors.ConfigError: colour = 'red' is invalid: allowed is a name not yet registered (pass
+        replace=True to replace it)
         >>> reg.remove("red"); reg.get("red")
         Traceback (most recent call last):
         ...
-        sift_jax.errors.ConfigError: colour = 'red' is invalid: allowed is one of 
+        sift_jax.errors.ConfigError: colour = 'red' is invalid: allowed is one of
     """
 
     def __init__(self, field: str):

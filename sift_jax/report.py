@@ -42,8 +42,20 @@ from sift_jax import targets as paper_targets
 from sift_jax.plots import x_axis
 from sift_jax.simulate import PAIRED_METRIC
 
-__all__ = ["Claim", "VERDICTS", "VERDICT_RULES", "below", "breakdown_markdown", "breakdown_rows", "claims_for",
-           "claims_json", "falls", "gap_largest_at_tightest", "level_check", "markdown"]
+__all__ = [
+    "VERDICTS",
+    "VERDICT_RULES",
+    "Claim",
+    "below",
+    "breakdown_markdown",
+    "breakdown_rows",
+    "claims_for",
+    "claims_json",
+    "falls",
+    "gap_largest_at_tightest",
+    "level_check",
+    "markdown",
+]
 
 VERDICTS = ("holds", "not shown", "fails", "n/a")
 VERDICT_RULES = (
@@ -56,7 +68,8 @@ VERDICT_RULES = (
     "at the tightest point must exceed every other gap by more than the combined CI half-widths (curves treated as "
     "independent, conservative under common random numbers), and fails when no gap is positive or another gap is "
     "significantly larger; the level check needs Top-K at the paper default within the plotted y-range widened "
-    "by a factor 1.5.")
+    "by a factor 1.5."
+)
 GENERIC_SOURCE = "generic (no paper targets for this spec)"
 LEVEL_FACTOR = 1.5
 
@@ -156,8 +169,9 @@ def _nonfinite(field: str, xs, *arrays) -> str:
     return f"no finite mean/95% CI (e.g. no feasible sample) at {field} = {_fmt(xs[bad])}"
 
 
-def falls(ds, curve: str, min_fall: float = 0.30, *, figure: str | None = None, text: str = "",
-          source: str = "") -> Claim:
+def falls(
+    ds, curve: str, min_fall: float = 0.30, *, figure: str | None = None, text: str = "", source: str = ""
+) -> Claim:
     """Energy falls along the swept field, by at least `min_fall` (relative) from the first to the last point.
 
     "fails" if a later point is significantly above an earlier one (lo[j] > hi[i], i < j); "holds" if the
@@ -209,16 +223,31 @@ def falls(ds, curve: str, min_fall: float = 0.30, *, figure: str | None = None, 
     excess = np.triu(lo[None, :] - hi[:, None], k=1)  # excess[i, j] = lo[j] - hi[i] for i < j
     if (excess > 0).any():
         i, j = np.unravel_index(int(np.argmax(excess)), excess.shape)
-        return Claim(figure, claim, "fails", f"{evidence}; significant rise from {field} = {xs[i]:.3g} "
-                     f"(CI [{lo[i]:.3g}, {hi[i]:.3g}]) to {xs[j]:.3g} (CI [{lo[j]:.3g}, {hi[j]:.3g}])", source)
+        return Claim(
+            figure,
+            claim,
+            "fails",
+            f"{evidence}; significant rise from {field} = {xs[i]:.3g} "
+            f"(CI [{lo[i]:.3g}, {hi[i]:.3g}]) to {xs[j]:.3g} (CI [{lo[j]:.3g}, {hi[j]:.3g}])",
+            source,
+        )
     if hi[-1] < lo[0] and -change >= min_fall:
         return Claim(figure, claim, "holds", evidence, source)
     why = "the first and last CIs overlap" if not hi[-1] < lo[0] else f"the fall is below {min_fall:.0%}"
     return Claim(figure, claim, "not shown", f"{evidence}; {why}", source)
 
 
-def below(ds, low: str, high: str, max_ratio: float = 1.0, exclude_x=(), *, figure: str | None = None,
-          text: str = "", source: str = "") -> Claim:
+def below(
+    ds,
+    low: str,
+    high: str,
+    max_ratio: float = 1.0,
+    exclude_x=(),
+    *,
+    figure: str | None = None,
+    text: str = "",
+    source: str = "",
+) -> Claim:
     """`low` energy below `high` at every judged point, with mean ratio low/high <= `max_ratio`.
 
     Judged are the points whose x is not in `exclude_x` (e.g. SiftMoE equals Top-K at eta = 0 by
@@ -284,8 +313,9 @@ def below(ds, low: str, high: str, max_ratio: float = 1.0, exclude_x=(), *, figu
         above, overlap = lo1 > hi2, ~(hi1 < lo2)
         what = "CIs overlap"
     if above.any():
-        return Claim(figure, claim, "fails", f"{evidence}; {low} significantly above at {field} = {_fmt(xs[above])}",
-                     source)
+        return Claim(
+            figure, claim, "fails", f"{evidence}; {low} significantly above at {field} = {_fmt(xs[above])}", source
+        )
     large = ~(ratio <= max_ratio)
     if not overlap.any() and not large.any():
         return Claim(figure, claim, "holds", evidence, source)
@@ -294,8 +324,9 @@ def below(ds, low: str, high: str, max_ratio: float = 1.0, exclude_x=(), *, figu
     return Claim(figure, claim, "not shown", f"{evidence}; " + ", ".join(why), source)
 
 
-def gap_largest_at_tightest(ds, low: str, high: str, *, figure: str | None = None, text: str = "",
-                            source: str = "") -> Claim:
+def gap_largest_at_tightest(
+    ds, low: str, high: str, *, figure: str | None = None, text: str = "", source: str = ""
+) -> Claim:
     """The saving high - low is largest at the smallest value of the swept field (the tightest point).
 
     gap_i = m_high_i - m_low_i with half-width w_i = sqrt(hw_low_i^2 + hw_high_i^2) (hw: half the CI
@@ -350,8 +381,13 @@ def gap_largest_at_tightest(ds, low: str, high: str, *, figure: str | None = Non
         return Claim(figure, claim, "fails", f"{evidence}; {why}", source)
     if gap[0] > w[0] and np.all(gap[0] - gap[1:] > combined):
         return Claim(figure, claim, "holds", evidence, source)
-    return Claim(figure, claim, "not shown", f"{evidence}; the tightest gap is not larger than the others by more "
-                 "than their combined half-widths", source)
+    return Claim(
+        figure,
+        claim,
+        "not shown",
+        f"{evidence}; the tightest gap is not larger than the others by more than their combined half-widths",
+        source,
+    )
 
 
 def _default_index(xs: np.ndarray, default_x: float) -> tuple[int, bool]:
@@ -393,8 +429,10 @@ def level_check(ds, target: paper_targets.PanelTarget, curve: str = "topk", fact
     """
     field = x_axis(ds)[0]
     y_lo, y_hi = target.y_range
-    claim = (f"{curve} at the paper default {target.field} = {target.default_x:g} lies within the plotted y-range "
-             f"[{y_lo:g}, {y_hi:g}] J of {target.figure} (factor {factor:g})")
+    claim = (
+        f"{curve} at the paper default {target.field} = {target.default_x:g} lies within the plotted y-range "
+        f"[{y_lo:g}, {y_hi:g}] J of {target.figure} (factor {factor:g})"
+    )
     figure, source = _figure(ds, None), target.source
     if field != target.field:
         return Claim(figure, claim, "n/a", f"the target sweeps {target.field}, the dataset {field}", source)
@@ -403,14 +441,20 @@ def level_check(ds, target: paper_targets.PanelTarget, curve: str = "topk", fact
         return Claim(figure, claim, "n/a", missing, source)
     xs, m, _, _ = _series(ds, curve)
     i, on_axis = _default_index(xs, target.default_x)
-    where = f"{field} = {xs[i]:.3g}" + ("" if on_axis else
-                                        f" (nearest point: the default {target.default_x:.3g} is not on the axis)")
+    where = f"{field} = {xs[i]:.3g}" + (
+        "" if on_axis else f" (nearest point: the default {target.default_x:.3g} is not on the axis)"
+    )
     if not np.isfinite(m[i]):
         return Claim(figure, claim, "n/a", f"no finite mean at {where}", source)
     lo_ok = y_lo / factor if y_lo > 0 else 0.0
     ok = m[i] <= y_hi * factor and (y_lo == 0 or m[i] >= y_lo / factor)
-    return Claim(figure, claim, "holds" if ok else "fails",
-                 f"{curve} mean {m[i]:.3g} J at {where}; allowed [{lo_ok:.3g}, {y_hi * factor:.3g}] J", source)
+    return Claim(
+        figure,
+        claim,
+        "holds" if ok else "fails",
+        f"{curve} mean {m[i]:.3g} J at {where}; allowed [{lo_ok:.3g}, {y_hi * factor:.3g}] J",
+        source,
+    )
 
 
 def _from_target(ds, claim: paper_targets.ClaimTarget) -> Claim:
@@ -483,8 +527,13 @@ def claims_for(ds, target: paper_targets.PanelTarget | None = None) -> list[Clai
     if target is None:
         return _generic(ds)
     if target.field != field:
-        note = Claim(name, f"the paper targets of {target.figure} apply", "n/a",
-                     f"the targets sweep {target.field}, this dataset {field}: generic claims instead", target.source)
+        note = Claim(
+            name,
+            f"the paper targets of {target.figure} apply",
+            "n/a",
+            f"the targets sweep {target.field}, this dataset {field}: generic claims instead",
+            target.source,
+        )
         return [note] + _generic(ds)
     out = [_from_target(ds, c) for c in target.claims]
     if "topk" in target.curves:
@@ -539,9 +588,18 @@ def breakdown_rows(ds, target: paper_targets.PanelTarget | None = None) -> list[
         up, loc = mean(curve, "uplink_energy_j"), mean(curve, "local_energy_j")
         total = up + loc
         share = up / total if np.isfinite(total) and total > 0 else float("nan")
-        rows.append({"figure": name, "curve": curve, "field": field, "x": float(xs[i]),
-                     "energy_j": mean(curve, "energy_per_token_j"), "uplink_j": up, "local_j": loc,
-                     "uplink_share": share})
+        rows.append(
+            {
+                "figure": name,
+                "curve": curve,
+                "field": field,
+                "x": float(xs[i]),
+                "energy_j": mean(curve, "energy_per_token_j"),
+                "uplink_j": up,
+                "local_j": loc,
+                "uplink_share": share,
+            }
+        )
     return rows
 
 
@@ -561,10 +619,15 @@ def breakdown_markdown(rows: list[dict]) -> str:
         |---|---|---|---|---|---|---|
         | fig5a | topk | bandwidth_hz = 1e+06 | 0.1 | 0.09 | 0.01 | 90.0% |
     """
-    lines = ["| figure | curve | at | energy (J) | uplink (J) | user-side expert (J) | uplink share |",
-             "|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['figure']} | {r['curve']} | {r['field']} = {r['x']:.3g} | {r['energy_j']:.3g} | "
-              f"{r['uplink_j']:.3g} | {r['local_j']:.3g} | {r['uplink_share']:.1%} |" for r in rows]
+    lines = [
+        "| figure | curve | at | energy (J) | uplink (J) | user-side expert (J) | uplink share |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['figure']} | {r['curve']} | {r['field']} = {r['x']:.3g} | {r['energy_j']:.3g} | "
+        f"{r['uplink_j']:.3g} | {r['local_j']:.3g} | {r['uplink_share']:.1%} |"
+        for r in rows
+    ]
     return "\n".join(lines)
 
 
@@ -583,6 +646,7 @@ def markdown(claims: list[Claim]) -> str:
         |---|---|---|---|---|
         | fig5a | siftmoe below topk | holds | ratio [0.8] | SIFTMOE.md 5.2 |
     """
+
     def cell(text: str) -> str:
         return str(text).replace("|", "\\|")
 

@@ -4,14 +4,27 @@ from __future__ import annotations
 
 import pathlib
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from sift_jax.errors import ConfigError
 
 __all__ = ["PAPER_SPECS", "QUICK_SKIPS", "default_spec_dir", "reproduce"]
 
-PAPER_SPECS = ("fig3b", "fig4b", "fig5a", "fig5b", "fig6a", "fig6b", "fig7a", "fig7b", "fig8a", "fig8b",
-               "gptoss_eta", "gptoss_bandwidth", "gptoss_deadline")
+PAPER_SPECS = (
+    "fig3b",
+    "fig4b",
+    "fig5a",
+    "fig5b",
+    "fig6a",
+    "fig6b",
+    "fig7a",
+    "fig7b",
+    "fig8a",
+    "fig8b",
+    "gptoss_eta",
+    "gptoss_bandwidth",
+    "gptoss_deadline",
+)
 # Specs that `--quick` leaves out unless named in `only`: GPT-OSS-20B (M = 128, N = 32, K = 4, 24 layers) has
 # no energy figure in the paper text we have, and a quick run would have to shrink M, i.e. change the regime.
 QUICK_SKIPS = ("gptoss_eta", "gptoss_bandwidth", "gptoss_deadline")
@@ -30,9 +43,16 @@ def default_spec_dir() -> pathlib.Path:
     return pathlib.Path(__file__).resolve().parent.parent / "sweeps"
 
 
-def reproduce(out: str = "results", quick: bool = False, spec_dir: str | None = None, only: list[str] | None = None,
-              echo: Callable[[str], None] | None = print, with_lab: bool = True,
-              samples: int | None = None, overwrite: bool = False) -> pathlib.Path:
+def reproduce(
+    out: str = "results",
+    quick: bool = False,
+    spec_dir: str | None = None,
+    only: list[str] | None = None,
+    echo: Callable[[str], None] | None = print,
+    with_lab: bool = True,
+    samples: int | None = None,
+    overwrite: bool = False,
+) -> pathlib.Path:
     """Run the paper specs (all, or `only`), write `<out>/<name>.nc|.png`, `<out>/REPORT.md` and `<out>/claims.json`.
 
     Each spec runs through `sweep.run`, is drawn by `plots.plot_dataset` (with the paper's plotted range
@@ -113,20 +133,37 @@ def _report_text(sections, claims, lab, quick, seconds, breakdown=()) -> str:
     prov = provenance()
     lines = ["# SiftMoE reproduction report", ""]
     if quick:
-        lines += ["**Quick mode**: tiny sample counts in the paper's regime (every size and constant kept, so the "
-                  "figures show the paper's trends; GPT-OSS specs left out). The verdicts below are not evidence at "
-                  "these counts: run `sift-jax reproduce` for them.", ""]
-    lines += [f"Run time {seconds:.0f} s; jax {prov['jax']} on {prov['backend']} ({prov['device_count']} device(s)), "
-              f"x64={prov['x64']}, git {prov['sift_jax_git']}.", "", "## Claims", "",
-              "Verdicts are computed from the data (`sift_jax.report`; the same claims are in claims.json): "
-              + report.VERDICT_RULES + " The grey band in each paper figure is the paper's plotted y-range "
-              "(tick labels, not data).", "",
-              report.markdown(claims), "", "## Energy breakdown", ""]
+        lines += [
+            "**Quick mode**: tiny sample counts in the paper's regime (every size and constant kept, so the "
+            "figures show the paper's trends; GPT-OSS specs left out). The verdicts below are not evidence at "
+            "these counts: run `sift-jax reproduce` for them.",
+            "",
+        ]
+    lines += [
+        f"Run time {seconds:.0f} s; jax {prov['jax']} on {prov['backend']} ({prov['device_count']} device(s)), "
+        f"x64={prov['x64']}, git {prov['sift_jax_git']}.",
+        "",
+        "## Claims",
+        "",
+        "Verdicts are computed from the data (`sift_jax.report`; the same claims are in claims.json): "
+        + report.VERDICT_RULES
+        + " The grey band in each paper figure is the paper's plotted y-range "
+        "(tick labels, not data).",
+        "",
+        report.markdown(claims),
+        "",
+        "## Energy breakdown",
+        "",
+    ]
     if breakdown:
-        lines += ["Energy per token split into the user's uplink (radio) energy to the helpers and its own "
-                  "(user-side) expert load and compute energy, per curve at the panel's paper default (else the "
-                  "first point). The paper's falling curves need the uplink energy to dominate (SIFTMOE.md 5.2).",
-                  "", report.breakdown_markdown(breakdown), ""]
+        lines += [
+            "Energy per token split into the user's uplink (radio) energy to the helpers and its own "
+            "(user-side) expert load and compute energy, per curve at the panel's paper default (else the "
+            "first point). The paper's falling curves need the uplink energy to dominate (SIFTMOE.md 5.2).",
+            "",
+            report.breakdown_markdown(breakdown),
+            "",
+        ]
     else:
         lines += ["The datasets carry no uplink/local energy split.", ""]
     lines += ["## Figures", ""]

@@ -17,7 +17,7 @@ import numpy as np
 from sift_jax import fading as fading_families
 from sift_jax.errors import ConfigError
 
-__all__ = ["FIELDS", "FieldInfo", "Scenario", "UNITS", "make", "validate"]
+__all__ = ["FIELDS", "UNITS", "FieldInfo", "Scenario", "make", "validate"]
 
 INF = math.inf
 
@@ -62,7 +62,11 @@ class FieldInfo:
         if self.integer:
             return f"an integer in [{self.low:g}, {self.high:g}]"
         left = ">=" if self.low_inclusive else ">"
-        text = f"a finite number {left} {self.low:g}" if not self.allow_inf else f"a number {left} {self.low:g} (inf allowed)"
+        text = (
+            f"a finite number {left} {self.low:g}"
+            if not self.allow_inf
+            else f"a number {left} {self.low:g} (inf allowed)"
+        )
         if math.isfinite(self.high):
             text += f" and < {self.high:g}"
         return text
@@ -150,10 +154,12 @@ class Scenario:
     popularity_skew: Any = _non_negative(0.5, "-", "std of the per-layer expert popularity offsets (logit units)")
     # ---- synthetic expert-output latent model for the similarity table (dynamic) ----
     output_norm: Any = _positive(1.0, "-", "median expert output norm ||FFN_i(z)|| (the table's scale)", tables=True)
-    output_norm_sigma: Any = _non_negative(0.3, "-", "log-normal spread of the output norms across experts",
-                                           high=5.0, tables=True)
-    intra_cluster_cosine: Any = _field(0.9, "-", "mean cosine of outputs of experts in one cluster", -1.0, 1.0,
-                                       low_inclusive=True, tables=True)
+    output_norm_sigma: Any = _non_negative(
+        0.3, "-", "log-normal spread of the output norms across experts", high=5.0, tables=True
+    )
+    intra_cluster_cosine: Any = _field(
+        0.9, "-", "mean cosine of outputs of experts in one cluster", -1.0, 1.0, low_inclusive=True, tables=True
+    )
 
     @property
     def n_helpers(self) -> int:
@@ -188,9 +194,13 @@ class Scenario:
         """
         for name in fields:
             if name not in FIELDS:
-                raise ConfigError(name, fields[name], "a Scenario field (...)",
-                                  message=f"{name} = {fields[name]!r} is invalid: allowed is a Scenario field (one of "
-                                          f"{', '.join(FIELDS)})")
+                raise ConfigError(
+                    name,
+                    fields[name],
+                    "a Scenario field (...)",
+                    message=f"{name} = {fields[name]!r} is invalid: allowed is a Scenario field (one of "
+                    f"{', '.join(FIELDS)})",
+                )
         return validate(dataclasses.replace(self, **fields))
 
 
@@ -248,8 +258,12 @@ def validate(sc: Scenario) -> Scenario:
         raise ConfigError("top_k", sc.top_k, f"an integer in [1, n_nodes={sc.n_nodes}]")
     family = fading_families.get(sc.fading)
     shape = sc.fading_shape
-    if isinstance(shape, bool) or not isinstance(shape, (int, float, np.floating, np.integer)) \
-            or not math.isfinite(shape) or not 0.5 <= shape <= 64:
+    if (
+        isinstance(shape, bool)
+        or not isinstance(shape, (int, float, np.floating, np.integer))
+        or not math.isfinite(shape)
+        or not 0.5 <= shape <= 64
+    ):
         raise ConfigError("fading_shape", shape, "a number in [0.5, 64] (Gamma/Nakagami m)")
     if family.check is not None:
         family.check(sc)
@@ -260,8 +274,13 @@ def validate(sc: Scenario) -> Scenario:
             continue
         if type(value) in (float, int):  # fast path for plain numbers (sweeps build one Scenario per point)
             x = float(value)
-            if math.isnan(x) or x < lo or (x == lo and not lo_incl) or (x >= hi and math.isfinite(hi)) or \
-                    (math.isinf(x) and not allow_inf):
+            if (
+                math.isnan(x)
+                or x < lo
+                or (x == lo and not lo_incl)
+                or (x >= hi and math.isfinite(hi))
+                or (math.isinf(x) and not allow_inf)
+            ):
                 raise ConfigError(name, value, info.describe())
             continue
         if isinstance(value, (bool, str)) or value is None:
@@ -274,13 +293,21 @@ def validate(sc: Scenario) -> Scenario:
         if arr.shape not in allowed_shapes:
             what = f"a scalar or an array of shape ({sc.n_helpers},)" if name in PER_HELPER_FIELDS else "a scalar"
             raise ConfigError(name, value, what)
-        bad = np.isnan(arr) | (arr < lo) | ((arr == lo) & (not lo_incl)) | ((arr >= hi) & math.isfinite(hi)) | \
-            (np.isinf(arr) & (not allow_inf))
+        bad = (
+            np.isnan(arr)
+            | (arr < lo)
+            | ((arr == lo) & (not lo_incl))
+            | ((arr >= hi) & math.isfinite(hi))
+            | (np.isinf(arr) & (not allow_inf))
+        )
         if np.any(bad):
             shown = value if arr.shape == () else arr.tolist()
             raise ConfigError(name, shown, info.describe())
-    if not _is_traced(sc.min_distance_m) and not _is_traced(sc.max_distance_m) \
-            and float(sc.min_distance_m) > float(sc.max_distance_m):
+    if (
+        not _is_traced(sc.min_distance_m)
+        and not _is_traced(sc.max_distance_m)
+        and float(sc.min_distance_m) > float(sc.max_distance_m)
+    ):
         raise ConfigError("min_distance_m", sc.min_distance_m, f"a distance <= max_distance_m={sc.max_distance_m}")
     return sc
 

@@ -42,8 +42,9 @@ def _safe_norm(x: jax.Array, axis: int = -1) -> jax.Array:
 def _check_outputs(outputs, ndim: int, what: str) -> jax.Array:
     outputs = jnp.asarray(outputs)
     if outputs.ndim != ndim or not jnp.issubdtype(outputs.dtype, jnp.floating):
-        raise ConfigError("outputs", f"array of shape {outputs.shape} and dtype {outputs.dtype}",
-                          f"a floating array of shape {what}")
+        raise ConfigError(
+            "outputs", f"array of shape {outputs.shape} and dtype {outputs.dtype}", f"a floating array of shape {what}"
+        )
     return outputs
 
 
@@ -84,8 +85,7 @@ def pairwise(outputs: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     one_minus_cos = jnp.where(both, jnp.clip(one_minus_cos, 0.0, 2.0), 1.0)
     cos = 1.0 - one_minus_cos
     ni, nj = n[:, :, None], n[:, None, :]
-    rho = jnp.where(pos[:, :, None], nj / jnp.where(pos[:, :, None], ni, 1.0),
-                    jnp.where(nj > 0, jnp.inf, 1.0))
+    rho = jnp.where(pos[:, :, None], nj / jnp.where(pos[:, :, None], ni, 1.0), jnp.where(nj > 0, jnp.inf, 1.0))
     rho_f = jnp.where(pos[:, :, None], rho, 0.0)  # keep the formula finite where ||FFN_i|| = 0
     F = ni * jnp.sqrt(jnp.square(1.0 - rho_f) + 2.0 * rho_f * one_minus_cos)
     F = jnp.where(pos[:, :, None], F, jnp.broadcast_to(nj, F.shape))
@@ -283,9 +283,13 @@ def synthetic_outputs(sc, layer, n_samples: int = 256, latent_dim: int = 64) -> 
     cluster = _clusters(sc, key)
     norms = _norms(sc, key)
     scale = 1.0 / jnp.sqrt(jnp.asarray(latent_dim, norms.dtype))
-    z = jax.random.normal(jax.random.fold_in(key, 2), (n_samples, sc.n_clusters + sc.n_nodes, latent_dim),
-                          jnp.float32).astype(jnp.result_type(float)) * scale  # float32 draws: same under x64
-    c, e = z[:, :sc.n_clusters], z[:, sc.n_clusters:]
+    z = (
+        jax.random.normal(
+            jax.random.fold_in(key, 2), (n_samples, sc.n_clusters + sc.n_nodes, latent_dim), jnp.float32
+        ).astype(jnp.result_type(float))
+        * scale
+    )  # float32 draws: same under x64
+    c, e = z[:, : sc.n_clusters], z[:, sc.n_clusters :]
     member = jax.nn.one_hot(cluster, sc.n_clusters, dtype=c.dtype)  # [N, C]
     shared = jnp.einsum("nc,scd->snd", member, c, precision=jax.lax.Precision.HIGHEST)
     a = jnp.clip(jnp.asarray(sc.intra_cluster_cosine, c.dtype), 0.0, 1.0)
@@ -351,6 +355,8 @@ def synthetic_tables(sc, n_samples: int = 256, latent_dim: int = 64, chunk_size:
         >>> jax.eval_shape(synthetic_tables, sc).shape     # [L, N, N+1]
         (2, 8, 9)
     """
+
     def one(layer):
         return mismatch_table(synthetic_outputs(sc, layer, n_samples, latent_dim), chunk_size=chunk_size)
+
     return jax.lax.map(one, jnp.arange(sc.n_layers))

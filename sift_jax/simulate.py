@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -81,9 +82,15 @@ class SimResult:
             A dict of plain Python values: preset, policy, samples, seed, metrics ({name: Stat.to_dict()}),
             info and provenance.
         """
-        return {"preset": preset, "policy": self.policy, "samples": self.samples, "seed": self.seed,
-                "metrics": {k: v.to_dict() for k, v in self.metrics.items()}, "info": self.info,
-                "provenance": self.provenance}
+        return {
+            "preset": preset,
+            "policy": self.policy,
+            "samples": self.samples,
+            "seed": self.seed,
+            "metrics": {k: v.to_dict() for k, v in self.metrics.items()},
+            "info": self.info,
+            "provenance": self.provenance,
+        }
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,7 +146,7 @@ class TaskMetrics:
         """Ordered pairs (a, b) of bit loadings (a before b in `bits`) whose per-sample energy difference
         E_a - E_b (J per token, `PAIRED_METRIC`) is also returned: only when `bits` is a tuple of 2 or more."""
         loads = self.bits if isinstance(self.bits, tuple) else ()
-        return tuple((a, b) for i, a in enumerate(loads) for b in loads[i + 1:])
+        return tuple((a, b) for i, a in enumerate(loads) for b in loads[i + 1 :])
 
     @staticmethod
     def pair_key(a: str, b: str) -> str:
@@ -156,14 +163,22 @@ class TaskMetrics:
         the user dominates); latency uses the downlink gain of the regime (fast: the representative gain)."""
         opts = dict(self.options)
         if self.regime == "fast":  # energy_j is the realised energy
-            pairs = fastfading.layer_decisions_with_info(sc, distance_m, gain, g, topk, table, self.policy,
-                                                         self.bit_loadings, **opts)
+            pairs = fastfading.layer_decisions_with_info(
+                sc, distance_m, gain, g, topk, table, self.policy, self.bit_loadings, **opts
+            )
             decisions = [(dec, info.helper_energy_j) for dec, info in pairs]
             link_gain = jnp.full((sc.n_helpers,), opts.get("downlink_gain", 1.0))
         else:
-            dec = select_layer(sc, self.policy, g, topk, table, lambda: costs.node_costs(sc, distance_m, gain),
-                               lambda m: (costs.marginal_costs(sc, distance_m, gain, m),
-                                          costs.capacities(sc, distance_m, gain)), **opts)
+            dec = select_layer(
+                sc,
+                self.policy,
+                g,
+                topk,
+                table,
+                lambda: costs.node_costs(sc, distance_m, gain),
+                lambda m: (costs.marginal_costs(sc, distance_m, gain, m), costs.capacities(sc, distance_m, gain)),
+                **opts,
+            )
             decisions = [(dec, costs.helper_energy(sc, distance_m, gain, dec.loads[1:]))]
             link_gain = gain
         out = []
@@ -200,8 +215,13 @@ class TaskMetrics:
         return out
 
 
-def check_policy(policy: str, regime: str = "slow", bits: str | None = None, options: dict | None = None,
-                 prefilling: bool | None = None) -> None:
+def check_policy(
+    policy: str,
+    regime: str = "slow",
+    bits: str | None = None,
+    options: dict | None = None,
+    prefilling: bool | None = None,
+) -> None:
     """Raise ConfigError unless policy, fading regime, bit loading and options name a runnable combination.
 
     prefilling: True (M > 1) or False (M = 1) checks that the policy has that rule and accepts `options`
@@ -229,10 +249,20 @@ def resolve_regime(regime: str = "slow", fading: str | None = None) -> str:
     return fading
 
 
-def simulate(sc: Scenario, policy: str = "siftmoe", samples: int = 100_000, seed: int = 0,
-             chunk_size: int | None = None, table=None, regime: str = "slow", bits: str | None = None,
-             progress: Callable[[int], None] | None = None, fading: str | None = None, router=None,
-             **options) -> SimResult:
+def simulate(
+    sc: Scenario,
+    policy: str = "siftmoe",
+    samples: int = 100_000,
+    seed: int = 0,
+    chunk_size: int | None = None,
+    table=None,
+    regime: str = "slow",
+    bits: str | None = None,
+    progress: Callable[[int], None] | None = None,
+    fading: str | None = None,
+    router=None,
+    **options,
+) -> SimResult:
     """Monte Carlo estimate of a policy's metrics (see `METRICS`) with 95% CIs and quantiles.
 
     Memory is O(chunk_size); sample i is always the same task whatever chunk_size or device count.
@@ -289,11 +319,25 @@ def simulate(sc: Scenario, policy: str = "siftmoe", samples: int = 100_000, seed
     logits = () if router is None else (inputs.check_router(sc, router),)
     fn = TaskMetrics(policy=policy, regime=regime, bits=bits, options=tuple(sorted(options.items())))
     # a leading point axis added on the host (eager jnp indexing costs ~0.5 ms per leaf and call)
-    params = jax.tree.map(lambda x: np.asarray(x, jax.dtypes.canonicalize_dtype(np.asarray(x).dtype))[None],
-                          (sc, tables, *logits))
+    params = jax.tree.map(
+        lambda x: np.asarray(x, jax.dtypes.canonicalize_dtype(np.asarray(x).dtype))[None], (sc, tables, *logits)
+    )
     size = montecarlo.check_run_args(samples, seed, chunk_size)
     (metrics,) = montecarlo.run(fn, params, 1, samples, seed, size, progress)
-    info = {"regime": regime, "bits": bits, "options": dict(options), "router": "log" if logits else "synthetic",
-            **files}
-    return SimResult(metrics=metrics, scenario=sc, policy=policy, samples=samples, seed=seed, chunk_size=size,
-                     info=info, provenance=provenance())
+    info = {
+        "regime": regime,
+        "bits": bits,
+        "options": dict(options),
+        "router": "log" if logits else "synthetic",
+        **files,
+    }
+    return SimResult(
+        metrics=metrics,
+        scenario=sc,
+        policy=policy,
+        samples=samples,
+        seed=seed,
+        chunk_size=size,
+        info=info,
+        provenance=provenance(),
+    )

@@ -194,11 +194,14 @@ class Accumulator:
         self._buf_v.append(np.asarray(valid, bool).reshape(rows, -1))
         self._buffered += self._buf_x[-1].shape[1]
         if self._buffered >= BLOCK:
-            x, v = (self._buf_x[0], self._buf_v[0]) if len(self._buf_x) == 1 else \
-                (np.concatenate(self._buf_x, axis=1), np.concatenate(self._buf_v, axis=1))
+            x, v = (
+                (self._buf_x[0], self._buf_v[0])
+                if len(self._buf_x) == 1
+                else (np.concatenate(self._buf_x, axis=1), np.concatenate(self._buf_v, axis=1))
+            )
             full = (x.shape[1] // BLOCK) * BLOCK
             for start in range(0, full, BLOCK):
-                self._block(x[:, start:start + BLOCK], v[:, start:start + BLOCK])
+                self._block(x[:, start : start + BLOCK], v[:, start : start + BLOCK])
             self._buf_x, self._buf_v = [x[:, full:]], [v[:, full:]]
             self._buffered = x.shape[1] - full
 
@@ -217,8 +220,15 @@ class Accumulator:
         xz = np.where(v, x, 0.0)
         mean_b = xz.sum(axis=1) / np.maximum(n_b, 1)
         dev = np.where(v, xz - mean_b[:, None], 0.0)
-        self._merge(rows, n_b, mean_b, np.einsum("ij,ij->i", dev, dev), np.max(x, axis=1, where=v, initial=-math.inf),
-                    np.min(x, axis=1, where=v, initial=math.inf), np.count_nonzero((xz != 0.0) & (xz != 1.0), axis=1))
+        self._merge(
+            rows,
+            n_b,
+            mean_b,
+            np.einsum("ij,ij->i", dev, dev),
+            np.max(x, axis=1, where=v, initial=-math.inf),
+            np.min(x, axis=1, where=v, initial=math.inf),
+            np.count_nonzero((xz != 0.0) & (xz != 1.0), axis=1),
+        )
         self._histogram(rows, _bin_index(xz), xz, x.shape[1] - n_b)
 
     def _merge(self, rows, n_b, mean_b, m2_b, max_b, min_b, nonbinary_b) -> None:
@@ -229,8 +239,9 @@ class Accumulator:
         some = n_b > 0
         delta = mean_b - mean_a
         self.mean[rows] = np.where(some, mean_a + delta * n_b / np.maximum(n, 1), mean_a)
-        self.m2[rows] = np.where(some, self.m2[rows] + m2_b + delta * delta * n_a * n_b / np.maximum(n, 1),
-                                 self.m2[rows])
+        self.m2[rows] = np.where(
+            some, self.m2[rows] + m2_b + delta * delta * n_a * n_b / np.maximum(n, 1), self.m2[rows]
+        )
         self.n[rows] = n
         self.max[rows] = np.maximum(self.max[rows], max_b)
         self.min[rows] = np.minimum(self.min[rows], min_b)
@@ -285,8 +296,15 @@ class Accumulator:
             n_b = n_blk.sum(axis=1)
             mean_b = (n_blk * mean_blk).sum(axis=1) / np.maximum(n_b, 1)
             m2_b = (scale * scale * m2_y).sum(axis=1) + (n_blk * (mean_blk - mean_b[:, None]) ** 2).sum(axis=1)
-            self._merge(slice(None), n_b, mean_b, m2_b, merged.max[:, b].max(axis=1).astype(np.float64),
-                        merged.min[:, b].min(axis=1).astype(np.float64), merged.n_nonbinary[:, b].sum(axis=1))
+            self._merge(
+                slice(None),
+                n_b,
+                mean_b,
+                m2_b,
+                merged.max[:, b].max(axis=1).astype(np.float64),
+                merged.min[:, b].min(axis=1).astype(np.float64),
+                merged.n_nonbinary[:, b].sum(axis=1),
+            )
             n_out = (s.stop - s.start) - n_b
             for r0 in range(0, len(n_b), ROW_GROUP):
                 rows = slice(r0, r0 + ROW_GROUP)
@@ -340,19 +358,34 @@ class Accumulator:
         counts, sums = self.counts[:, first:stop], self.sums[:, first:stop]
         cum = np.cumsum(counts, axis=1)
         with np.errstate(invalid="ignore"):  # points without samples (min inf, max -inf) give NaN, unused
-            p50, p90, p99 = (_quantiles(counts, cum, n, self.min, self.max, q, first).tolist() for q in (0.5, 0.9, 0.99))
+            p50, p90, p99 = (
+                _quantiles(counts, cum, n, self.min, self.max, q, first).tolist() for q in (0.5, 0.9, 0.99)
+            )
         tail = _tail_shares(counts, sums, n, cum)
         enough = n >= MIN_RELIABLE_N
         reliable = np.where(binary, enough, (enough & (tail <= RELIABLE_TAIL_SHARE)) | (constant & (n >= 2)))
         out = []
-        for p, (n_p, mu, lo, hi, sd, top) in enumerate(zip(n.tolist(), mean.tolist(), ci_lo.tolist(), ci_hi.tolist(),
-                                                           std.tolist(), self.max.tolist())):
+        for p, (n_p, mu, lo, hi, sd, top) in enumerate(
+            zip(n.tolist(), mean.tolist(), ci_lo.tolist(), ci_hi.tolist(), std.tolist(), self.max.tolist())
+        ):
             if n_p == 0:
                 out.append(Stat(None, None, 0, int(self.n_invalid[p]), None, None, None, None, None, None, False))
                 continue
-            out.append(Stat(mean=mu, ci95=(lo, hi), n=n_p, n_invalid=int(self.n_invalid[p]), std=sd,
-                            p50=p50[p], p90=p90[p], p99=p99[p], max=top, tail_share=float(tail[p]),
-                            reliable=bool(reliable[p])))
+            out.append(
+                Stat(
+                    mean=mu,
+                    ci95=(lo, hi),
+                    n=n_p,
+                    n_invalid=int(self.n_invalid[p]),
+                    std=sd,
+                    p50=p50[p],
+                    p90=p90[p],
+                    p99=p99[p],
+                    max=top,
+                    tail_share=float(tail[p]),
+                    reliable=bool(reliable[p]),
+                )
+            )
         return out
 
 
@@ -362,7 +395,9 @@ PER_SAMPLE = ("value", "bin")  # the fields of a block summary with one column p
 def _cut(summary, start: int, stop: int, width: int):
     """Samples start..stop-1 of a block summary (start a multiple of width) and the blocks they touch."""
     blocks = slice(start // width, -(-stop // width))
-    return summary._make(a[:, start:stop] if f in PER_SAMPLE else a[:, blocks] for f, a in zip(summary._fields, summary))
+    return summary._make(
+        a[:, start:stop] if f in PER_SAMPLE else a[:, blocks] for f, a in zip(summary._fields, summary)
+    )
 
 
 def _row(a: np.ndarray, i: np.ndarray) -> np.ndarray:
@@ -383,8 +418,9 @@ def _wilson(k: np.ndarray, n: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return lo, hi
 
 
-def _quantiles(counts: np.ndarray, cum: np.ndarray, n: np.ndarray, low: np.ndarray, top: np.ndarray, q: float,
-               first: int = 0) -> np.ndarray:
+def _quantiles(
+    counts: np.ndarray, cum: np.ndarray, n: np.ndarray, low: np.ndarray, top: np.ndarray, q: float, first: int = 0
+) -> np.ndarray:
     """Quantile q of every point, float[P], from histograms counts int[P, W] (cumulative sums `cum`) of
     n[P] samples with minima low[P] and maxima top[P]. The quantile's bin is the one holding the order
     statistic x_(ceil(q n)); within it the value is interpolated linearly between the bin's edges narrowed

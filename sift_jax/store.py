@@ -31,7 +31,7 @@ import tempfile
 import threading
 import time
 import warnings
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 from sift_jax.errors import ConfigError
 
@@ -272,20 +272,29 @@ class Store:
         except FileNotFoundError:
             return  # released meanwhile
         except (OSError, ValueError, KeyError, TypeError):
-            raise _fail("out", self.lock_path, f"{self.dir / self.name} is locked by {self.lock_path}, which cannot be "
-                        f"read; if no run is writing {self.name} there, delete it") from None
+            raise _fail(
+                "out",
+                self.lock_path,
+                f"{self.dir / self.name} is locked by {self.lock_path}, which cannot be "
+                f"read; if no run is writing {self.name} there, delete it",
+            ) from None
         if host != socket.gethostname() or _alive(pid):
-            raise _fail("out", self.lock_path, f"{self.dir / self.name} is being written by another run (pid {pid} on "
-                        f"{host}, since {held.get('started')}; lock {self.lock_path}): wait for it or choose another "
-                        f"--out (delete the lock only if that run is gone)")
+            raise _fail(
+                "out",
+                self.lock_path,
+                f"{self.dir / self.name} is being written by another run (pid {pid} on "
+                f"{host}, since {held.get('started')}; lock {self.lock_path}): wait for it or choose another "
+                f"--out (delete the lock only if that run is gone)",
+            )
         claimed = self.lock_path.with_name(f".{self.lock_path.name}.{os.getpid()}.stale")
         try:
             os.rename(self.lock_path, claimed)  # atomic: of two runs taking over, one wins
         except FileNotFoundError:
             return
         claimed.unlink(missing_ok=True)
-        warnings.warn(f"{self.lock_path}: took over the lock of pid {pid}, which is no longer running", StoreWarning,
-                      stacklevel=2)
+        warnings.warn(
+            f"{self.lock_path}: took over the lock of pid {pid}, which is no longer running", StoreWarning, stacklevel=2
+        )
 
     def unlock(self) -> None:
         """Remove `NAME.lock` if this process holds it."""
@@ -315,8 +324,12 @@ class Store:
         except (OSError, ValueError) as err:
             why = f"{type(err).__name__}: {err}"
         if why:
-            raise _fail("resume", path, f"{path} is damaged ({why}): the parts beside it cannot be checked; "
-                        f"rerun with --overwrite to start again")
+            raise _fail(
+                "resume",
+                path,
+                f"{path} is damaged ({why}): the parts beside it cannot be checked; "
+                f"rerun with --overwrite to start again",
+            )
         return doc
 
     def check_manifest(self, manifest: dict, resume: bool, overwrite: bool) -> None:
@@ -334,27 +347,44 @@ class Store:
             ConfigError: refused as above, a damaged manifest, or missing manifest beside part files.
         """
         if resume and overwrite:
-            raise ConfigError("overwrite", True, "not with resume (--resume keeps the earlier parts, --overwrite "
-                              "discards them)")
+            raise ConfigError(
+                "overwrite", True, "not with resume (--resume keeps the earlier parts, --overwrite discards them)"
+            )
         if self.parts.exists() and not self.parts.is_dir():
             raise _fail("out", self.parts, f"{self.parts} is a file, not a parts directory: move it away")
         old = self.read_manifest()
         if resume and old is not None:
             diff = [k for k in sorted(set(manifest) | set(old)) if old.get(k) != manifest.get(k)]
             if diff:
-                raise ConfigError("resume", str(self.parts), f"parts written with the same {', '.join(diff)}; "
-                                  f"they differ (spec, samples, seed, quick mode or code changed): use --overwrite")
+                raise ConfigError(
+                    "resume",
+                    str(self.parts),
+                    f"parts written with the same {', '.join(diff)}; "
+                    f"they differ (spec, samples, seed, quick mode or code changed): use --overwrite",
+                )
         elif resume and self._part_files():
-            raise _fail("resume", self.parts, f"{self.parts / MANIFEST} is missing, so the parts in {self.parts} "
-                        f"cannot be checked against this run: rerun with --overwrite to discard them")
+            raise _fail(
+                "resume",
+                self.parts,
+                f"{self.parts / MANIFEST} is missing, so the parts in {self.parts} "
+                f"cannot be checked against this run: rerun with --overwrite to discard them",
+            )
         elif resume and self.nc.exists():
-            raise _fail("resume", self.nc, f"nothing to resume: {self.nc} is a finished result without parts; "
-                        f"rerun with --overwrite to replace it")
+            raise _fail(
+                "resume",
+                self.nc,
+                f"nothing to resume: {self.nc} is a finished result without parts; "
+                f"rerun with --overwrite to replace it",
+            )
         elif not resume:
             earlier = [str(p) for p, there in ((self.nc, self.nc.exists()), (self.parts, self._part_files())) if there]
             if earlier and not overwrite:
-                raise _fail("out", self.dir, f"{' and '.join(earlier)} already hold results: pass --resume to finish "
-                            f"that run, --overwrite to replace it, or choose another --out")
+                raise _fail(
+                    "out",
+                    self.dir,
+                    f"{' and '.join(earlier)} already hold results: pass --resume to finish "
+                    f"that run, --overwrite to replace it, or choose another --out",
+                )
             for p in self._part_files() + [self.parts / MANIFEST]:
                 p.unlink(missing_ok=True)
         self._remove_dead_tmp_files()
@@ -393,8 +423,13 @@ class Store:
         path = self.part_path(key)
         try:
             doc = json.loads(path.read_bytes())
-            why = ("written by another run" if doc["manifest"] != _digest(self.manifest) else
-                   "checksum mismatch" if doc["sha256"] != _digest(doc["payload"]) else None)
+            why = (
+                "written by another run"
+                if doc["manifest"] != _digest(self.manifest)
+                else "checksum mismatch"
+                if doc["sha256"] != _digest(doc["payload"])
+                else None
+            )
             value = None if why else decode(doc["payload"])
         except FileNotFoundError:
             return None
@@ -433,8 +468,9 @@ def _sigterm_raises() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def open_run(out, name: str, manifest: dict, resume: bool = False, overwrite: bool = False,
-             lock_name: str | None = None) -> Iterator[Store]:
+def open_run(
+    out, name: str, manifest: dict, resume: bool = False, overwrite: bool = False, lock_name: str | None = None
+) -> Iterator[Store]:
     """Check OUT, lock NAME there, check the manifest (`Store.check_manifest`); unlock on leaving.
 
     SIGINT or SIGTERM inside leave the finished parts in place and raise `Interrupted` saying how to resume.
@@ -470,8 +506,11 @@ def open_run(out, name: str, manifest: dict, resume: bool = False, overwrite: bo
     except KeyboardInterrupt as err:
         signum = getattr(err, "signum", signal.SIGINT)
         saved = len(store._part_files())
-        raise Interrupted(signum, f"interrupted by {signal.Signals(signum).name}: {saved} finished part(s) kept "
-                          f"in {store.parts}; to finish, run the same sweep with --resume and without --overwrite "
-                          f"(Python: resume=True)") from None
+        raise Interrupted(
+            signum,
+            f"interrupted by {signal.Signals(signum).name}: {saved} finished part(s) kept "
+            f"in {store.parts}; to finish, run the same sweep with --resume and without --overwrite "
+            f"(Python: resume=True)",
+        ) from None
     finally:
         store.unlock()

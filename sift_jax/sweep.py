@@ -25,25 +25,42 @@ import itertools
 import os
 import pathlib
 import tomllib
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from sift_jax import distributed, inputs, montecarlo, presets, similarity, store
+from sift_jax import metrics as metric_records
 from sift_jax.errors import ConfigError
 from sift_jax.provenance import provenance
-from sift_jax.scenario import (DYNAMIC_FIELDS, INTEGER_FIELDS, PER_HELPER_FIELDS, STATIC_FIELDS, TABLE_FIELDS,
-                               Scenario)
-from sift_jax import metrics as metric_records
+from sift_jax.scenario import DYNAMIC_FIELDS, INTEGER_FIELDS, PER_HELPER_FIELDS, STATIC_FIELDS, TABLE_FIELDS, Scenario
 from sift_jax.simulate import PAIRED_METRIC, REGIMES, TaskMetrics, check_policy
 from sift_jax.stats import Stat
 
 __all__ = ["Curve", "Spec", "curve_groups", "curve_pairs", "load_spec", "run", "scenario_of", "stack_scenarios"]
 
-SPEC_KEYS = ("name", "title", "preset", "curves", "samples", "quick_samples", "seed", "chunk_size", "regime",
-             "fading", "fixed", "quick_fixed", "axes", "mode", "points_per_call", "options", "tables", "router")
+SPEC_KEYS = (
+    "name",
+    "title",
+    "preset",
+    "curves",
+    "samples",
+    "quick_samples",
+    "seed",
+    "chunk_size",
+    "regime",
+    "fading",
+    "fixed",
+    "quick_fixed",
+    "axes",
+    "mode",
+    "points_per_call",
+    "options",
+    "tables",
+    "router",
+)
 POINT_AXES = ("swept", "all")
 STAT_FIELDS = ("mean", "ci_lo", "ci_hi", "n", "n_invalid", "p50", "p90", "p99", "tail_share", "reliable")
 
@@ -66,7 +83,7 @@ class Curve:
 
     @property
     def label(self) -> str:
-        """"policy" or "policy:bits", as written in the spec's `curves`."""
+        """ "policy" or "policy:bits", as written in the spec's `curves`."""
         return self.policy if self.bits is None else f"{self.policy}:{self.bits}"
 
 
@@ -182,17 +199,29 @@ def load_spec(source: str | os.PathLike) -> Spec:
     for key in raw:
         _need(key in SPEC_KEYS, key, raw[key], "a spec key (one of " + ", ".join(SPEC_KEYS) + ")")
     name = raw.get("name")
-    _need(isinstance(name, str) and name.replace("-", "").replace("_", "").isalnum(), "name", name,
-          "a string of letters, digits, '-' and '_'")
+    _need(
+        isinstance(name, str) and name.replace("-", "").replace("_", "").isalnum(),
+        "name",
+        name,
+        "a string of letters, digits, '-' and '_'",
+    )
     preset = raw.get("preset")
     _need(preset in presets.names(), "preset", preset, "one of " + ", ".join(presets.names()))
-    _need(not ("fading" in raw and "regime" in raw), "fading", raw.get("fading"),
-          "absent when regime is given (fading is the former name of regime)")
+    _need(
+        not ("fading" in raw and "regime" in raw),
+        "fading",
+        raw.get("fading"),
+        "absent when regime is given (fading is the former name of regime)",
+    )
     regime = raw.get("regime", raw.get("fading", "slow"))
     _need(regime in REGIMES, "regime", regime, "one of " + ", ".join(REGIMES))
     curves_raw = raw.get("curves")
-    _need(isinstance(curves_raw, list) and curves_raw and all(isinstance(c, str) for c in curves_raw), "curves",
-          curves_raw, "a non-empty list of 'policy' or 'policy:bits' strings")
+    _need(
+        isinstance(curves_raw, list) and curves_raw and all(isinstance(c, str) for c in curves_raw),
+        "curves",
+        curves_raw,
+        "a non-empty list of 'policy' or 'policy:bits' strings",
+    )
     curves = []
     for c in curves_raw:
         policy, _, bits = c.partition(":")
@@ -218,13 +247,21 @@ def load_spec(source: str | os.PathLike) -> Spec:
     _need(isinstance(axes_raw, list) and axes_raw, "axes", axes_raw, "a non-empty array of [[axes]] tables")
     axes = []
     for i, ax in enumerate(axes_raw):
-        _need(isinstance(ax, dict) and set(ax) <= {"field", "values"}, f"axes[{i}]", ax,
-              "a table with keys field and values")
+        _need(
+            isinstance(ax, dict) and set(ax) <= {"field", "values"},
+            f"axes[{i}]",
+            ax,
+            "a table with keys field and values",
+        )
         field, values = ax.get("field"), ax.get("values")
         _need(field in known and field != "fading", f"axes[{i}].field", field, "a Scenario field")
         _need(isinstance(values, list) and len(values) > 0, f"axes[{i}].values", values, "a non-empty list")
-        _need(all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values), f"axes[{i}].values",
-              values, "numbers")
+        _need(
+            all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values),
+            f"axes[{i}].values",
+            values,
+            "numbers",
+        )
         _need(field not in fixed, f"axes[{i}].field", field, "a field not also in [fixed]")
         axes.append((field, tuple(values)))
     _need(len({a for a, _ in axes}) == len(axes), "axes", [a for a, _ in axes], "distinct fields")
@@ -245,8 +282,25 @@ def load_spec(source: str | os.PathLike) -> Spec:
     if "tables" in files:  # the file's tables do not depend on the synthetic table's fields
         swept = [f for f, _ in axes if f in TABLE_FIELDS]
         _need(not swept, "axes", swept, "no synthetic-table field when tables is a file (it would change nothing)")
-    spec = Spec(name, raw.get("title", name), preset, tuple(curves), samples, quick_samples, seed, chunk, regime,
-                dict(fixed), dict(quick_fixed), tuple(axes), mode, ppc, dict(options), text, **files)
+    spec = Spec(
+        name,
+        raw.get("title", name),
+        preset,
+        tuple(curves),
+        samples,
+        quick_samples,
+        seed,
+        chunk,
+        regime,
+        dict(fixed),
+        dict(quick_fixed),
+        tuple(axes),
+        mode,
+        ppc,
+        dict(options),
+        text,
+        **files,
+    )
     for point in spec.points()[:1] + spec.points()[-1:]:
         scenario_of(spec, point, quick=False)  # validates field values early, naming the field
     return spec
@@ -374,8 +428,11 @@ def _input_files(spec: Spec | None, sc: Scenario) -> dict:
     if spec is None:
         return {}
     sizes = (sc.n_nodes, sc.n_layers, sc.n_tokens)
-    return {key: _cached_input(key, path, sizes, inputs.file_sha256(path))
-            for key, path in (("tables", spec.tables), ("router", spec.router)) if path}
+    return {
+        key: _cached_input(key, path, sizes, inputs.file_sha256(path))
+        for key, path in (("tables", spec.tables), ("router", spec.router))
+        if path
+    }
 
 
 @functools.lru_cache(maxsize=8)
@@ -405,14 +462,24 @@ def _encode(stats: list[dict[str, Stat]]) -> list[dict]:
 
 def _decode(payload: list[dict]) -> list[dict[str, Stat]]:
     """Inverse of `_encode` (a KeyError/TypeError marks the part damaged)."""
-    return [{m: Stat(**(d | {"ci95": None if d["ci95"] is None else tuple(d["ci95"])})) for m, d in pt.items()}
-            for pt in payload]
+    return [
+        {m: Stat(**(d | {"ci95": None if d["ci95"] is None else tuple(d["ci95"])})) for m, d in pt.items()}
+        for pt in payload
+    ]
 
 
-def run(spec: Spec | str | os.PathLike, out: str | os.PathLike | None = "results", resume: bool = False,
-        samples: int | None = None, quick: bool = False, progress: Callable[[int, int], None] | None = None,
-        point_axes: str | None = None, overwrite: bool = False, shard: tuple[int, int] | None = None,
-        merge: bool = False):
+def run(
+    spec: Spec | str | os.PathLike,
+    out: str | os.PathLike | None = "results",
+    resume: bool = False,
+    samples: int | None = None,
+    quick: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+    point_axes: str | None = None,
+    overwrite: bool = False,
+    shard: tuple[int, int] | None = None,
+    merge: bool = False,
+):
     """Run a sweep; returns an `xarray.Dataset` (also written to `<out>/<name>.nc` when `out` is set).
 
     Args:
@@ -443,7 +510,8 @@ def run(spec: Spec | str | os.PathLike, out: str | os.PathLike | None = "results
     the result; the others return None.
 
     Returns:
-        An `xarray.Dataset` (None for a shard that leaves parts to other shards) with dims (curve, *axes) for product specs or (curve, point) for zipped
+        An `xarray.Dataset` (None for a shard that leaves parts to other shards) with dims (curve, *axes) for product
+        specs or (curve, point) for zipped
         ones, and one variable `<metric>_<stat>` per registered metric (`sj.metrics.names()`; in its unit)
         and stat (mean, ci_lo, ci_hi, n, n_invalid, p50, p90, p99, tail_share, reliable); attributes hold
         the spec, seed, samples, chunk size and provenance. Under fast fading also `energy_diff_j_<stat>`
@@ -496,9 +564,15 @@ def run(spec: Spec | str | os.PathLike, out: str | os.PathLike | None = "results
     for prefilling in sorted({sc.n_tokens > 1 for sc in scs}):  # each curve's rule exists and takes the options
         for c in spec.curves:
             check_policy(c.policy, spec.regime, c.bits, spec.options, prefilling)
-    manifest = {"spec_sha256": hashlib.sha256(spec.text.encode()).hexdigest(), "code": _code_hash(),
-                "samples": n_samples, "seed": spec.seed, "quick": quick, "point_axes": point_axes,
-                "metrics": list(metric_records.names())}
+    manifest = {
+        "spec_sha256": hashlib.sha256(spec.text.encode()).hexdigest(),
+        "code": _code_hash(),
+        "samples": n_samples,
+        "seed": spec.seed,
+        "quick": quick,
+        "point_axes": point_axes,
+        "metrics": list(metric_records.names()),
+    }
     for key in ("tables", "router"):  # a changed input file makes the parts another run's (resume refuses)
         path = getattr(spec, key)
         if path:
@@ -507,8 +581,12 @@ def run(spec: Spec | str | os.PathLike, out: str | os.PathLike | None = "results
     groups: dict[tuple, list[int]] = {}
     for i, sc in enumerate(scs):
         groups.setdefault(_static_signature(sc), []).append(i)
-    batches = [(curves, idx[b:b + spec.points_per_call]) for curves in curve_groups(spec) for idx in groups.values()
-               for b in range(0, len(idx), spec.points_per_call)]
+    batches = [
+        (curves, idx[b : b + spec.points_per_call])
+        for curves in curve_groups(spec)
+        for idx in groups.values()
+        for b in range(0, len(idx), spec.points_per_call)
+    ]
     mine = _shard_batches(len(batches), shard, merge, out, resume, overwrite)
     total = len(mine) * n_samples * spec.points_per_call
     results: dict[tuple[str, int], dict[str, Stat]] = {}
@@ -520,11 +598,16 @@ def run(spec: Spec | str | os.PathLike, out: str | os.PathLike | None = "results
             """Process 0 only: open (lock, check) the store and load the finished batches; their indices."""
             if out is None:
                 return []
-            st = held["st"] = stack.enter_context(store.open_run(
-                out, spec.name, manifest, resume or shard is not None or merge, overwrite, lock_name=lock))
+            st = held["st"] = stack.enter_context(
+                store.open_run(
+                    out, spec.name, manifest, resume or shard is not None or merge, overwrite, lock_name=lock
+                )
+            )
             for k in mine:
                 keys = _part_keys(*batches[k])
-                loaded = {} if st.missing(keys.values()) else {label: st.load(key, _decode) for label, key in keys.items()}
+                loaded = (
+                    {} if st.missing(keys.values()) else {label: st.load(key, _decode) for label, key in keys.items()}
+                )
                 if loaded and None not in loaded.values():  # present and intact (a damaged one is recomputed)
                     held.setdefault("loaded", {})[k] = loaded
             return sorted(held.get("loaded", {}))
@@ -537,8 +620,9 @@ def run(spec: Spec | str | os.PathLike, out: str | os.PathLike | None = "results
             if k in finished:
                 by_curve = held.get("loaded", {}).get(k, {})  # empty outside process 0: nothing to keep
             else:
-                by_curve = _evaluate(spec, curves, [scs[i] for i in members], varying, n_samples, size, progress, done,
-                                     total)
+                by_curve = _evaluate(
+                    spec, curves, [scs[i] for i in members], varying, n_samples, size, progress, done, total
+                )
                 if st is not None:
                     for label, key in _part_keys(curves, members).items():
                         st.save(key, _encode(by_curve[label]))
@@ -559,8 +643,10 @@ def run(spec: Spec | str | os.PathLike, out: str | os.PathLike | None = "results
 
 def _part_keys(curves: tuple[Curve, ...], members: list[int]) -> dict[str, str]:
     """{curve or pair label: part key} of one batch."""
-    return {label: f"{label.replace(':', '_').replace('|', '--')}__{members[0]}"
-            for label in [c.label for c in curves] + curve_pairs(curves)}
+    return {
+        label: f"{label.replace(':', '_').replace('|', '--')}__{members[0]}"
+        for label in [c.label for c in curves] + curve_pairs(curves)
+    }
 
 
 def _shard_batches(n_batches: int, shard, merge: bool, out, resume: bool, overwrite: bool) -> list[int]:
@@ -569,20 +655,36 @@ def _shard_batches(n_batches: int, shard, merge: bool, out, resume: bool, overwr
         return [] if merge else list(range(n_batches))
     if merge:
         raise ConfigError("merge", True, "not with shard (merge assembles what the shards wrote)")
-    ok = isinstance(shard, tuple) and len(shard) == 2 and all(isinstance(v, int) and not isinstance(v, bool)
-                                                              for v in shard)
+    ok = (
+        isinstance(shard, tuple)
+        and len(shard) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in shard)
+    )
     if not ok or not 0 <= shard[0] < shard[1] <= 100_000:
         raise ConfigError("shard", shard, "(I, N) integers with 0 <= I < N <= 100000 (CLI: --shard I/N)")
     if out is None or overwrite or resume:
         what = "out" if out is None else "overwrite" if overwrite else "resume"
-        raise ConfigError(what, {"out": out, "overwrite": overwrite, "resume": resume}[what],
-                          "with shard: an output directory shared by the shards, without --overwrite (it would "
-                          "discard other shards' parts) and without --resume (shards always reuse finished parts)")
+        raise ConfigError(
+            what,
+            {"out": out, "overwrite": overwrite, "resume": resume}[what],
+            "with shard: an output directory shared by the shards, without --overwrite (it would "
+            "discard other shards' parts) and without --resume (shards always reuse finished parts)",
+        )
     return [k for k in range(n_batches) if k % shard[1] == shard[0]]
 
 
-def _assemble(spec: Spec, out, manifest: dict, batches: list, points: list, n_samples: int, size: int, quick: bool,
-              point_axes: str, required: bool):
+def _assemble(
+    spec: Spec,
+    out,
+    manifest: dict,
+    batches: list,
+    points: list,
+    n_samples: int,
+    size: int,
+    quick: bool,
+    point_axes: str,
+    required: bool,
+):
     """`<name>.nc` from the parts in `out` when every part is present and intact; else None, or (when
     `required`, i.e. --merge) a ConfigError naming what is missing."""
     if out is None:
@@ -606,9 +708,13 @@ def _assemble(spec: Spec, out, manifest: dict, batches: list, points: list, n_sa
                     results[(label, i)] = stat
         if missing:
             if required:
-                raise ConfigError("merge", str(st.parts), f"every part of this run: {len(missing)} of "
-                                  f"{sum(len(_part_keys(*b)) for b in batches)} missing or damaged (e.g. "
-                                  f"{', '.join(missing[:3])}); run the shards that own them")
+                raise ConfigError(
+                    "merge",
+                    str(st.parts),
+                    f"every part of this run: {len(missing)} of "
+                    f"{sum(len(_part_keys(*b)) for b in batches)} missing or damaged (e.g. "
+                    f"{', '.join(missing[:3])}); run the shards that own them",
+                )
             return None
         ds = to_dataset(spec, points, results, n_samples, size, quick, point_axes)
         st.write_result(ds.to_netcdf)
@@ -642,16 +748,26 @@ def curve_groups(spec: Spec) -> list[tuple[Curve, ...]]:
     return [tuple(group) for group in by_policy.values()]
 
 
-def _evaluate(spec: Spec, curves: tuple[Curve, ...], scs: list[Scenario], varying: set[str], n_samples: int,
-              size: int, progress, k: int, total: int) -> dict[str, list[dict[str, Stat]]]:
+def _evaluate(
+    spec: Spec,
+    curves: tuple[Curve, ...],
+    scs: list[Scenario],
+    varying: set[str],
+    n_samples: int,
+    size: int,
+    progress,
+    k: int,
+    total: int,
+) -> dict[str, list[dict[str, Stat]]]:
     """One batch of one curve group: pad to points_per_call, stack the `varying` fields, one compiled call
     per chunk. Returns {curve label: [{metric: Stat}] per real point}."""
     n_real = len(scs)
     padded = scs + [scs[-1]] * (spec.points_per_call - n_real)
     params, axes = point_params(padded, varying, spec)
     bits = tuple(c.bits for c in curves) if spec.regime == "fast" else None
-    fn = TaskMetrics(policy=curves[0].policy, regime=spec.regime, bits=bits,
-                     options=tuple(sorted(spec.options.items())))
+    fn = TaskMetrics(
+        policy=curves[0].policy, regime=spec.regime, bits=bits, options=tuple(sorted(spec.options.items()))
+    )
     base = k * n_samples * spec.points_per_call
     cb = None if progress is None else (lambda done: progress(base + done * spec.points_per_call, total))
     stats = montecarlo.run(fn, params, spec.points_per_call, n_samples, spec.seed, size, cb, axes=axes)[:n_real]
@@ -680,11 +796,19 @@ def curve_pairs(curves: tuple[Curve, ...]) -> list[str]:
     """
     if len(curves) < 2 or curves[0].bits is None:
         return []
-    return [f"{a.label}|{b.label}" for i, a in enumerate(curves) for b in curves[i + 1:]]
+    return [f"{a.label}|{b.label}" for i, a in enumerate(curves) for b in curves[i + 1 :]]
 
 
-def to_dataset(spec: Spec, points: list[dict], results: dict, n_samples: int, chunk_size: int, quick: bool,
-               point_axes: str = "swept", metric_names: tuple[str, ...] | None = None):
+def to_dataset(
+    spec: Spec,
+    points: list[dict],
+    results: dict,
+    n_samples: int,
+    chunk_size: int,
+    quick: bool,
+    point_axes: str = "swept",
+    metric_names: tuple[str, ...] | None = None,
+):
     """Labelled results: dims (curve, *axes) for product specs or (curve, point) for zipped ones; one
     variable per metric of `metric_names` (default: every registered metric) and stat."""
     import xarray as xr
@@ -717,16 +841,27 @@ def to_dataset(spec: Spec, points: list[dict], results: dict, n_samples: int, ch
         for j, f in enumerate(STAT_FIELDS):
             data[f"{PAIRED_METRIC}_{f}"] = (("pair",) + dims[1:], table[..., j])
         coords["pair"] = pairs
-    attrs = {"spec_name": spec.name, "title": spec.title, "preset": spec.preset, "regime": spec.regime,
-             "spec": spec.text, "seed": spec.seed, "samples": n_samples, "chunk_size": chunk_size,
-             "quick": int(quick), "point_axes": point_axes, "code_sha256": _code_hash()}
+    attrs = {
+        "spec_name": spec.name,
+        "title": spec.title,
+        "preset": spec.preset,
+        "regime": spec.regime,
+        "spec": spec.text,
+        "seed": spec.seed,
+        "samples": n_samples,
+        "chunk_size": chunk_size,
+        "quick": int(quick),
+        "point_axes": point_axes,
+        "code_sha256": _code_hash(),
+    }
     for key in ("tables", "router"):
         path = getattr(spec, key)
         attrs[f"{key}_file"] = path or "synthetic"
         if path:
             attrs[f"{key}_sha256"] = inputs.file_sha256(path)
     attrs |= {k: (int(v) if isinstance(v, bool) else v) for k, v in provenance().items()}
-    attrs["note"] = ("mean/ci/quantiles are NaN only where n == 0 (no valid sample, e.g. all infeasible); "
-                     "see the _n and _n_invalid variables")
+    attrs["note"] = (
+        "mean/ci/quantiles are NaN only where n == 0 (no valid sample, e.g. all infeasible); "
+        "see the _n and _n_invalid variables"
+    )
     return xr.Dataset(data, coords=coords, attrs=attrs)
-

@@ -162,8 +162,16 @@ def _claim(raw, where: str) -> ClaimTarget:
     if not isinstance(exclude, list):
         raise ConfigError(f"{where}.exclude_x", exclude, "a list of finite numbers")
     exclude_x = tuple(_number(v, f"{where}.exclude_x", "a list of finite numbers") for v in exclude)
-    return ClaimTarget(kind, curve, other, min_fall, max_ratio, exclude_x, _text(raw.get("text", ""), f"{where}.text",
-                       False), _text(raw.get("source", ""), f"{where}.source", False))
+    return ClaimTarget(
+        kind,
+        curve,
+        other,
+        min_fall,
+        max_ratio,
+        exclude_x,
+        _text(raw.get("text", ""), f"{where}.text", False),
+        _text(raw.get("source", ""), f"{where}.source", False),
+    )
 
 
 def _panel(name: str, raw, where: str) -> PanelTarget:
@@ -181,10 +189,17 @@ def _panel(name: str, raw, where: str) -> PanelTarget:
     claims = raw.get("claims", [])
     if not isinstance(claims, list):
         raise ConfigError(f"{where}.claims", claims, "an array of tables [[<panel>.claims]]")
-    return PanelTarget(name, _text(raw.get("figure"), f"{where}.figure"), _text(raw.get("model"), f"{where}.model"),
-                       field, x_range, y_range, default_x,
-                       tuple(_claim(c, f"{where}.claims[{i}]") for i, c in enumerate(claims)),
-                       _text(raw.get("source", ""), f"{where}.source", False))
+    return PanelTarget(
+        name,
+        _text(raw.get("figure"), f"{where}.figure"),
+        _text(raw.get("model"), f"{where}.model"),
+        field,
+        x_range,
+        y_range,
+        default_x,
+        tuple(_claim(c, f"{where}.claims[{i}]") for i, c in enumerate(claims)),
+        _text(raw.get("source", ""), f"{where}.source", False),
+    )
 
 
 def parse(raw: dict, prefix: str = "paper_targets") -> dict[str, PanelTarget]:

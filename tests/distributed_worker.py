@@ -34,8 +34,10 @@ import numpy as np
 def _joined() -> dict:
     """A global sum over the processes (each contributes its id + 1 per local device): proves the job runs."""
     mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ("p",))
-    x = jax.make_array_from_process_local_data(jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("p")),
-                                               np.full(jax.local_device_count(), pid + 1, np.float32))
+    x = jax.make_array_from_process_local_data(
+        jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("p")),
+        np.full(jax.local_device_count(), pid + 1, np.float32),
+    )
     return {"joined": pid, "global_sum": float(jax.jit(jnp.sum)(x))}
 
 

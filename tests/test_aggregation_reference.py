@@ -28,8 +28,16 @@ from sift_jax.policies.decision import Decision
 from sift_jax.simulate import TaskMetrics
 from sift_jax.testing import numpy_reference as ref
 
-BUILT_IN = ("energy_per_token_j", "uplink_energy_j", "local_energy_j", "deviation_bound", "replace_rate",
-            "skip_rate", "infeasible_rate", "latency_s")
+BUILT_IN = (
+    "energy_per_token_j",
+    "uplink_energy_j",
+    "local_energy_j",
+    "deviation_bound",
+    "replace_rate",
+    "skip_rate",
+    "infeasible_rate",
+    "latency_s",
+)
 
 
 def _task(rng, sc, infeasible_layer=None, optimiser=True):
@@ -63,8 +71,17 @@ def _task(rng, sc, infeasible_layer=None, optimiser=True):
             uplink[lay] = 0.0
     if m == 1:  # decoding shapes: assign [L, K], deviation [L]
         assign, dev = assign[:, 0], dev[:, 0]
-    return dict(assign=assign, loads=loads, energy_j=energy, deviation_bound=dev, feasible=feasible,
-                n_replaced=n_replaced, n_skipped=n_skipped, latency=latency, uplink=uplink)
+    return dict(
+        assign=assign,
+        loads=loads,
+        energy_j=energy,
+        deviation_bound=dev,
+        feasible=feasible,
+        n_replaced=n_replaced,
+        n_skipped=n_skipped,
+        latency=latency,
+        uplink=uplink,
+    )
 
 
 def _expected(sc, t):
@@ -84,13 +101,18 @@ def _expected(sc, t):
 
 
 def _run_metrics(policy, sc, t):
-    dec = Decision(assign=jnp.asarray(t["assign"], jnp.int32), loads=jnp.asarray(t["loads"]),
-                   energy_j=jnp.asarray(t["energy_j"], jnp.float32),
-                   deviation_bound=jnp.asarray(t["deviation_bound"], jnp.float32),
-                   feasible=jnp.asarray(t["feasible"]), n_replaced=jnp.asarray(t["n_replaced"], jnp.int32),
-                   n_skipped=jnp.asarray(t["n_skipped"], jnp.int32))
-    out = TaskMetrics(policy)._metrics(sc, dec, jnp.asarray(t["latency"], jnp.float32),
-                                       jnp.asarray(t["uplink"], jnp.float32))
+    dec = Decision(
+        assign=jnp.asarray(t["assign"], jnp.int32),
+        loads=jnp.asarray(t["loads"]),
+        energy_j=jnp.asarray(t["energy_j"], jnp.float32),
+        deviation_bound=jnp.asarray(t["deviation_bound"], jnp.float32),
+        feasible=jnp.asarray(t["feasible"]),
+        n_replaced=jnp.asarray(t["n_replaced"], jnp.int32),
+        n_skipped=jnp.asarray(t["n_skipped"], jnp.int32),
+    )
+    out = TaskMetrics(policy)._metrics(
+        sc, dec, jnp.asarray(t["latency"], jnp.float32), jnp.asarray(t["uplink"], jnp.float32)
+    )
     return {name: (float(v), bool(ok)) for name, (v, ok) in out.items()}
 
 
@@ -102,8 +124,9 @@ def test_feasible_task_matches_numpy(tokens, layers, seed):
     t = _task(np.random.default_rng(seed), sc)
     want = _expected(sc, t)
     assert want["replace_rate"] > 0 and want["skip_rate"] > 0 and want["local_energy_j"] > 0  # non-trivial task
-    np.testing.assert_allclose(want["uplink_energy_j"] + want["local_energy_j"], want["energy_per_token_j"],
-                               rtol=1e-12)  # the hand-built split adds up
+    np.testing.assert_allclose(
+        want["uplink_energy_j"] + want["local_energy_j"], want["energy_per_token_j"], rtol=1e-12
+    )  # the hand-built split adds up
     for policy in ("siftmoe", "topk"):
         got = _run_metrics(policy, sc, t)
         assert set(BUILT_IN) <= set(got)
@@ -174,8 +197,13 @@ def test_simulate_counts_infeasible_tasks_against_numpy():
     f, g, topk = _numpy_tasks(sc, SAMPLES, 0)
     tables = np.asarray(sj.similarity.synthetic_tables(sc), np.float64)  # [L, N, N+1]
     s, n_layers, n = f.shape
-    out = ref.decode_numpy(f.reshape(-1, n), g.reshape(s * n_layers, -1), topk.reshape(s * n_layers, -1),
-                           np.broadcast_to(tables[None], (s,) + tables.shape).reshape(-1, n, n + 1), float(sc.eta))
+    out = ref.decode_numpy(
+        f.reshape(-1, n),
+        g.reshape(s * n_layers, -1),
+        topk.reshape(s * n_layers, -1),
+        np.broadcast_to(tables[None], (s,) + tables.shape).reshape(-1, n, n + 1),
+        float(sc.eta),
+    )
     feasible = out["feasible"].reshape(s, n_layers).all(1)
     per_task = out["energy"].reshape(s, n_layers).sum(1)  # J per token (M = 1)
     # float32 against float64 may flip a task whose cost sits on the deadline or eta boundary

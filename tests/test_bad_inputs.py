@@ -46,13 +46,15 @@ CLI_CASES = [  # (id, argv, field named in the message)
     ("reproduce-specs-missing", ["reproduce", "--specs", "/nonexistent/specs", "--quick"], "specs"),
 ]
 
-SPEC = 'name = "t"\npreset = "mixtral-8x7b"\ncurves = ["siftmoe"]\nsamples = 4\n[fixed]\nn_tokens = 1\nn_layers = 1\n' \
-       '[[axes]]\nfield = "eta"\nvalues = [1.0]\n'
+SPEC = (
+    'name = "t"\npreset = "mixtral-8x7b"\ncurves = ["siftmoe"]\nsamples = 4\n[fixed]\nn_tokens = 1\nn_layers = 1\n'
+    '[[axes]]\nfield = "eta"\nvalues = [1.0]\n'
+)
 
 SPEC_CASES = [  # (id, spec text, field)
     ("name-with-slash", SPEC.replace('name = "t"', 'name = "a/b"'), "name"),
     ("name-dotdot", SPEC.replace('name = "t"', 'name = ".."'), "name"),
-    ("unknown-key", 'colour = 1\n' + SPEC, "colour"),
+    ("unknown-key", "colour = 1\n" + SPEC, "colour"),
     ("samples-zero", SPEC.replace("samples = 4", "samples = 0"), "samples"),
     ("samples-text", SPEC.replace("samples = 4", 'samples = "many"'), "samples"),
     ("samples-float", SPEC.replace("samples = 4", "samples = 4.5"), "samples"),

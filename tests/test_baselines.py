@@ -31,7 +31,7 @@ def numpy_outcome(f, g, topk_idx, table, keep):
     return energy, dev, np.where(keep, topk_idx, -1)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def batched(name, n=N, k=K, **options):
     sc = Scenario(n_nodes=n, top_k=k)
     fn = {"topk": topk, "topk_ideal": topk_ideal, "wdmoe": wdmoe, "decode": decode}[name]
@@ -56,7 +56,7 @@ def inst():
 
 
 def test_topk_ideal(inst):
-    f, g, t, table, eta = inst
+    f, g, t, table, _eta = inst
     d = run("topk_ideal", inst)
     energy, _, _ = numpy_outcome(f, g, t, table, np.ones_like(t, bool))
     np.testing.assert_array_equal(d.assign, t)
@@ -69,7 +69,7 @@ def test_topk_ideal(inst):
 
 
 def test_topk_practical(inst):
-    f, g, t, table, eta = inst
+    f, g, t, table, _eta = inst
     d = run("topk", inst)
     delivered = np.isfinite(np.take_along_axis(f, t, 1))
     energy, dev, assign = numpy_outcome(f, g, t, table, delivered)
@@ -123,7 +123,7 @@ def test_wdmoe_latency_argument(inst):
     f, g, t, table, eta = inst
     lat = np.random.default_rng(5).uniform(0.01, 0.3, f.shape).astype(np.float32)
     d = run("wdmoe", inst, lat, threshold=0.9)
-    energy, dev, assign, _ = numpy_wdmoe(f, g, t, table, eta, 0.9, lat)
+    _energy, _dev, assign, _ = numpy_wdmoe(f, g, t, table, eta, 0.9, lat)
     np.testing.assert_array_equal(d.assign, assign)
     with pytest.raises(ConfigError, match="latency_s"):
         wdmoe(Scenario(n_nodes=N, top_k=K), f[0], g[0], t[0], table[0], latency_s=np.ones(N + 1))
@@ -131,7 +131,7 @@ def test_wdmoe_latency_argument(inst):
 
 def test_wdmoe_limits(inst):
     """threshold -1 never drops (= practical Top-K); threshold > 1 always drops one of >= 2 delivered."""
-    f, g, t, table, eta = inst
+    f, _g, t, _table, _eta = inst
     never, always, practical = run("wdmoe", inst, threshold=-1.0), run("wdmoe", inst, threshold=1.01), run("topk", inst)
     np.testing.assert_array_equal(never.assign, practical.assign)
     delivered = np.isfinite(np.take_along_axis(f, t, 1)).sum(1)

@@ -51,7 +51,7 @@ def test_prop1_in_expectation_with_calibrated_table():
     table = similarity.mismatch_table(outputs)
     for mapping in ([1, 3, 0], [2, 3, -1], [-1, -1, 4], [0, 0, 0]):
         mapping = jnp.array(mapping)
-        exact = jax.vmap(lambda o: bounds.exact_deviation(g, topk, mapping, o))(outputs)
+        exact = jax.vmap(lambda o, mapping=mapping: bounds.exact_deviation(g, topk, mapping, o))(outputs)
         assert float(exact.mean()) <= float(bounds.layer_bound(g, topk, mapping, table)) * (1 + 1e-6)
     assert float(bounds.layer_bound(g, topk, topk, table)) == 0.0  # retaining everything costs 0
 
@@ -160,7 +160,7 @@ def _np_closed_form(delta, b, beta):
     out = np.zeros_like(delta)
     for l in range(n_layers):
         for r in range(l + 1):
-            out[..., l] += (2 * b[..., r] + delta[..., r]) * np.prod(beta[..., r + 1:l + 1], axis=-1)
+            out[..., l] += (2 * b[..., r] + delta[..., r]) * np.prod(beta[..., r + 1 : l + 1], axis=-1)
     return out
 
 
@@ -201,8 +201,8 @@ def _np_budgets(theta, kappa, b, beta, split, delta):
     kappa[-1] = min(kappa[-1], theta)
     eta = np.zeros(n_layers)
     for l in range(n_layers):
-        upstream = sum((2 * b[r] + delta[r]) * np.prod(beta[r + 1:l + 1]) for r in range(l))
-        tail = np.prod(beta[l + 1:])
+        upstream = sum((2 * b[r] + delta[r]) * np.prod(beta[r + 1 : l + 1]) for r in range(l))
+        tail = np.prod(beta[l + 1 :])
         eta[l] = min(kappa[l] - 2 * b[l] - upstream, theta_l[l] / tail - 2 * b[l])
     return eta
 
@@ -212,8 +212,14 @@ def test_cor1_matches_formula_with_given_deviations():
     n_layers = 6
     b, beta = rng.uniform(0, 0.2, n_layers), rng.uniform(0.5, 1.5, n_layers)
     kappa, split, delta = rng.uniform(1, 4, n_layers), rng.uniform(0.1, 1, n_layers), rng.uniform(0, 0.5, n_layers)
-    got = bounds.layer_budgets(5.0, jnp.asarray(kappa), jnp.asarray(b), jnp.asarray(beta), split=jnp.asarray(split),
-                               delta_prev=jnp.asarray(delta))
+    got = bounds.layer_budgets(
+        5.0,
+        jnp.asarray(kappa),
+        jnp.asarray(b),
+        jnp.asarray(beta),
+        split=jnp.asarray(split),
+        delta_prev=jnp.asarray(delta),
+    )
     np.testing.assert_allclose(np.asarray(got), _np_budgets(5.0, kappa, b, beta, split, delta), rtol=1e-5, atol=1e-6)
 
 
@@ -264,14 +270,12 @@ def test_power_iteration_matches_spectral_norm_of_linear_experts():
     w = _linear_experts(rng)
     exact = np.linalg.norm(w.astype(np.float64), ord=2, axis=(-2, -1))
     fn = lambda z: jnp.asarray(w) @ z  # noqa: E731
-    est = bounds.lipschitz_power_iteration(fn, jnp.asarray(rng.normal(size=(3, 6)), jnp.float32),
-                                           jax.random.key(0))
+    est = bounds.lipschitz_power_iteration(fn, jnp.asarray(rng.normal(size=(3, 6)), jnp.float32), jax.random.key(0))
     np.testing.assert_allclose(np.asarray(est), exact, rtol=1e-3)
     # nonlinear expert: local spectral norm of the Jacobian diag(1 - tanh^2) W at z (NumPy SVD)
     z = rng.normal(size=6).astype(np.float32)
     jac = (1 - np.tanh(w @ z) ** 2)[..., None] * w
-    est_nl = bounds.lipschitz_power_iteration(lambda v: jnp.tanh(jnp.asarray(w) @ v), jnp.asarray(z),
-                                              jax.random.key(1))
+    est_nl = bounds.lipschitz_power_iteration(lambda v: jnp.tanh(jnp.asarray(w) @ v), jnp.asarray(z), jax.random.key(1))
     np.testing.assert_allclose(np.asarray(est_nl), np.linalg.norm(jac, ord=2, axis=(-2, -1)), rtol=1e-3)
 
 

@@ -24,10 +24,17 @@ def _within(sample, truth, z=4.5):
     return abs(sample.mean() - truth) <= z * se
 
 
-@pytest.mark.parametrize("fading,fields", [
-    ("gamma", {"fading_shape": 2.0}), ("gamma", {"fading_shape": 3.0}), ("nakagami", {"fading_shape": 1.7}),
-    ("rayleigh", {}), ("rician", {"rician_k": 4.0}), ("lognormal", {"shadowing_db": 4.0}),
-])
+@pytest.mark.parametrize(
+    "fading,fields",
+    [
+        ("gamma", {"fading_shape": 2.0}),
+        ("gamma", {"fading_shape": 3.0}),
+        ("nakagami", {"fading_shape": 1.7}),
+        ("rayleigh", {}),
+        ("rician", {"rician_k": 4.0}),
+        ("lognormal", {"shadowing_db": 4.0}),
+    ],
+)
 def test_unit_mean(fading, fields):
     h = _gains(fading, **fields)
     assert np.all(h > 0) and _within(h, 1.0)
@@ -73,8 +80,12 @@ def test_shapes_slow_and_fast():
 def test_rates_match_numpy_reference():
     rng = np.random.default_rng(0)
     for _ in range(20):
-        sc = Scenario(n_nodes=6, bandwidth_hz=rng.uniform(0.2e6, 5e6, 5), max_tx_power_w=rng.uniform(0.01, 1.0),
-                      pathloss_exponent=rng.uniform(2, 4.5))
+        sc = Scenario(
+            n_nodes=6,
+            bandwidth_hz=rng.uniform(0.2e6, 5e6, 5),
+            max_tx_power_w=rng.uniform(0.01, 1.0),
+            pathloss_exponent=rng.uniform(2, 4.5),
+        )
         d = rng.uniform(10, 150, 5)
         h = rng.gamma(2.0, 0.5, 5)
         r_up, r_dn = sj.channel.rates(sc, jnp.asarray(d, jnp.float32), jnp.asarray(h, jnp.float32))

@@ -16,9 +16,21 @@ import pytest
 from click.testing import CliRunner
 from safetensors.numpy import save_file
 
-from sift_jax.checkpoints import (Checkpoint, Layout, Tensor, calibrate_checkpoint, draw_hidden_states,
-                                  export_lab, layouts, load_calibration, load_tables, reader, register,
-                                  save_calibration, save_checkpoint)
+from sift_jax.checkpoints import (
+    Checkpoint,
+    Layout,
+    Tensor,
+    calibrate_checkpoint,
+    draw_hidden_states,
+    export_lab,
+    layouts,
+    load_calibration,
+    load_tables,
+    reader,
+    register,
+    save_calibration,
+    save_checkpoint,
+)
 from sift_jax.checkpoints.cli import calibrate as calibrate_cmd
 from sift_jax.errors import ConfigError
 
@@ -109,8 +121,12 @@ def mixtral_dir(tmp_path_factory):
 def test_mixtral_tables_b_max_and_router_match_numpy(mixtral_dir):
     path, tensors, hidden = mixtral_dir
     ckpt = Checkpoint(path)
-    assert (ckpt.layout.name, ckpt.layers, ckpt.n_experts, ckpt.hidden_size) == \
-        ("mixtral", ("model.layers.0", "model.layers.1"), N, D)
+    assert (ckpt.layout.name, ckpt.layers, ckpt.n_experts, ckpt.hidden_size) == (
+        "mixtral",
+        ("model.layers.0", "model.layers.1"),
+        N,
+        D,
+    )
     result = calibrate_checkpoint(ckpt, hidden, batch_tokens=10, **FAST)  # 3 batches, the last padded
     assert result["tables"].shape == (2, N, N + 1) and result["tables"].dtype == np.float32
     for layer in range(2):
@@ -156,8 +172,9 @@ def test_switch_encoder_then_decoder_and_lipschitz(tmp_path):
         outs = np.stack([np.maximum(z @ a.T, 0) @ b.T for a, b in zip(wi, wo)], axis=1)
         _assert_tables(result, layer, outs)
         # ReLU expert: Jacobian Wo diag(1[Wi z > 0]) Wi; power iteration over all tokens -> max spectral norm
-        spectral = np.array([max(np.linalg.norm(b @ ((a @ zt > 0)[:, None] * a), 2) for zt in z)
-                             for a, b in zip(wi, wo)])
+        spectral = np.array(
+            [max(np.linalg.norm(b @ ((a @ zt > 0)[:, None] * a), 2) for zt in z) for a, b in zip(wi, wo)]
+        )
         np.testing.assert_allclose(result["beta_pi"][layer], spectral, rtol=1e-3)
         assert np.all(result["beta_fd"][layer] > 0) and np.all(result["beta_fd"][layer] <= 1.05 * spectral)
         assert result["beta_max"][layer] == pytest.approx(max(result["beta_fd"][layer].max(), spectral.max()), rel=1e-3)
@@ -169,7 +186,7 @@ def test_qwen_olmoe_detected_from_config_shared_expert_ignored(tmp_path):
     for layer in range(2):
         p = f"model.layers.{layer}.mlp"
         tensors[f"{p}.gate.weight"] = _w(rng, N, D)
-        tensors[f"{p}.shared_expert_gate.weight"] = _w(rng, 1, D)   # Qwen2-MoE's always-on expert: not routed
+        tensors[f"{p}.shared_expert_gate.weight"] = _w(rng, 1, D)  # Qwen2-MoE's always-on expert: not routed
         tensors[f"{p}.shared_expert.gate_proj.weight"] = _w(rng, F, D)
         for e in range(N):
             for role, shape in (("gate_proj", (F, D)), ("up_proj", (F, D)), ("down_proj", (D, F))):
@@ -183,8 +200,14 @@ def test_qwen_olmoe_detected_from_config_shared_expert_ignored(tmp_path):
         p = f"model.layers.{layer}.mlp.experts"
         t = {k: _f64(v) for k, v in tensors.items()}
         z = _f64(hidden[layer])
-        outs = np.stack([(_silu(z @ t[f"{p}.{e}.gate_proj.weight"].T) * (z @ t[f"{p}.{e}.up_proj.weight"].T))
-                         @ t[f"{p}.{e}.down_proj.weight"].T for e in range(N)], axis=1)
+        outs = np.stack(
+            [
+                (_silu(z @ t[f"{p}.{e}.gate_proj.weight"].T) * (z @ t[f"{p}.{e}.up_proj.weight"].T))
+                @ t[f"{p}.{e}.down_proj.weight"].T
+                for e in range(N)
+            ],
+            axis=1,
+        )
         _assert_tables(result, layer, outs)
 
 
@@ -207,8 +230,11 @@ def test_gpt_oss_mxfp4_dequantised_and_clamped_swiglu(tmp_path):
     result = calibrate_checkpoint(tmp_path, hidden, batch_tokens=10, **FAST)  # biases: FFN(0) != 0 on padding
     assert result["layout"] == "gpt-oss"
     for layer in range(2):
-        t = {k.split(".")[-1]: _f64(v) if v.dtype != np.uint8 else v for k, v in tensors.items()
-             if k.startswith(f"model.layers.{layer}.")}
+        t = {
+            k.split(".")[-1]: _f64(v) if v.dtype != np.uint8 else v
+            for k, v in tensors.items()
+            if k.startswith(f"model.layers.{layer}.")
+        }
         z = _f64(hidden[layer])
         outs = []
         for e in range(N):
@@ -233,11 +259,11 @@ def test_mxfp4_dequantisation_against_numpy():
 
 
 def test_lab_export_round_trip_reproduces_the_lab_calibration(tmp_path):
+    from flax import nnx
+
     from sift_jax.moe import calibrate as lab_calibrate
     from sift_jax.moe import data
     from sift_jax.moe.model import init_model, tiny_config
-
-    from flax import nnx
 
     model = nnx.eval_shape(lambda: init_model(tiny_config(), seed=3))  # random weights set without compiling
     rng = np.random.default_rng(3)  # the initialisers (saves ~10 s of CPU)
@@ -254,8 +280,9 @@ def test_lab_export_round_trip_reproduces_the_lab_calibration(tmp_path):
     np.testing.assert_allclose(ours["tables"], lab["table"], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(ours["b_max"], lab["b_max"], rtol=1e-5)
     log_probs = np.log(got["router_probs"])  # logits up to a constant per token
-    np.testing.assert_allclose(ours["router_logits"] - ours["router_logits"][..., :1],
-                               log_probs - log_probs[..., :1], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        ours["router_logits"] - ours["router_logits"][..., :1], log_probs - log_probs[..., :1], rtol=1e-4, atol=1e-4
+    )
 
 
 # ---- layout registry ------------------------------------------------------------------------------
@@ -263,13 +290,20 @@ def test_lab_export_round_trip_reproduces_the_lab_calibration(tmp_path):
 
 def test_a_new_layout_is_one_record(tmp_path, monkeypatch):
     monkeypatch.setattr(layouts, "_REGISTRY", dict(layouts._REGISTRY))
-    register(Layout(
-        name="tiny-gelu", prefixes=("h.{layer}",), model_types=("tiny_gelu",),
-        tensors={"router": Tensor("{prefix}.moe.router.weight", ("N", "d"), "router"),
-                 "fc1": Tensor("{prefix}.moe.experts.{e}.fc1.weight", ("f", "d")),
-                 "fc2": Tensor("{prefix}.moe.experts.{e}.fc2.weight", ("d", "f"))},
-        expert=lambda w, z: jax.nn.gelu(z @ w["fc1"].T) @ w["fc2"].T,
-        router=lambda w, z: z @ w["router"].T))
+    register(
+        Layout(
+            name="tiny-gelu",
+            prefixes=("h.{layer}",),
+            model_types=("tiny_gelu",),
+            tensors={
+                "router": Tensor("{prefix}.moe.router.weight", ("N", "d"), "router"),
+                "fc1": Tensor("{prefix}.moe.experts.{e}.fc1.weight", ("f", "d")),
+                "fc2": Tensor("{prefix}.moe.experts.{e}.fc2.weight", ("d", "f")),
+            },
+            expert=lambda w, z: jax.nn.gelu(z @ w["fc1"].T) @ w["fc2"].T,
+            router=lambda w, z: z @ w["router"].T,
+        )
+    )
     assert "tiny-gelu" in layouts.names()
     rng = np.random.default_rng(6)
     tensors = {"h.0.moe.router.weight": _w(rng, N, D)}
@@ -283,7 +317,7 @@ def test_a_new_layout_is_one_record(tmp_path, monkeypatch):
     z = _f64(hidden[0])
 
     def gelu(x):
-        return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3)))
+        return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x**3)))
 
     fc1 = [_f64(tensors[f"h.0.moe.experts.{e}.fc1.weight"]) for e in range(N)]
     fc2 = [_f64(tensors[f"h.0.moe.experts.{e}.fc2.weight"]) for e in range(N)]
@@ -297,9 +331,9 @@ def test_unknown_layout_lists_the_registered_ones(mixtral_dir, tmp_path):
     with pytest.raises(ConfigError, match="one of gpt-oss, mixtral, qwen-moe, sift-lab, switch"):
         Checkpoint(mixtral_dir[0], layout="llama")
     save_checkpoint({"x.weight": np.ones(3, np.float32)}, tmp_path, config={"model_type": "llama"})
-    with pytest.raises(ConfigError, match="model_type 'llama' is not registered.*pass one of gpt-oss"):
+    with pytest.raises(ConfigError, match=r"model_type 'llama' is not registered.*pass one of gpt-oss"):
         Checkpoint(tmp_path)
-    with pytest.raises(ConfigError, match="no MoE layer of layout mixtral.*found 1 tensors: x.weight"):
+    with pytest.raises(ConfigError, match=r"no MoE layer of layout mixtral.*found 1 tensors: x.weight"):
         Checkpoint(tmp_path, layout="mixtral")
 
 
@@ -343,7 +377,7 @@ def test_corrupted_files_give_one_clear_error(mixtral_dir, tmp_path):
     with pytest.raises(ConfigError, match=r"shard b\.safetensors .* is missing"):
         Checkpoint(sharded, layout="mixtral")
     (sharded / "model.safetensors.index.json").write_text("{not json")
-    with pytest.raises(ConfigError, match="index .* is not valid"):
+    with pytest.raises(ConfigError, match=r"index .* is not valid"):
         Checkpoint(sharded)
 
 
@@ -364,8 +398,11 @@ def test_wrong_shape_names_the_tensor_and_the_expected_shape(mixtral_dir, tmp_pa
     bad = dict(tensors)
     bad["model.layers.0.block_sparse_moe.experts.3.w2.weight"] = np.ones((D, F + 1), np.float32)
     save_checkpoint(bad, tmp_path)
-    with pytest.raises(ConfigError, match=r"experts\.3\.w2\.weight' has shape \(8, 17\); layout mixtral "
-                                          r"expects \(d=8, f=16\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"experts\.3\.w2\.weight' has shape \(8, 17\); layout mixtral "
+        r"expects \(d=8, f=16\)",
+    ):
         Checkpoint(tmp_path, layout="mixtral")
 
 
@@ -388,12 +425,15 @@ def test_hidden_states_files_shared_and_subset(mixtral_dir, tmp_path):
     assert sub["n_tokens"] == 10
 
 
-@pytest.mark.parametrize("bad, match", [
-    (np.zeros((2, T, D + 1), np.float32), r"float\[L=2, T, d=8\] or float\[T, d=8\]"),
-    (np.zeros((3, T, D), np.float32), r"float\[L=2, T, d=8\]"),
-    (np.zeros((2, T, D), np.int32), "a floating array"),
-    (np.full((T, D), np.nan, np.float32), "non-finite values"),
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (np.zeros((2, T, D + 1), np.float32), r"float\[L=2, T, d=8\] or float\[T, d=8\]"),
+        (np.zeros((3, T, D), np.float32), r"float\[L=2, T, d=8\]"),
+        (np.zeros((2, T, D), np.int32), "a floating array"),
+        (np.full((T, D), np.nan, np.float32), "non-finite values"),
+    ],
+)
 def test_bad_hidden_states_are_refused(mixtral_dir, bad, match):
     with pytest.raises(ConfigError, match=match):
         calibrate_checkpoint(mixtral_dir[0], bad, **FAST)
@@ -426,7 +466,7 @@ def test_drawn_hidden_states_follow_the_input_norm(mixtral_dir):
 
 
 def test_one_layer_is_read_at_a_time(mixtral_dir, monkeypatch):
-    path, tensors, hidden = mixtral_dir
+    path, _tensors, hidden = mixtral_dir
     reads, computed = [], []
     real_open, real_read = reader.safe_open, reader.Checkpoint.read_layer
 
@@ -479,7 +519,7 @@ def test_saved_file_round_trip_with_provenance(mixtral_dir, tmp_path):
     with pytest.raises(ConfigError, match="missing tables"):
         load_tables(tmp_path / "other.npz")
     np.save(tmp_path / "table.npy", result["tables"])
-    with pytest.raises(ConfigError, match="this is an .npy array"):
+    with pytest.raises(ConfigError, match=r"this is an .npy array"):
         load_tables(tmp_path / "table.npy")
 
 
@@ -487,16 +527,31 @@ def test_cli_calibrate_writes_the_tables(mixtral_dir, tmp_path):
     path, _, hidden = mixtral_dir
     np.save(tmp_path / "h.npy", hidden)
     out = tmp_path / "tables.npz"
-    run = CliRunner().invoke(calibrate_cmd, ["--checkpoint", str(path), "--hidden-states", str(tmp_path / "h.npy"),
-                                             "--out", str(out), "--tokens", "16", "--seed", "1", "--quiet",
-                                             "--no-lipschitz"])  # the Lipschitz path: the Switch test
+    run = CliRunner().invoke(
+        calibrate_cmd,
+        [
+            "--checkpoint",
+            str(path),
+            "--hidden-states",
+            str(tmp_path / "h.npy"),
+            "--out",
+            str(out),
+            "--tokens",
+            "16",
+            "--seed",
+            "1",
+            "--quiet",
+            "--no-lipschitz",
+        ],
+    )  # the Lipschitz path: the Switch test
     assert run.exit_code == 0, run.output
     assert "tables 2 layers x 4 experts (mixtral) from 16 tokens, supplied hidden states" in run.output
     back = load_calibration(out)
     assert back["tables"].shape == (2, N, N + 1) and np.all(np.isnan(back["beta_max"]))
     idx = np.sort(np.random.default_rng(1).choice(T, 16, replace=False))
-    np.testing.assert_allclose(back["tables"][0], _table(_mixtral_outputs(mixtral_dir[1], 0, _f64(hidden[0][idx])))[0],
-                               rtol=2e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        back["tables"][0], _table(_mixtral_outputs(mixtral_dir[1], 0, _f64(hidden[0][idx])))[0], rtol=2e-5, atol=1e-6
+    )
     assert back["settings"]["tokens"] == 16 and back["settings"]["seed"] == 1
     bad = CliRunner().invoke(calibrate_cmd, ["--checkpoint", str(path), "--layout", "llama", "--quiet"])
     assert isinstance(bad.exception, ConfigError) and "one of gpt-oss, mixtral" in str(bad.exception)

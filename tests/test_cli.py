@@ -10,35 +10,66 @@ from sift_jax.cli import main
 
 
 def _run(args):
-    return subprocess.run([sys.executable, "-c", "from sift_jax.cli import main; main()", *args],
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-c", "from sift_jax.cli import main; main()", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def test_simulate_json_schema(capsys):
-    main(["simulate", "--preset", "mixtral-8x7b", "--policy", "topk", "--samples", "64", "--n-tokens", "1",
-          "--n-layers", "2", "--json"])
+    main(
+        [
+            "simulate",
+            "--preset",
+            "mixtral-8x7b",
+            "--policy",
+            "topk",
+            "--samples",
+            "64",
+            "--n-tokens",
+            "1",
+            "--n-layers",
+            "2",
+            "--json",
+        ]
+    )
     out = json.loads(capsys.readouterr().out)
     assert out["preset"] == "mixtral-8x7b" and out["policy"] == "topk" and out["samples"] == 64
-    assert set(out["metrics"]) == {"energy_per_token_j", "uplink_energy_j", "local_energy_j", "deviation_bound",
-                                   "replace_rate", "skip_rate", "infeasible_rate", "latency_s"}
+    assert set(out["metrics"]) == {
+        "energy_per_token_j",
+        "uplink_energy_j",
+        "local_energy_j",
+        "deviation_bound",
+        "replace_rate",
+        "skip_rate",
+        "infeasible_rate",
+        "latency_s",
+    }
     parts = out["metrics"]["uplink_energy_j"]["mean"] + out["metrics"]["local_energy_j"]["mean"]
-    assert abs(parts - out["metrics"]["energy_per_token_j"]["mean"]) <= 1e-6 * out["metrics"]["energy_per_token_j"]["mean"]
+    assert (
+        abs(parts - out["metrics"]["energy_per_token_j"]["mean"]) <= 1e-6 * out["metrics"]["energy_per_token_j"]["mean"]
+    )
     for stat in out["metrics"].values():
         assert {"mean", "ci95", "n", "p50", "p90", "p99"} <= set(stat)
     assert out["provenance"]["jax"]
 
 
-@pytest.mark.parametrize("args,field", [
-    (["--bandwidth-hz", "-2e6"], "bandwidth_hz"),
-    (["--eta", "nan"], "eta"),
-    (["--top-k", "9"], "top_k"),
-    (["--n-nodes", "x"], "n_nodes"),
-    (["--preset", "nope"], "preset"),
-    (["--policy", "greedy"], "policy"),
-    (["--samples", "0"], "samples"),
-    (["--fading", "slowish"], "regime"),  # --fading is the former name of --regime
-    (["--fading-family", "weibull"], "fading"),
-])
+@pytest.mark.parametrize(
+    "args,field",
+    [
+        (["--bandwidth-hz", "-2e6"], "bandwidth_hz"),
+        (["--eta", "nan"], "eta"),
+        (["--top-k", "9"], "top_k"),
+        (["--n-nodes", "x"], "n_nodes"),
+        (["--preset", "nope"], "preset"),
+        (["--policy", "greedy"], "policy"),
+        (["--samples", "0"], "samples"),
+        (["--fading", "slowish"], "regime"),  # --fading is the former name of --regime
+        (["--fading-family", "weibull"], "fading"),
+    ],
+)
 def test_bad_input_one_line_exit_2(args, field):
     res = _run(["simulate", "--samples", "8", "--n-tokens", "1", "--n-layers", "1", *args])
     assert res.returncode == 2, res.stderr
@@ -51,9 +82,26 @@ def test_per_helper_override_list(capsys):
     the same draws and, for Top-K, the same experts), raising some helpers' bandwidth strictly lowers the
     uplink energy (eq. 10 decreases in B) and leaves the user's own expert energy unchanged. Top-K is a
     baseline and every task is feasible at 1 MHz, so all 16 tasks count in every metric."""
+
     def run(bandwidth):
-        main(["simulate", "--preset", "switch-base-8", "--policy", "topk", "--samples", "16", "--n-tokens", "1",
-              "--n-layers", "1", "--bandwidth-hz", bandwidth, "--json"])
+        main(
+            [
+                "simulate",
+                "--preset",
+                "switch-base-8",
+                "--policy",
+                "topk",
+                "--samples",
+                "16",
+                "--n-tokens",
+                "1",
+                "--n-layers",
+                "1",
+                "--bandwidth-hz",
+                bandwidth,
+                "--json",
+            ]
+        )
         return json.loads(capsys.readouterr().out)["metrics"]
 
     listed, uniform = run("1e6,1e6,1e6,2e6,2e6,2e6,3e6"), run("1e6")
@@ -72,8 +120,10 @@ def test_fit_paper_refuses_an_unknown_model_in_one_line():
 
 # ------------------------------------------------- paths and files a new user tries (issue 20, items 3 and 5)
 
-TINY = ('name = "tiny"\npreset = "mixtral-8x7b"\ncurves = ["topk"]\nsamples = 16\npoints_per_call = 2\n'
-        'fixed = {n_tokens = 1, n_layers = 1}\naxes = [{field = "eta", values = [0.5, 1.5]}]\n')
+TINY = (
+    'name = "tiny"\npreset = "mixtral-8x7b"\ncurves = ["topk"]\nsamples = 16\npoints_per_call = 2\n'
+    'fixed = {n_tokens = 1, n_layers = 1}\naxes = [{field = "eta", values = [0.5, 1.5]}]\n'
+)
 
 
 def _cli(args, capsys):
@@ -96,9 +146,14 @@ def _one_line_error(code, err, *words):
 def _sweep_result(path, **attrs):
     import xarray as xr
 
-    ds = xr.Dataset({f"energy_per_token_j_{k}": (("curve", "eta"), [[1.0 + d, 0.5 + d]])
-                     for k, d in (("mean", 0.0), ("ci_lo", -0.1), ("ci_hi", 0.1))},
-                    coords={"curve": ["topk"], "eta": [0.5, 1.5]}, attrs={"title": "demo", **attrs})
+    ds = xr.Dataset(
+        {
+            f"energy_per_token_j_{k}": (("curve", "eta"), [[1.0 + d, 0.5 + d]])
+            for k, d in (("mean", 0.0), ("ci_lo", -0.1), ("ci_hi", 0.1))
+        },
+        coords={"curve": ["topk"], "eta": [0.5, 1.5]},
+        attrs={"title": "demo", **attrs},
+    )
     ds.to_netcdf(path)
     return path
 
@@ -157,7 +212,8 @@ def test_plot_refuses_files_that_are_not_sweep_results(tmp_path, capsys):
     import xarray as xr
 
     xr.Dataset({"energy_per_token_j_mean": ("eta", [1.0, 2.0])}, coords={"eta": [0.5, 1.0]}).to_netcdf(
-        tmp_path / "nocurve.nc")
+        tmp_path / "nocurve.nc"
+    )
     xr.Dataset({"temperature": ("time", [1.0, 2.0])}).to_netcdf(tmp_path / "other.nc")
     for name in ("nocurve.nc", "other.nc"):
         code, _, err = _cli(["plot", tmp_path / name], capsys)
@@ -207,8 +263,9 @@ def test_retraining_removes_the_previous_models_calibration(tmp_path, monkeypatc
     from sift_jax.moe.train import tiny_train_config
 
     model = SimpleNamespace(cfg=tiny_config())
-    monkeypatch.setattr(train_lib, "train", lambda *a, **k: SimpleNamespace(
-        summary={"steps": 1}, history={"ce": [1.0]}, model=model))
+    monkeypatch.setattr(
+        train_lib, "train", lambda *a, **k: SimpleNamespace(summary={"steps": 1}, history={"ce": [1.0]}, model=model)
+    )
     monkeypatch.setattr(train_lib, "evaluate", lambda *a, **k: {"loss": 1.0, "accuracy": 0.5})
     monkeypatch.setattr(train_lib, "save_checkpoint", lambda path, *a, **k: path)
     monkeypatch.setattr(moe_cli, "plot_train_curve", lambda *a, **k: None)

@@ -1,6 +1,5 @@
 """Latency/energy model against an independent float64 NumPy formulation, and Prop. 2's structure."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -12,12 +11,19 @@ from sift_jax.testing import numpy_reference as ref
 
 def _random_scenario(rng, n_nodes=6, cap=False):
     return Scenario(
-        n_nodes=n_nodes, bandwidth_hz=rng.uniform(0.5e6, 3e6, n_nodes - 1), deadline_s=rng.uniform(0.02, 0.5),
-        hidden_bits=rng.uniform(1e4, 7e4), expert_flops=rng.uniform(1e6, 5e8),
-        helper_flops_per_s=rng.uniform(1e11, 1e13, n_nodes - 1), user_flops_per_s=rng.uniform(1e11, 1e13),
-        helper_load_time_s=rng.uniform(0, 5e-3, n_nodes - 1), user_load_time_s=rng.uniform(0, 5e-3),
-        user_load_power_w=rng.uniform(1, 100), user_compute_power_w=rng.uniform(1, 300),
-        pathloss_exponent=rng.uniform(2.5, 4.0), max_tx_power_w=rng.uniform(0.05, 0.5) if cap else np.inf,
+        n_nodes=n_nodes,
+        bandwidth_hz=rng.uniform(0.5e6, 3e6, n_nodes - 1),
+        deadline_s=rng.uniform(0.02, 0.5),
+        hidden_bits=rng.uniform(1e4, 7e4),
+        expert_flops=rng.uniform(1e6, 5e8),
+        helper_flops_per_s=rng.uniform(1e11, 1e13, n_nodes - 1),
+        user_flops_per_s=rng.uniform(1e11, 1e13),
+        helper_load_time_s=rng.uniform(0, 5e-3, n_nodes - 1),
+        user_load_time_s=rng.uniform(0, 5e-3),
+        user_load_power_w=rng.uniform(1, 100),
+        user_compute_power_w=rng.uniform(1, 300),
+        pathloss_exponent=rng.uniform(2.5, 4.0),
+        max_tx_power_w=rng.uniform(0.05, 0.5) if cap else np.inf,
     )
 
 
@@ -35,8 +41,9 @@ def test_load_energy_matches_numpy_float32(cap):
     for _ in range(30):
         sc = _random_scenario(rng, cap=cap)
         d, h, loads = _loads_and_channel(rng, sc)
-        got = np.asarray(sj.costs.load_energy(sc, jnp.asarray(d, jnp.float32), jnp.asarray(h, jnp.float32),
-                                              jnp.asarray(loads)))
+        got = np.asarray(
+            sj.costs.load_energy(sc, jnp.asarray(d, jnp.float32), jnp.asarray(h, jnp.float32), jnp.asarray(loads))
+        )
         p = ref.params_of(sc)
         want = np.concatenate([ref.user_energy(p, loads[:, 0])[:, None], ref.helper_energy(p, d, h, loads[:, 1:])], 1)
         # feasibility decisions within float32 rounding of a constraint boundary may differ: skip those
@@ -81,8 +88,9 @@ def test_node_costs_and_capacities_match_reference(x64):
         sc = _random_scenario(rng, cap=bool(rng.integers(2)))
         d, h, _ = _loads_and_channel(rng, sc)
         p = ref.params_of(sc)
-        np.testing.assert_allclose(np.asarray(sj.costs.node_costs(sc, jnp.asarray(d), jnp.asarray(h))),
-                                   ref.node_costs(p, d, h), rtol=1e-9)
+        np.testing.assert_allclose(
+            np.asarray(sj.costs.node_costs(sc, jnp.asarray(d), jnp.asarray(h))), ref.node_costs(p, d, h), rtol=1e-9
+        )
         cap = np.asarray(sj.costs.capacities(sc, jnp.asarray(d), jnp.asarray(h)))
         brute = ref.capacities_brute(p, d, h, 3000)
         by_physics = ref.capacities_brute(p, d, h, 3000, overflow=False)
@@ -116,8 +124,10 @@ def test_energy_non_increasing_in_uplink_time_and_bandwidth(x64):
     e = np.asarray(sj.costs.uplink_energy(sc, jnp.array([100.0]), jnp.array([1.0]), 5e5, t[:, None]))[:, 0]
     assert np.all(np.diff(e) <= 0)
     d, h = jnp.array([120.0]), jnp.array([0.7])
-    es = [float(sj.costs.load_energy(sc.replace(bandwidth_hz=b), d, h, jnp.array([0, 20]))[1])
-          for b in np.linspace(0.3e6, 3e6, 30)]
+    es = [
+        float(sj.costs.load_energy(sc.replace(bandwidth_hz=b), d, h, jnp.array([0, 20]))[1])
+        for b in np.linspace(0.3e6, 3e6, 30)
+    ]
     assert np.all(np.diff(es) <= 0)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 
 import chex
 import jax
@@ -61,20 +62,23 @@ def make_instances(rng, n, k, b, pad=True, eta_zero=0.1, discrete_rate=1 / 3):
 BATCH = 850  # every compiled bundle sees this batch size only (compiles dominate the test time)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def bundle(n, k, share=True, pruned=True, baseline=True):
     """One compiled call per configuration: decode (auto), decode (pruned, R = 2), oracle, Top-K."""
     sc = Scenario(n_nodes=n, top_k=k)
 
     def one(f, g, topk, table, eta):
         s = dataclasses.replace(sc, eta=eta)
-        out = {"auto": decode(s, f, g, topk, table, share_substitutes=share),
-               "oracle": oracle(s, f, g, topk, table, share_substitutes=share)}
+        out = {
+            "auto": decode(s, f, g, topk, table, share_substitutes=share),
+            "oracle": oracle(s, f, g, topk, table, share_substitutes=share),
+        }
         if k > 1:  # "auto" is "sets" at these sizes; the dense grids are checked explicitly
             out["direct"] = decode(s, f, g, topk, table, share_substitutes=share, strategy="direct")
         if k > 1 and pruned:
-            out["pruned"] = decode(s, f, g, topk, table, share_substitutes=share, strategy="pruned",
-                                   per_slot_candidates=2)
+            out["pruned"] = decode(
+                s, f, g, topk, table, share_substitutes=share, strategy="pruned", per_slot_candidates=2
+            )
         if share and baseline:
             out["topk"] = topk_practical(s, f, g, topk, table)
         return out
@@ -87,17 +91,17 @@ def run(n, k, inst, share=True, **flags):
     fn, b = bundle(n, k, share, **flags), len(inst[0])
     outs = []
     for lo in range(0, b, BATCH):
-        part = [a[lo:lo + BATCH] for a in inst]
+        part = [a[lo : lo + BATCH] for a in inst]
         pad = BATCH - len(part[0])
         part = [np.concatenate([a, np.repeat(a[-1:], pad, 0)]) if pad else a for a in part]
-        outs.append(jax.tree.map(lambda x: np.asarray(x)[:BATCH - pad], fn(*(jnp.asarray(a) for a in part))))
+        outs.append(jax.tree.map(lambda x, pad=pad: np.asarray(x)[: BATCH - pad], fn(*(jnp.asarray(a) for a in part))))
     return jax.tree.map(lambda *xs: np.concatenate(xs), *outs)
 
 
 def check_consistent(d, inst):
     """Fields of a decode Decision agree with each other and with the inputs (NumPy, float64)."""
     f, g, topk, table, eta = (np.asarray(a, np.float64) if a.dtype.kind == "f" else a for a in inst)
-    b, n = f.shape
+    _b, n = f.shape
     a = d.assign
     assert np.all((a >= -1) & (a < n))
     feas = d.feasible
@@ -119,8 +123,12 @@ def check_consistent(d, inst):
 
 def assert_same_optimum(d, o, what):
     """Same feasibility, energy, deviation (1e-6) and node count as the reference."""
-    bad = (d.feasible != o.feasible) | ~np.isclose(d.energy_j, o.energy_j, rtol=1e-6, atol=0) \
-        | (np.abs(d.deviation_bound - o.deviation_bound) > 1e-6) | (d.loads.sum(1) != o.loads.sum(1))
+    bad = (
+        (d.feasible != o.feasible)
+        | ~np.isclose(d.energy_j, o.energy_j, rtol=1e-6, atol=0)
+        | (np.abs(d.deviation_bound - o.deviation_bound) > 1e-6)
+        | (d.loads.sum(1) != o.loads.sum(1))
+    )
     assert not bad.any(), f"{what}: {bad.sum()} mismatches, first at {np.argmax(bad)}"
 
 
@@ -214,7 +222,7 @@ def test_gpt_oss_matches_full_enumeration(x64, share):
         np.testing.assert_allclose(d.deviation_bound, ref["deviation"], rtol=1e-9, atol=1e-9)
         np.testing.assert_array_equal(d.loads.sum(1), ref["count"])
         check_consistent(d, inst)
-        assert 0.5 < ref["feasible"].mean() and np.mean(ref["count"] >= 2) > 0.2  # multi-node sets occur
+        assert ref["feasible"].mean() > 0.5 and np.mean(ref["count"] >= 2) > 0.2  # multi-node sets occur
 
 
 def test_single_call_equals_batch():
@@ -223,8 +231,9 @@ def test_single_call_equals_batch():
     inst = make_instances(np.random.default_rng(3), N_PAD, 3, BATCH)
     out = run(N_PAD, 3, inst)
     sc = Scenario(n_nodes=N_PAD, top_k=3)
-    single = jax.jit(lambda *a: decode(dataclasses.replace(sc, eta=a[4]), *a[:4], strategy="pruned",
-                                       per_slot_candidates=2))
+    single = jax.jit(
+        lambda *a: decode(dataclasses.replace(sc, eta=a[4]), *a[:4], strategy="pruned", per_slot_candidates=2)
+    )
     for i in range(6):
         d = single(*(jnp.asarray(a[i]) for a in inst))
         np.testing.assert_array_equal(np.asarray(d.assign), out["pruned"].assign[i])
@@ -302,5 +311,5 @@ def test_simulated_energy_non_increasing():
             res = sj.simulate(base.replace(**{field: v}), policy="siftmoe", samples=192, seed=0)
             assert res.metrics["infeasible_rate"].mean == 0.0
             means.append(res.metrics["energy_per_token_j"].mean)
-        assert all(b <= a * (1 + 1e-12) for a, b in zip(means, means[1:])), (field, means)
+        assert all(b <= a * (1 + 1e-12) for a, b in itertools.pairwise(means)), (field, means)
         assert means[-1] < means[0], (field, means)  # the sweep does move the energy

@@ -17,24 +17,31 @@ from sift_jax import ConfigError, distributed
 WORKER = Path(__file__).with_name("distributed_worker.py")
 POLICY, SAMPLES, SEED, CHUNK = "topk", 600, 3, 1  # CHUNK 1 rounds up to a block per device: 2 chunks, 1 padded
 DEADLINE_S = 300  # all processes together; the run itself takes ~30-45 s on 2 busy cores
-GOOD = {"SIFT_JAX_COORDINATOR": "127.0.0.1:1234", "SIFT_JAX_NUM_PROCESSES": "2",
-        "SIFT_JAX_PROCESS_ID": "1"}
+GOOD = {"SIFT_JAX_COORDINATOR": "127.0.0.1:1234", "SIFT_JAX_NUM_PROCESSES": "2", "SIFT_JAX_PROCESS_ID": "1"}
 
 
 def test_parse_env_reads_the_three_variables_or_none():
-    assert distributed.parse_env(GOOD) == {"coordinator_address": "127.0.0.1:1234", "num_processes": 2,
-                                           "process_id": 1}
+    assert distributed.parse_env(GOOD) == {"coordinator_address": "127.0.0.1:1234", "num_processes": 2, "process_id": 1}
     assert distributed.parse_env(GOOD | {"SIFT_JAX_INIT_TIMEOUT": "30"})["initialization_timeout"] == 30
     assert distributed.parse_env({**GOOD, "SIFT_JAX_COORDINATOR": "[::1]:80"})["coordinator_address"] == "[::1]:80"
     assert distributed.parse_env({}) == {}
     assert distributed.parse_env({"SLURM_PROCID": "3", "JAX_COORDINATOR_ADDRESS": "h:1"}) == {}  # left to JAX
 
 
-@pytest.mark.parametrize("name, value", [
-    ("SIFT_JAX_COORDINATOR", "127.0.0.1"), ("SIFT_JAX_COORDINATOR", ":1234"), ("SIFT_JAX_COORDINATOR", "h:0"),
-    ("SIFT_JAX_COORDINATOR", "h:70000"), ("SIFT_JAX_NUM_PROCESSES", "0"), ("SIFT_JAX_NUM_PROCESSES", "two"),
-    ("SIFT_JAX_PROCESS_ID", "2"), ("SIFT_JAX_PROCESS_ID", "-1"), ("SIFT_JAX_INIT_TIMEOUT", "0"),
-])
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        ("SIFT_JAX_COORDINATOR", "127.0.0.1"),
+        ("SIFT_JAX_COORDINATOR", ":1234"),
+        ("SIFT_JAX_COORDINATOR", "h:0"),
+        ("SIFT_JAX_COORDINATOR", "h:70000"),
+        ("SIFT_JAX_NUM_PROCESSES", "0"),
+        ("SIFT_JAX_NUM_PROCESSES", "two"),
+        ("SIFT_JAX_PROCESS_ID", "2"),
+        ("SIFT_JAX_PROCESS_ID", "-1"),
+        ("SIFT_JAX_INIT_TIMEOUT", "0"),
+    ],
+)
 def test_parse_env_names_the_bad_variable(name, value):
     with pytest.raises(ConfigError) as err:
         distributed.parse_env(GOOD | {name: value})
@@ -68,8 +75,13 @@ def _start(tmp_path: Path, name: str, env_extra: dict) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SIFT_JAX_", "XLA_FLAGS"))}
     env |= {"JAX_PLATFORMS": "cpu", "SIFT_JAX_INIT_TIMEOUT": "120", **env_extra}  # one CPU device per process
     with open(tmp_path / f"{name}.out", "w") as out, open(tmp_path / f"{name}.err", "w") as err:
-        return subprocess.Popen([sys.executable, str(WORKER), POLICY, str(SAMPLES), str(SEED), str(CHUNK)],
-                                env=env, stdout=out, stderr=err, cwd=tmp_path)
+        return subprocess.Popen(
+            [sys.executable, str(WORKER), POLICY, str(SAMPLES), str(SEED), str(CHUNK)],
+            env=env,
+            stdout=out,
+            stderr=err,
+            cwd=tmp_path,
+        )
 
 
 def _lines(tmp_path: Path, name: str) -> list[dict]:
@@ -118,8 +130,16 @@ def test_two_processes_equal_one_process(tmp_path):
     try:
         for i in range(2):
             started.append((f"p{i}", _start(tmp_path, f"p{i}", coordinator | {"SIFT_JAX_PROCESS_ID": str(i)})))
-        started.append(("ref", _start(tmp_path, "ref", {"SIFT_JAX_COORDINATOR": "127.0.0.1:1",
-                                                        "SIFT_JAX_NUM_PROCESSES": "1", "SIFT_JAX_PROCESS_ID": "0"})))
+        started.append(
+            (
+                "ref",
+                _start(
+                    tmp_path,
+                    "ref",
+                    {"SIFT_JAX_COORDINATOR": "127.0.0.1:1", "SIFT_JAX_NUM_PROCESSES": "1", "SIFT_JAX_PROCESS_ID": "0"},
+                ),
+            )
+        )
         for _, proc in started:
             proc.wait(timeout=max(1.0, DEADLINE_S - (time.perf_counter() - t0)))
     finally:
@@ -187,12 +207,32 @@ def test_cli_sweep_distributed_writes_once_and_equals_one_process(tmp_path):
     try:
         for i in range(2):
             env = {k: v for k, v in os.environ.items() if not k.startswith(("SIFT_JAX_", "XLA_FLAGS"))}
-            env |= {"JAX_PLATFORMS": "cpu", "SIFT_JAX_INIT_TIMEOUT": "120", "SIFT_JAX_COORDINATOR": f"127.0.0.1:{port}",
-                    "SIFT_JAX_NUM_PROCESSES": "2", "SIFT_JAX_PROCESS_ID": str(i)}
+            env |= {
+                "JAX_PLATFORMS": "cpu",
+                "SIFT_JAX_INIT_TIMEOUT": "120",
+                "SIFT_JAX_COORDINATOR": f"127.0.0.1:{port}",
+                "SIFT_JAX_NUM_PROCESSES": "2",
+                "SIFT_JAX_PROCESS_ID": str(i),
+            }
             with open(tmp_path / f"s{i}.out", "w") as out, open(tmp_path / f"s{i}.err", "w") as err:
-                procs.append(subprocess.Popen([sys.executable, "-c", code, "sweep", str(spec), "--distributed",
-                                               "--out", str(tmp_path / "out"), "--quiet"], env=env, stdout=out,
-                                              stderr=err))
+                procs.append(
+                    subprocess.Popen(
+                        [
+                            sys.executable,
+                            "-c",
+                            code,
+                            "sweep",
+                            str(spec),
+                            "--distributed",
+                            "--out",
+                            str(tmp_path / "out"),
+                            "--quiet",
+                        ],
+                        env=env,
+                        stdout=out,
+                        stderr=err,
+                    )
+                )
         for proc in procs:
             proc.wait(timeout=DEADLINE_S)
     finally:

@@ -11,7 +11,9 @@ import pytest
 
 import sift_jax
 
-MODULES = sorted(m.name for m in pkgutil.walk_packages(sift_jax.__path__, "sift_jax.") if not m.name.endswith("__main__"))
+MODULES = sorted(
+    m.name for m in pkgutil.walk_packages(sift_jax.__path__, "sift_jax.") if not m.name.endswith("__main__")
+)
 
 
 def _public_objects(module):
@@ -36,8 +38,13 @@ def test_public_names_have_google_docstrings_with_examples(module):
             problems.append(f"{name}: no doctest example")
         if inspect.isfunction(obj) and _takes_arguments(obj) and "Args:" not in doc:
             problems.append(f"{name}: no 'Args:' section")
-        if inspect.isfunction(obj) and inspect.signature(obj).return_annotation not in (None, "None") \
-                and "Returns:" not in doc and "Yields:" not in doc and "Raises:" not in doc:
+        if (
+            inspect.isfunction(obj)
+            and inspect.signature(obj).return_annotation not in (None, "None")
+            and "Returns:" not in doc
+            and "Yields:" not in doc
+            and "Raises:" not in doc
+        ):
             problems.append(f"{name}: no 'Returns:' section")
     assert not problems, f"{module}: " + "; ".join(problems)
 
@@ -60,6 +67,8 @@ def test_readme_python_quickstart_runs(tmp_path, monkeypatch):
     code = re.sub(r"samples=[0-9_]+", "samples=2", block).replace('out="results"', f'out=r"{tmp_path}"')
     monkeypatch.chdir(root)
     namespace: dict = {}
-    exec(compile(code, "README.md quickstart", "exec"), namespace)  # noqa: S102 - our own README
-    assert namespace["res"].metrics["energy_per_token_j"].n + namespace["res"].metrics["energy_per_token_j"].n_invalid == 2
+    exec(compile(code, "README.md quickstart", "exec"), namespace)
+    assert (
+        namespace["res"].metrics["energy_per_token_j"].n + namespace["res"].metrics["energy_per_token_j"].n_invalid == 2
+    )
     assert (tmp_path / "fig5a.nc").exists() and int(namespace["ds"].attrs["samples"]) == 2

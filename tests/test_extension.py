@@ -73,8 +73,10 @@ def test_simulate_runs_the_user_policy_fading_and_metric(plugin):
     assert used.n == ok.sum() and used.mean == pytest.approx(value[ok].mean(), rel=1e-6)
     # SiftMoE is optimal under the same eta: where both are feasible it never pays more than the greedy rule
     mine = jax.device_get(montecarlo.raw_metrics(TaskMetrics("siftmoe"), None, params, idx, 2))
-    (e_greedy, ok_g), (e_sift, ok_s) = ((np.asarray(r["energy_per_token_j"][0][0], np.float64),
-                                         np.asarray(r["energy_per_token_j"][1][0], bool)) for r in (raw, mine))
+    (e_greedy, ok_g), (e_sift, ok_s) = (
+        (np.asarray(r["energy_per_token_j"][0][0], np.float64), np.asarray(r["energy_per_token_j"][1][0], bool))
+        for r in (raw, mine)
+    )
     both = ok_g & ok_s
     assert both.sum() > 10 and np.all(e_sift[both] <= e_greedy[both] * (1 + 1e-5))
     # prefilling through the user's prefill rule, and an unknown option named with the policy's options
@@ -84,7 +86,8 @@ def test_simulate_runs_the_user_policy_fading_and_metric(plugin):
 
 
 def test_a_two_point_sweep_carries_the_user_metric(plugin):
-    spec = sj.sweep.load_spec("""
+    spec = sj.sweep.load_spec(
+        """
         name = "ext"
         preset = "switch-base-8"
         curves = ["greedy", "topk"]
@@ -96,7 +99,8 @@ def test_a_two_point_sweep_carries_the_user_metric(plugin):
         [[axes]]
         field = "bandwidth_hz"
         values = [0.9e6, 1.2e6]
-        """.replace("\n        ", "\n"))
+        """.replace("\n        ", "\n")
+    )
     ds = sj.sweep.run(spec, out=None)
     assert ds["curve"].values.tolist() == ["greedy", "topk"] and dict(ds.sizes)["bandwidth_hz"] == 2
     assert "helpers_used_mean" in ds and bool((ds["helpers_used_n"] + ds["helpers_used_n_invalid"] == 16).all())
@@ -104,13 +108,33 @@ def test_a_two_point_sweep_carries_the_user_metric(plugin):
 
 def test_the_cli_runs_the_user_policy_through_a_plugin_module(plugin, tmp_path):
     env = dict(os.environ, PYTHONPATH=str(PLUGIN.parent), JAX_PLATFORMS="cpu")
-    cmd = [sys.executable, "-c", "from sift_jax.cli import main; main()", "--plugin", "sift_extension_demo", "simulate", "--preset",
-           "switch-base-8", "--policy", "greedy", "--fading-family", "weibull", "--n-layers", "1", "--n-tokens", "1",
-           "--samples", "8", "--json", "--quiet"]
+    cmd = [
+        sys.executable,
+        "-c",
+        "from sift_jax.cli import main; main()",
+        "--plugin",
+        "sift_extension_demo",
+        "simulate",
+        "--preset",
+        "switch-base-8",
+        "--policy",
+        "greedy",
+        "--fading-family",
+        "weibull",
+        "--n-layers",
+        "1",
+        "--n-tokens",
+        "1",
+        "--samples",
+        "8",
+        "--json",
+        "--quiet",
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
     assert result["policy"] == "greedy" and "helpers_used" in result["metrics"]
-    bad = subprocess.run(cmd[:3] + ["--plugin", "no_such_module_xyz"] + cmd[5:], capture_output=True, text=True,
-                         env=env, timeout=600)
+    bad = subprocess.run(
+        cmd[:3] + ["--plugin", "no_such_module_xyz"] + cmd[5:], capture_output=True, text=True, env=env, timeout=600
+    )
     assert bad.returncode == 2 and "plugin = 'no_such_module_xyz'" in bad.stderr

@@ -28,10 +28,25 @@ LN2 = math.log(2.0)
 
 def small_scenario(**kw) -> Scenario:
     """4 nodes, switch-like radio, about 9 slots of 5 ms per helper (the cap 8 binds at light loads)."""
-    base = dict(n_nodes=4, top_k=1, n_tokens=1, n_layers=2, n_slots=8, deadline_s=0.05, slot_s=0.005,
-                bandwidth_hz=1e6, hidden_bits=24576.0, expert_flops=9.44e6, user_flops_per_s=3e13,
-                helper_flops_per_s=3e13, user_load_time_s=1e-3, helper_load_time_s=1e-3, eta=1.0,
-                min_distance_m=20.0, max_distance_m=150.0)
+    base = dict(
+        n_nodes=4,
+        top_k=1,
+        n_tokens=1,
+        n_layers=2,
+        n_slots=8,
+        deadline_s=0.05,
+        slot_s=0.005,
+        bandwidth_hz=1e6,
+        hidden_bits=24576.0,
+        expert_flops=9.44e6,
+        user_flops_per_s=3e13,
+        helper_flops_per_s=3e13,
+        user_load_time_s=1e-3,
+        helper_load_time_s=1e-3,
+        eta=1.0,
+        min_distance_m=20.0,
+        max_distance_m=150.0,
+    )
     base.update(kw)
     return Scenario(**base)
 
@@ -48,9 +63,11 @@ BATCH = 128
 @functools.partial(jax.jit, static_argnames=("bits",))
 def run_bits(sc, dist, loads, gain, bits):
     """Jitted allocation and realised energy, vmapped over a leading instance axis."""
+
     def one(d, l, g):
         gamma, plan = ff.allocate_bits(sc, d, l, g, bits)
         return gamma, plan, ff.realised_energy(sc, d, g, gamma, plan, l)
+
     return jax.vmap(one)(dist, loads, gain)
 
 
@@ -71,8 +88,10 @@ def test_check_bits_names_and_errors():
     assert err.value.field == "policy"
 
 
-@pytest.mark.parametrize("fading, shape", [("rayleigh", 2.0), ("nakagami", 0.8), ("nakagami", 1.0),
-                                           ("gamma", 1.0), ("rician", 2.0), ("lognormal", 2.0)])
+@pytest.mark.parametrize(
+    "fading, shape",
+    [("rayleigh", 2.0), ("nakagami", 0.8), ("nakagami", 1.0), ("gamma", 1.0), ("rician", 2.0), ("lognormal", 2.0)],
+)
 def test_infinite_or_unknown_inverse_gain_mean_raises(fading, shape):
     sc = small_scenario(fading=fading, fading_shape=shape)
     with pytest.raises(ConfigError) as err:
@@ -131,8 +150,11 @@ def test_q2_matches_appendix_d():
     x = rng.uniform(0.5, 12.0, 200)
     h1 = rng.gamma(2.0, 0.5, 200)
     iota = rng.uniform(1.2, 3.0, 200)
-    y = np.asarray(jax.vmap(lambda a, h, i: fb.closed_form_bits(a, jnp.stack([h, 1.0]), jnp.array(2), i))(
-        jnp.asarray(x), jnp.asarray(h1), jnp.asarray(iota)))
+    y = np.asarray(
+        jax.vmap(lambda a, h, i: fb.closed_form_bits(a, jnp.stack([h, 1.0]), jnp.array(2), i))(
+            jnp.asarray(x), jnp.asarray(h1), jnp.asarray(iota)
+        )
+    )
     y_app_d = 0.5 * (x + np.log2(h1 * iota))  # App. D gamma*_{Q-1} with a = 1
     np.testing.assert_allclose(y[:, 0], np.clip(y_app_d, 0.0, x), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(y.sum(1), x, rtol=1e-6)
@@ -175,8 +197,9 @@ def brute_force_values(m: float, q: int, x_max: float, n: int = 241):
     out = [v]
     for _ in range(2, q + 1):
         rest = np.where(ok, v[np.where(ok, i - j, 0)], np.inf)
-        v = integrate.quad_vec(lambda h, rest=rest: pdf(h) * np.min(send / h + rest, axis=1), 0.0, np.inf,
-                               epsrel=1e-6, limit=200)[0]
+        v = integrate.quad_vec(
+            lambda h, rest=rest: pdf(h) * np.min(send / h + rest, axis=1), 0.0, np.inf, epsrel=1e-6, limit=200
+        )[0]
         out.append(v)
     return z, out
 
@@ -196,9 +219,11 @@ def test_dp_q2_nakagami_against_quadrature():
     tab = fb.dp_tables(m, 2)
     pdf = stats.gamma(m, scale=1.0 / m).pdf
     for x in (0.2, 1.5, 5.0):
+
         def phi(h, x=x):
             y = min(max(0.5 * (x + math.log2(h * iota)), 0.0), x)
             return math.expm1(y * LN2) / h + iota * math.expm1((x - y) * LN2)
+
         ref = integrate.quad(lambda h: pdf(h) * phi(h), 0, np.inf, limit=200)[0]
         np.testing.assert_allclose(fb.dp_value(tab, x, 2), ref, rtol=5e-4)
 
@@ -232,14 +257,19 @@ def reference_point_expectations(m: float = 2.0, q: int = 3, x: float = 6.0, n_g
         def phi(h):
             y = min(max(0.5 * (z + math.log2(h * iota)), 0.0), z)
             return math.expm1(y * LN2) / h + iota * math.expm1((z - y) * LN2)
+
         return integrate.quad(lambda h: pdf(h) * phi(h), 0, np.inf, limit=200, epsrel=1e-9)[0]
 
     zs = np.linspace(0.0, x, n_grid)
     spline = interpolate.CubicSpline(zs, [v2(z) for z in zs])
 
     def best(h):
-        res = optimize.minimize_scalar(lambda y: math.expm1(y * LN2) / h + float(spline(x - y)), bounds=(0.0, x),
-                                       method="bounded", options={"xatol": 1e-9})
+        res = optimize.minimize_scalar(
+            lambda y: math.expm1(y * LN2) / h + float(spline(x - y)),
+            bounds=(0.0, x),
+            method="bounded",
+            options={"xatol": 1e-9},
+        )
         return min(res.fun, math.expm1(x * LN2) / h + float(spline(0.0)), float(spline(x)))  # or an end point
 
     def closed_form(h):
@@ -264,8 +294,9 @@ def test_reference_point_values_and_ordering():
     e_h13 = special.gamma(m - 1 / 3) / special.gamma(m) * m ** (1 / 3)
     eq27_mean = q * 2 ** (x / q) * iota ** ((q - 1) / q) * e_h13 - (iota + (q - 1) * iota)
     pdf = stats.gamma(m, scale=1.0 / m).pdf
-    eq27_quad = integrate.quad(lambda h: pdf(h) * (q * 2 ** (x / q) * (iota ** (q - 1) / h) ** (1 / q)
-                                                   - (1 / h + (q - 1) * iota)), 0, np.inf)[0]
+    eq27_quad = integrate.quad(
+        lambda h: pdf(h) * (q * 2 ** (x / q) * (iota ** (q - 1) / h) ** (1 / q) - (1 / h + (q - 1) * iota)), 0, np.inf
+    )[0]
     np.testing.assert_allclose(eq27_mean, eq27_quad, rtol=1e-8)
     uniform_mean = q * math.expm1(x / q * LN2) * iota  # x/q bits in every slot: E[1/h] q (2^(x/q) - 1) = 18
     h1 = np.array([0.05, 0.4, 1.0, 2.7])
@@ -279,10 +310,12 @@ def test_reference_point_values_and_ordering():
     def energies(key):
         h = jax.random.gamma(key, m, (n, q)) / m
         xs, qs = jnp.full((n,), x), jnp.full((n,), q)
-        return {"uniform": fb.slot_energy(fb.uniform_bits(xs, h, qs), h),
-                "closed-form": fb.slot_energy(fb.closed_form_bits(xs, h, qs, iota), h),
-                "dp": fb.slot_energy(fb.dp_bits(xs, h, qs, tab), h),
-                "eq27": fb.paper_closed_form(xs, h[:, 0], q, iota)}
+        return {
+            "uniform": fb.slot_energy(fb.uniform_bits(xs, h, qs), h),
+            "closed-form": fb.slot_energy(fb.closed_form_bits(xs, h, qs, iota), h),
+            "dp": fb.slot_energy(fb.dp_bits(xs, h, qs, tab), h),
+            "eq27": fb.paper_closed_form(xs, h[:, 0], q, iota),
+        }
 
     e = {k: np.asarray(v, np.float64) for k, v in energies(jax.random.key(0)).items()}
 
@@ -366,10 +399,20 @@ def test_normalised_rules_extremes_and_dp_solvers():
     tab = fb.dp_tables(2.0, 8)
     k1, k2, k3 = jax.random.split(jax.random.key(11), 3)
     h = jnp.exp(jax.random.normal(k1, (512, 8)) * 3.0)  # 1e-8 .. 1e8
-    x = jnp.exp(jax.random.uniform(k2, (512,), minval=-7.0, maxval=6.0)).at[:4].set(jnp.array([0.0, 1e-6, 300.0, 900.0]))
+    x = (
+        jnp.exp(jax.random.uniform(k2, (512,), minval=-7.0, maxval=6.0))
+        .at[:4]
+        .set(jnp.array([0.0, 1e-6, 300.0, 900.0]))
+    )
     q = jax.random.randint(k3, (512,), 1, 9)
-    rules = jax.jit(lambda x, h, q: (fb.uniform_bits(x, h, q), fb.closed_form_bits(x, h, q, 2.0), fb.dp_bits(x, h, q, tab),
-                                     fb.dp_bits(x, h, q, tab, 40, "bisect")))
+    rules = jax.jit(
+        lambda x, h, q: (
+            fb.uniform_bits(x, h, q),
+            fb.closed_form_bits(x, h, q, 2.0),
+            fb.dp_bits(x, h, q, tab),
+            fb.dp_bits(x, h, q, tab, 40, "bisect"),
+        )
+    )
     ys = rules(x, h, q)
     for y in ys:
         assert bool(jnp.all(y >= 0)) and bool(jnp.all(jnp.isfinite(y)))
@@ -428,6 +471,7 @@ def test_layer_decision_decode_matches_parts():
             ref = policies.decode(sc, ff.surrogate_costs(sc, d), gg, tk, table)
             gamma, plan = ff.allocate_bits(sc, d, dec.loads[1:], gl, "closed-form")
             return dec, info, ref, gamma, plan
+
         return jax.vmap(one)(dist, gain, g, topk)
 
     dec, info, ref, gamma, plan = run(dist, gain, g, topk)
@@ -437,8 +481,11 @@ def test_layer_decision_decode_matches_parts():
     # realised energy re-evaluated in NumPy from the bit allocation
     hl = np.asarray(dec.loads[:, 1:])
     tau = np.asarray(plan.slot_s, np.float64)[..., None]
-    snr = np.asarray(dist, np.float64)[..., None] ** -4.0 * np.asarray(gain, np.float64) / (
-        sc.noise_psd_w_per_hz * sc.bandwidth_hz)
+    snr = (
+        np.asarray(dist, np.float64)[..., None] ** -4.0
+        * np.asarray(gain, np.float64)
+        / (sc.noise_psd_w_per_hz * sc.bandwidth_hz)
+    )
     e_slots = np.expm1(np.asarray(gamma, np.float64) / (sc.bandwidth_hz * tau) * LN2) * tau / snr
     e_user = np.where(np.asarray(dec.loads[:, 0]) > 0, float(costs.user_energy(sc, 1)), 0.0)
     expect = e_user + np.where(hl > 0, e_slots.sum(-1), 0.0).sum(-1)
@@ -461,6 +508,7 @@ def test_several_bit_loadings_equal_separate_calls():
             together = ff.layer_decisions_with_info(sc, d, gl, gg, tk, table, "siftmoe", rules)
             alone = [ff.layer_decision_with_info(sc, d, gl, gg, tk, table, "siftmoe", b) for b in rules]
             return together, alone
+
         return jax.vmap(one)(dist, gain, g, topk)
 
     together, alone = run(dist, gain, g, topk)
@@ -469,7 +517,9 @@ def test_several_bit_loadings_equal_separate_calls():
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6)
     energies = [np.asarray(dec.energy_j) for dec, _ in together]
     # the rules really differ (per realisation no rule is always cheapest: dp minimises the expectation)
-    assert not np.allclose(energies[0], energies[1], rtol=1e-3, atol=0) and not np.allclose(energies[1], energies[2], rtol=1e-3, atol=0)
+    assert not np.allclose(energies[0], energies[1], rtol=1e-3, atol=0) and not np.allclose(
+        energies[1], energies[2], rtol=1e-3, atol=0
+    )
     for bad in ((), "uniform", ("uniform", "greedy")):
         with pytest.raises(ConfigError, match="bits"):
             ff.layer_decisions_with_info(sc, dist[0], gain[0], g[0], topk[0], table, "siftmoe", bad)
@@ -486,6 +536,7 @@ def test_layer_decision_prefill_optimal_on_surrogate():
         def one(d, gl, gg, tk):
             dec, info = ff.layer_decision_with_info(sc, d, gl, gg, tk, table, "siftmoe", "uniform")
             return dec, info, ff.surrogate_load_energy(sc, d, jnp.arange(6)[:, None] * jnp.ones((1, 4), jnp.int32))
+
         return jax.vmap(one)(dist, gain, g, topk)
 
     dec, info, e_tab = run(dist, gain[:, 0], g[:, 0], topk[:, 0])
@@ -539,4 +590,3 @@ def test_layer_decision_jit_vmap_traces_once_no_nan():
     e = np.asarray(dec.energy_j)
     assert np.all(np.isfinite(e)) and np.all(e >= 0)
     assert np.all(np.asarray(info.slots) <= sc.n_slots)
-

@@ -30,8 +30,10 @@ def test_bad_problems_raise_config_error():
         fit.fit("gpt-5")
     with pytest.raises(ConfigError, match="panels"):
         fit.anchors(dataclasses.replace(fit.PROBLEMS["switch-base-8"], panels=("fig99",)))
-    disjoint = {"a": dataclasses.replace(sj.targets.load()["fig3b"], y_range=(0.1, 0.2)),
-                "b": dataclasses.replace(sj.targets.load()["fig5a"], y_range=(0.3, 0.4))}
+    disjoint = {
+        "a": dataclasses.replace(sj.targets.load()["fig3b"], y_range=(0.1, 0.2)),
+        "b": dataclasses.replace(sj.targets.load()["fig5a"], y_range=(0.3, 0.4)),
+    }
     with pytest.raises(ConfigError, match="level_panels"):
         fit.anchors(fit.FitProblem("switch-base-8-4090", ("a",), ("a", "b"), {}), disjoint)
 
@@ -47,8 +49,10 @@ def _direct(model_preset, values, anchor, samples, seed):
 def test_closed_form_in_gain_and_load_power_matches_direct_simulation():
     """E(G, P) = U / G + L0 + (L1 - L0) P / P_ref is exact for practical Top-K (its selection ignores both)."""
     problem = dataclasses.replace(fit.PROBLEMS["mixtral-8x7b"], fixed={"n_layers": 2})
-    anchor_list = [Anchor("level", "x", "default", float("nan"), 1.0),
-                   Anchor("ratio", "y", "bandwidth_hz", 1.8e6, 1.0, 2.05e6)]
+    anchor_list = [
+        Anchor("level", "x", "default", float("nan"), 1.0),
+        Anchor("ratio", "y", "bandwidth_hz", 1.8e6, 1.0, 2.05e6),
+    ]
     up, l1, l0 = fit.scan(problem, {"n_tokens": 8}, anchor_list, samples=24, seed=3)
     gain, power = 10 ** (-4.2), 17.0
     closed = up / gain + l0 + (l1 - l0) * power / 100.0
@@ -81,8 +85,8 @@ def test_tiny_fit_picks_the_best_combination_and_reports_consistent_residuals():
 
 def test_interpolate_stretch_is_exact_for_a_power_law_and_clamps_outside():
     s = np.array([0.1, 0.2, 0.4, 0.8])
-    r = s ** -0.5 / 10  # log-log linear: interpolation is exact between grid points
-    got, edge = fit.interpolate_stretch(s, r, 0.3 ** -0.5 / 10)
+    r = s**-0.5 / 10  # log-log linear: interpolation is exact between grid points
+    got, edge = fit.interpolate_stretch(s, r, 0.3**-0.5 / 10)
     assert got == pytest.approx(0.3, rel=1e-12) and not edge
     assert fit.interpolate_stretch(s, r, 10.0) == (0.1, True)  # above every ratio: the smallest stretch
     assert fit.interpolate_stretch(s, r, 1e-3) == (0.8, True)
@@ -93,8 +97,9 @@ def test_siftmoe_depends_on_the_table_scale_only_through_eta_over_scale():
     checked by two independent simulations (common random numbers)."""
     sc = sj.presets.get("mixtral-8x7b").replace(n_layers=2, n_tokens=4)
     a = sj.simulate(sc.replace(eta=0.9), "siftmoe", samples=24, seed=4).metrics
-    b = sj.simulate(sc.replace(eta=0.9 * 3.0, output_norm=float(sc.output_norm) * 3.0), "siftmoe", samples=24,
-                    seed=4).metrics
+    b = sj.simulate(
+        sc.replace(eta=0.9 * 3.0, output_norm=float(sc.output_norm) * 3.0), "siftmoe", samples=24, seed=4
+    ).metrics
     for metric in ("energy_per_token_j", "replace_rate", "skip_rate", "infeasible_rate"):
         assert b[metric].mean == pytest.approx(a[metric].mean, rel=1e-6, abs=1e-12), metric
     assert a["replace_rate"].mean + a["skip_rate"].mean > 0  # the budget is in use, so the check can fail

@@ -30,7 +30,9 @@ def test_topk_are_the_largest_logits_and_gates_renormalised(logits, k, temperatu
     # every non-selected logit is <= the smallest selected one
     mask = np.zeros_like(logits, bool)
     np.put_along_axis(mask, topk, True, -1)
-    assert np.all(np.where(mask, -np.inf, logits).max(-1, initial=-np.inf) <= np.take_along_axis(logits, topk, -1)[:, -1])
+    assert np.all(
+        np.where(mask, -np.inf, logits).max(-1, initial=-np.inf) <= np.take_along_axis(logits, topk, -1)[:, -1]
+    )
     # softmax over the active set only, of logits / T (NumPy, float64)
     sel = np.take_along_axis(logits, topk, -1).astype(np.float64) / temperature
     ref_g = np.exp(sel - sel.max(-1, keepdims=True))
@@ -41,7 +43,7 @@ def test_topk_are_the_largest_logits_and_gates_renormalised(logits, k, temperatu
 
 
 def test_from_logits_float64_and_errors(x64):
-    g, topk = gating.from_logits(jnp.array([[0.3, -1.0, 2.0]]), 2)
+    g, _topk = gating.from_logits(jnp.array([[0.3, -1.0, 2.0]]), 2)
     assert g.dtype == jnp.float64
     np.testing.assert_allclose(np.asarray(g)[0], [1 / (1 + np.exp(-1.7)), 1 - 1 / (1 + np.exp(-1.7))], rtol=1e-14)
     with pytest.raises(ConfigError, match="top_k"):

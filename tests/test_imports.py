@@ -39,7 +39,9 @@ def _imports(name: str) -> list[tuple[str, list[str]]]:
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+                base = ".".join(
+                    package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else [])
+                )
             if not base.startswith("sift_jax"):
                 continue
             names = [a.name for a in node.names]
@@ -62,7 +64,7 @@ def _cycle(graph) -> list[str] | None:
         stack.append(m)
         for t in sorted(graph[m]):
             if state.get(t) == 1:
-                return stack[stack.index(t):] + [t]
+                return stack[stack.index(t) :] + [t]
             if t not in state:
                 found = visit(t)
                 if found:

@@ -41,11 +41,19 @@ def test_a_table_with_one_very_similar_pair_raises_the_replace_rate(tmp_path):
 def test_calibration_npz_feeds_tables_and_router(tmp_path):
     sc = _decode_scenario().replace(n_tokens=3)
     L, N, T = sc.n_layers, sc.n_nodes, 7
-    result = {"tables": np.asarray(sj.similarity.synthetic_tables(sc)), "beta_max": np.ones(L),
-              "router_logits": np.random.default_rng(0).normal(size=(L, T, N)).astype(np.float32),
-              **{k: np.ones((L, N)) for k in ("b_max", "beta_fd", "beta_pi")}, "layout": "mixtral",
-              "checkpoint": "ckpt", "checkpoint_files": {}, "hidden_states": "drawn",
-              "layer_names": ("a", "b"), "settings": {}, "model_config": {}}
+    result = {
+        "tables": np.asarray(sj.similarity.synthetic_tables(sc)),
+        "beta_max": np.ones(L),
+        "router_logits": np.random.default_rng(0).normal(size=(L, T, N)).astype(np.float32),
+        **{k: np.ones((L, N)) for k in ("b_max", "beta_fd", "beta_pi")},
+        "layout": "mixtral",
+        "checkpoint": "ckpt",
+        "checkpoint_files": {},
+        "hidden_states": "drawn",
+        "layer_names": ("a", "b"),
+        "settings": {},
+        "model_config": {},
+    }
     path = checkpoints.save_calibration(tmp_path / "cal.npz", result)
     res = sj.simulate(sc, policy="topk", samples=16, seed=0, table=str(path), router=str(path))
     assert res.info["router"] == "log" and res.info["router_sha256"] == res.info["table_sha256"]
@@ -74,7 +82,8 @@ def test_spec_keys_resolve_next_to_the_spec_and_resume_refuses_a_changed_file(tm
     np.save(tmp_path / "t.npy", tables)
     np.save(tmp_path / "r.npy", np.random.default_rng(1).normal(size=(1, 5, 8)).astype(np.float32))
     spec_path = tmp_path / "real.toml"
-    spec_path.write_text(textwrap.dedent("""
+    spec_path.write_text(
+        textwrap.dedent("""
         name = "real"
         preset = "mixtral-8x7b"
         curves = ["siftmoe", "topk"]
@@ -87,21 +96,34 @@ def test_spec_keys_resolve_next_to_the_spec_and_resume_refuses_a_changed_file(tm
         [[axes]]
         field = "eta"
         values = [0.0, 1.5]
-        """))
+        """)
+    )
     spec = sweeps.load_spec(spec_path)
     assert spec.tables == str(tmp_path / "t.npy") and spec.router == str(tmp_path / "r.npy")
     ds = sweeps.run(spec, out=tmp_path / "out")
-    assert ds.attrs["tables_sha256"] == inputs.file_sha256(tmp_path / "t.npy") and ds.attrs["router_file"].endswith("r.npy")
+    assert ds.attrs["tables_sha256"] == inputs.file_sha256(tmp_path / "t.npy") and ds.attrs["router_file"].endswith(
+        "r.npy"
+    )
     # the sweep's point equals simulate with the same files (same samples)
-    alone = sj.simulate(sc.replace(eta=1.5), policy="topk", samples=16, seed=0, table=str(tmp_path / "t.npy"),
-                        router=str(tmp_path / "r.npy")).metrics
+    alone = sj.simulate(
+        sc.replace(eta=1.5),
+        policy="topk",
+        samples=16,
+        seed=0,
+        table=str(tmp_path / "t.npy"),
+        router=str(tmp_path / "r.npy"),
+    ).metrics
     assert float(ds["energy_per_token_j_mean"].sel(curve="topk", eta=1.5)) == pytest.approx(
-        alone["energy_per_token_j"].mean, rel=1e-6)
+        alone["energy_per_token_j"].mean, rel=1e-6
+    )
     np.save(tmp_path / "t.npy", tables * 2)  # the file changes under the run's parts
     with pytest.raises(sj.ConfigError, match="tables_sha256"):
         sweeps.run(spec, out=tmp_path / "out", resume=True)
-    bad = spec_path.read_text().replace('values = [0.0, 1.5]', 'values = [1.0, 2.0]').replace('field = "eta"',
-                                                                                             'field = "output_norm"')
+    bad = (
+        spec_path.read_text()
+        .replace("values = [0.0, 1.5]", "values = [1.0, 2.0]")
+        .replace('field = "eta"', 'field = "output_norm"')
+    )
     spec_path.write_text(bad)
     with pytest.raises(sj.ConfigError, match="synthetic-table field"):
         sweeps.load_spec(spec_path)
@@ -111,11 +133,42 @@ def test_cli_router_and_table_options(tmp_path, capsys):
     sc = sj.presets.get("mixtral-8x7b").replace(n_tokens=1, n_layers=1)
     np.save(tmp_path / "t.npy", np.asarray(sj.similarity.synthetic_tables(sc)))
     np.save(tmp_path / "r.npy", np.zeros((1, 4, 8), np.float32))
-    main(["simulate", "--preset", "mixtral-8x7b", "--n-tokens", "1", "--n-layers", "1", "--samples", "8", "--json",
-          "--quiet", "--table", str(tmp_path / "t.npy"), "--router", str(tmp_path / "r.npy")])
+    main(
+        [
+            "simulate",
+            "--preset",
+            "mixtral-8x7b",
+            "--n-tokens",
+            "1",
+            "--n-layers",
+            "1",
+            "--samples",
+            "8",
+            "--json",
+            "--quiet",
+            "--table",
+            str(tmp_path / "t.npy"),
+            "--router",
+            str(tmp_path / "r.npy"),
+        ]
+    )
     info = json.loads(capsys.readouterr().out)["info"]
     assert info["router"] == "log" and len(info["table_sha256"]) == 64
     with pytest.raises(SystemExit):
-        main(["simulate", "--preset", "mixtral-8x7b", "--n-tokens", "1", "--n-layers", "1", "--samples", "8",
-              "--quiet", "--router", str(tmp_path / "t.npy")])  # a table is not a router log: N+1 columns
+        main(
+            [
+                "simulate",
+                "--preset",
+                "mixtral-8x7b",
+                "--n-tokens",
+                "1",
+                "--n-layers",
+                "1",
+                "--samples",
+                "8",
+                "--quiet",
+                "--router",
+                str(tmp_path / "t.npy"),
+            ]
+        )  # a table is not a router log: N+1 columns
     assert "router = " in capsys.readouterr().err

@@ -30,8 +30,7 @@ def model(corpus):
 
 @pytest.fixture(scope="module")
 def cal(model, corpus):
-    return cal_lib.calibrate(model, corpus.train, n_windows=8, n_lipschitz_points=32, n_power_points=4,
-                             power_iters=20)
+    return cal_lib.calibrate(model, corpus.train, n_windows=8, n_lipschitz_points=32, n_power_points=4, power_iters=20)
 
 
 def test_calibration_tables(model, corpus, cal):
@@ -96,10 +95,16 @@ def test_prop1_holds_for_every_token_and_layer(model, corpus, cal):
     assert np.all(delta <= bound * (1 + 1e-5) + 1e-6)
     assert np.mean(bound > 0) > 0.5
     # the lab's exact-F bound is the same quantity
-    np.testing.assert_allclose(np.asarray(tight_lib.exact_f_bound(aux["expert_outputs"], aux["gates"], aux["topk"],
-                                                                  jnp.asarray(sel))), bound, rtol=2e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(tight_lib.exact_f_bound(aux["expert_outputs"], aux["gates"], aux["topk"], jnp.asarray(sel))),
+        bound,
+        rtol=2e-4,
+        atol=1e-5,
+    )
     # Thm. 1, written out in NumPy (App. B, eqs. 29-32), on every token and layer
-    e = np.linalg.norm(np.asarray(aux["moe_outputs"], np.float64) - np.asarray(aux0["moe_outputs"], np.float64), axis=-1)
+    e = np.linalg.norm(
+        np.asarray(aux["moe_outputs"], np.float64) - np.asarray(aux0["moe_outputs"], np.float64), axis=-1
+    )
     b_max = np.asarray(cal["b_max"], np.float64)
     b_max = b_max.max(-1) if b_max.ndim == 2 else b_max  # [L]: max over the layer's experts
     beta = np.asarray(cal["beta_max"], np.float64)
@@ -172,8 +177,14 @@ def test_bad_inputs(model, cal, corpus):
     with pytest.raises(ConfigError):
         tight_lib.run(model, cal["table"][:1], cal["b_max"], cal["beta_max"], corpus.test)
     with pytest.raises(ConfigError):
-        tight_lib.run(model, cal["table"], cal["b_max"], cal["beta_max"], corpus.test,
-                      sc=tight_lib.lab_scenario(model.cfg, n_layers=3))
+        tight_lib.run(
+            model,
+            cal["table"],
+            cal["b_max"],
+            cal["beta_max"],
+            corpus.test,
+            sc=tight_lib.lab_scenario(model.cfg, n_layers=3),
+        )
 
 
 def test_cli_calibrate_and_tightness(model, cal, tight_run, tmp_path):
@@ -188,16 +199,46 @@ def test_cli_calibrate_and_tightness(model, cal, tight_run, tmp_path):
     ckpt = save_checkpoint(tmp_path / "ckpt", model, {"train": {"max_bytes_per_split": 100_000}})
     runner = CliRunner()
     # the fixture's calibration settings: reuses its compilations, and must reproduce its numbers
-    r = runner.invoke(moe, ["calibrate", str(ckpt), "--windows", "8", "--lipschitz-points", "32", "--power-points", "4",
-                            "--power-iters", "20", "--quiet"], catch_exceptions=False)
+    r = runner.invoke(
+        moe,
+        [
+            "calibrate",
+            str(ckpt),
+            "--windows",
+            "8",
+            "--lipschitz-points",
+            "32",
+            "--power-points",
+            "4",
+            "--power-iters",
+            "20",
+            "--quiet",
+        ],
+        catch_exceptions=False,
+    )
     assert r.exit_code == 0, r.output
     table = cal_lib.load_tables(ckpt)
     np.testing.assert_array_equal(table, cal["table"])
     np.testing.assert_array_equal(cal_lib.load_calibration(ckpt)["beta_max"], cal["beta_max"])
     assert (ckpt / "calibration_tables.png").stat().st_size > 0
     # the same settings as TC: reuses the compiled tightness function
-    r = runner.invoke(moe, ["tightness", str(ckpt), "--windows", "2", "--draws", "2", "--eta-fractions", "0,0.3,1",
-                            "--grid-batch", "2", "--quiet"], catch_exceptions=False)
+    r = runner.invoke(
+        moe,
+        [
+            "tightness",
+            str(ckpt),
+            "--windows",
+            "2",
+            "--draws",
+            "2",
+            "--eta-fractions",
+            "0,0.3,1",
+            "--grid-batch",
+            "2",
+            "--quiet",
+        ],
+        catch_exceptions=False,
+    )
     assert r.exit_code == 0, r.output
     doc = json.loads((ckpt / "tightness" / "tightness.json").read_text())
     # the same settings and model as `tight_run`: the counts are those of its per-token arrays (NumPy)

@@ -29,7 +29,7 @@ def tokens():
 
 
 def _gelu_tanh(x):
-    return 0.5 * x * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * x ** 3)))
+    return 0.5 * x * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * x**3)))
 
 
 def test_corpus_rule_and_splits_disjoint():
@@ -79,7 +79,7 @@ def test_softmax_gates_for_top1():
 
 def test_identity_selection_equals_plain_topk(model, tokens):
     plain, aux = model(tokens, return_internals=True)
-    same, aux2 = model(tokens, selection=aux["topk"], return_internals=True)
+    same, _aux2 = model(tokens, selection=aux["topk"], return_internals=True)
     np.testing.assert_array_equal(np.asarray(plain), np.asarray(same))
     np.testing.assert_array_equal(np.asarray(aux["selection"]), np.asarray(aux["topk"]))
     # the online form with the identity policy is the same forward as well
@@ -95,7 +95,7 @@ def test_skip_and_replace_follow_eq12(model, tokens):
     # random replacements and skips (and a few slots left as they are)
     u = rng.random(sel.shape)
     sel = np.where(u < 0.3, -1, np.where(u < 0.7, rng.integers(0, cfg.n_experts, sel.shape), sel)).astype(np.int32)
-    logits, aux = model(tokens, selection=jnp.asarray(sel), return_internals=True)
+    _logits, aux = model(tokens, selection=jnp.asarray(sel), return_internals=True)
     outs = np.asarray(aux["expert_outputs"], np.float64)  # [L, B, T, N, d] of this (perturbed) run
     g = np.asarray(aux["gates"], np.float64)
     manual = np.zeros(outs.shape[:-2] + outs.shape[-1:])

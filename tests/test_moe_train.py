@@ -69,8 +69,27 @@ def test_cli_train_writes_checkpoint(tmp_path):
     from sift_jax.moe.cli import moe
 
     out = tmp_path / "ck"
-    args = ["train", "--tiny", "--out", str(out), "--d-model", "16", "--n-layers", "1", "--d-ff", "16", "--context", "16",
-            "--steps", "6", "--batch-size", "4", "--max-bytes", "20000", "--quiet"]
+    args = [
+        "train",
+        "--tiny",
+        "--out",
+        str(out),
+        "--d-model",
+        "16",
+        "--n-layers",
+        "1",
+        "--d-ff",
+        "16",
+        "--context",
+        "16",
+        "--steps",
+        "6",
+        "--batch-size",
+        "4",
+        "--max-bytes",
+        "20000",
+        "--quiet",
+    ]
     r = CliRunner().invoke(moe, args, catch_exceptions=False)
     assert r.exit_code == 0, r.output
     summary = json.loads(r.output.strip().splitlines()[-1])

@@ -26,9 +26,12 @@ class _SmallN:
     def __call__(self, key, params):
         u = jax.random.uniform(key)
         w = jax.random.uniform(jax.random.fold_in(key, 1))
-        return {"const": (jnp.float32(7.0), True), "latency": (2.364 + 0.008 * u, True),
-                "rate": ((u < params["p"]).astype(jnp.float32), w < 0.9),
-                "mixed": (jnp.where(w < 0.002, 0.5, (u < 0.5).astype(jnp.float32)), True)}
+        return {
+            "const": (jnp.float32(7.0), True),
+            "latency": (2.364 + 0.008 * u, True),
+            "rate": ((u < params["p"]).astype(jnp.float32), w < 0.9),
+            "mixed": (jnp.where(w < 0.002, 0.5, (u < 0.5).astype(jnp.float32)), True),
+        }
 
 
 PARAMS = {"p": jnp.array([0.0, 0.3, 1.0])}
@@ -106,8 +109,14 @@ def test_runner_matches_the_host_accumulator_on_raw_values():
             acc = stats.Accumulator()
             acc.add(raw[name][0][p].astype(np.float64), raw[name][1][p])
             ref, s = acc.result(), got[name]
-            assert (s.p50, s.p90, s.p99, s.n, s.max, s.reliable) == (ref.p50, ref.p90, ref.p99, ref.n, ref.max,
-                                                                      ref.reliable)
+            assert (s.p50, s.p90, s.p99, s.n, s.max, s.reliable) == (
+                ref.p50,
+                ref.p90,
+                ref.p99,
+                ref.n,
+                ref.max,
+                ref.reliable,
+            )
             assert s.ci95 == (pytest.approx(ref.ci95[0], rel=1e-9, abs=1e-15), pytest.approx(ref.ci95[1], rel=1e-9))
 
 
@@ -119,13 +128,16 @@ def metric(key, params):
     u = jax.random.uniform(key)
     return {"latency": (2.364 + 0.008 * jnp.exp(u), True), "rate": ((u < params["p"]).astype(jnp.float32), True)}
 """
-SHARDED_CODE = METRIC_CODE + """
+SHARDED_CODE = (
+    METRIC_CODE
+    + """
 params = {"p": jax.device_put(jnp.array([0.0, 0.3, 1.0]), jax.devices()[0])}  # committed to one device
 out = {mode: [{k: v.to_dict() for k, v in r.items()} for r in montecarlo.run(metric, params, 3, 3000, 5, 1000,
                                                                                 sharding=mode)]
        for mode in ("shard_map", "dispatch")}
 print(json.dumps({"devices": jax.device_count(), "spmd_programs": montecarlo._chunk_shard_map._cache_size(), **out}))
 """
+)
 
 
 def test_shard_map_over_four_cpu_devices_runs_one_spmd_program():

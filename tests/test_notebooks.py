@@ -26,10 +26,18 @@ import pytest
 nbformat = pytest.importorskip("nbformat")
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent / "notebooks"
-NOTEBOOKS = ("01_quickstart.ipynb", "02_reproduce_paper.ipynb", "03_bound_tightness.ipynb", "04_fast_fading.ipynb",
-             "05_custom_sweep.ipynb", "06_real_model.ipynb")
+NOTEBOOKS = (
+    "01_quickstart.ipynb",
+    "02_reproduce_paper.ipynb",
+    "03_bound_tightness.ipynb",
+    "04_fast_fading.ipynb",
+    "05_custom_sweep.ipynb",
+    "06_real_model.ipynb",
+)
 WITH_CHECKS = ("02_reproduce_paper.ipynb", "03_bound_tightness.ipynb", "04_fast_fading.ipynb", "06_real_model.ipynb")
-NETWORK = re.compile(r"https?://|urllib|requests\.|urlretrieve|wget|curl |pip install|snapshot_download|hf_hub_download|datasets\.load")
+NETWORK = re.compile(
+    r"https?://|urllib|requests\.|urlretrieve|wget|curl |pip install|snapshot_download|hf_hub_download|datasets\.load"
+)
 
 
 def _read(name):
@@ -72,15 +80,20 @@ def test_notebook_is_valid_and_committed_with_quick_outputs(name):
     if counts[-1] is None and name in WITH_CHECKS:
         assert not code[-1].outputs and "assert " in code[-1].source, f"{name}: unexecuted cell is not a checks cell"
         counts = counts[:-1]
-    assert counts == list(range(1, len(code) + 1))[:len(counts)] and len(counts) >= len(code) - 1, \
+    assert counts == list(range(1, len(code) + 1))[: len(counts)] and len(counts) >= len(code) - 1, (
         f"{name}: not executed in order in one run: {counts}"
+    )
     outputs = [o for c in code for o in c.outputs]
     errors = [o for o in outputs if o.output_type == "error"]
     assert not errors, f"{name}: committed with an error output: {[(o.ename, o.evalue) for o in errors]}"
     tracebacks = [t[:200] for o in outputs for t in _texts(o) if "Traceback (most recent call last)" in t]
     assert not tracebacks, f"{name}: an output holds a traceback: {tracebacks}"
-    images = [o for o in outputs if o.output_type in ("display_data", "execute_result")
-              and any(k.startswith("image/") for k in o.get("data", {}))]
+    images = [
+        o
+        for o in outputs
+        if o.output_type in ("display_data", "execute_result")
+        and any(k.startswith("image/") for k in o.get("data", {}))
+    ]
     assert images, f"{name}: committed without any figure output"
     # the stored run is the quick one (the first code cell reports the mode)
     first = "".join(t for o in code[0].outputs for t in _texts(o))
@@ -121,8 +134,10 @@ def test_make_test_executes_the_notebooks():
     assert re.search(r"SIFT_QUICK=1 \S*python -m pytest .*--nbmake notebooks", recipe), recipe
 
 
-@pytest.mark.skipif(os.environ.get("SIFT_RUN_NOTEBOOKS", "0") in ("", "0"),
-                    reason="executed by nbmake in `make test` (Makefile, second step); SIFT_RUN_NOTEBOOKS=1 runs them here too")
+@pytest.mark.skipif(
+    os.environ.get("SIFT_RUN_NOTEBOOKS", "0") in ("", "0"),
+    reason="executed by nbmake in `make test` (Makefile, second step); SIFT_RUN_NOTEBOOKS=1 runs them here too",
+)
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_notebook_executes_quick(name, monkeypatch, tmp_path):
     from nbclient import NotebookClient

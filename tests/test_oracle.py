@@ -68,8 +68,9 @@ def test_hand_solved():
 def test_matching_forbids_sharing():
     """Node 1 is the best substitute for both slots; with a matching only one slot may use it."""
     sc = Scenario(n_nodes=4, top_k=2, eta=10.0)
-    table = jnp.array([[0.0, 0.1, 2.0, 2.0, 1.0], [2.0, 0.0, 2.0, 2.0, 1.0],
-                       [2.0, 0.1, 0.0, 2.0, 1.0], [2.0, 2.0, 2.0, 0.0, 1.0]])
+    table = jnp.array(
+        [[0.0, 0.1, 2.0, 2.0, 1.0], [2.0, 0.0, 2.0, 2.0, 1.0], [2.0, 0.1, 0.0, 2.0, 1.0], [2.0, 2.0, 2.0, 0.0, 1.0]]
+    )
     f, g, t = jnp.array([9.0, 1.0, 9.0, 9.0]), jnp.array([0.5, 0.5]), jnp.array([0, 2])
     shared = jax.jit(lambda f: oracle(sc, f, g, t, table))(f)
     assert shared.assign.tolist() == [1, 1] and float(shared.deviation_bound) == pytest.approx(0.1)
@@ -81,8 +82,14 @@ def test_size_limit():
     with pytest.raises(ConfigError, match="brute-force"):
         oracle(Scenario(n_nodes=32, top_k=4), jnp.ones(32), jnp.ones(4) / 4, jnp.arange(4), jnp.ones((32, 33)))
     with pytest.raises(ConfigError, match="share_substitutes"):
-        oracle(Scenario(n_nodes=3, top_k=2), jnp.ones(3), jnp.ones(2) / 2, jnp.arange(2), jnp.ones((3, 4)),
-               share_substitutes=1)
+        oracle(
+            Scenario(n_nodes=3, top_k=2),
+            jnp.ones(3),
+            jnp.ones(2) / 2,
+            jnp.arange(2),
+            jnp.ones((3, 4)),
+            share_substitutes=1,
+        )
 
 
 def test_traces_once():

@@ -9,10 +9,15 @@ from sift_jax import plots, targets
 
 def _ds(means, field="bandwidth_hz", xs=(9e5, 1e6, 1.1e6, 1.2e6), name="fig5a", half=0.001):
     means = np.asarray(means, float)
-    data = {f"energy_per_token_j_{k}": (("curve", field), means + d)
-            for k, d in (("mean", 0.0), ("ci_lo", -half), ("ci_hi", half))}
-    return xr.Dataset(data, coords={"curve": ["siftmoe", "topk"][:len(means)], field: list(xs)},
-                      attrs={"spec_name": name, "title": name})
+    data = {
+        f"energy_per_token_j_{k}": (("curve", field), means + d)
+        for k, d in (("mean", 0.0), ("ci_lo", -half), ("ci_hi", half))
+    }
+    return xr.Dataset(
+        data,
+        coords={"curve": ["siftmoe", "topk"][: len(means)], field: list(xs)},
+        attrs={"spec_name": name, "title": name},
+    )
 
 
 def _band_labels(ax):

@@ -29,10 +29,14 @@ def x64():
     jax.config.update("jax_enable_x64", old)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _generator(m, n, k):
-    return jax.jit(lambda key, tight, cap_lo, batch: P.random_instances(
-        key, batch, m, n, k, dtype=jnp.float64, tight=tight, cap_lo=cap_lo), static_argnums=3)
+    return jax.jit(
+        lambda key, tight, cap_lo, batch: P.random_instances(
+            key, batch, m, n, k, dtype=jnp.float64, tight=tight, cap_lo=cap_lo
+        ),
+        static_argnums=3,
+    )
 
 
 def instances(seed, batch, m, n, k, tight=0.3, cap_lo=0.0):
@@ -62,8 +66,7 @@ def solve(method, inst, **options):
             s = sc.replace(eta=x["eta"])
             if method == "topk":
                 return P.topk(s, x["dE"], x["cap"], x["g"], x["topk"], x["table"]), None
-            return P.prefill_with_info(s, x["dE"], x["cap"], x["g"], x["topk"], x["table"], method=method,
-                                       **options)
+            return P.prefill_with_info(s, x["dE"], x["cap"], x["g"], x["topk"], x["table"], method=method, **options)
 
         _JITTED[key] = jax.jit(jax.vmap(f))
     out = _JITTED[key]({name: jnp.asarray(v) for name, v in inst.items()})
@@ -88,6 +91,7 @@ def same(a, b, rtol=1e-9):
 
 
 # ----------------------------------------------------------------------------- references
+
 
 def cap_eff(dE, cap):
     finite = np.cumprod(np.isfinite(dE), axis=1).sum(1)
@@ -169,7 +173,7 @@ def check_decisions(inst, dec, tol=1e-9):
         loads = np.array([np.sum(np.any(a == v, 1)) for v in range(n)])
         np.testing.assert_array_equal(loads, dec.loads[b])
         assert np.all(loads <= cap_eff(x["dE"], x["cap"]))
-        energy = sum(x["dE"][v, :loads[v]].sum() for v in range(n))
+        energy = sum(x["dE"][v, : loads[v]].sum() for v in range(n))
         np.testing.assert_allclose(dec.energy_j[b], energy, rtol=tol)
         col = np.where(a >= 0, a, n)
         dev = (x["g"] * np.take_along_axis(x["table"][x["topk"]], col[..., None], -1)[..., 0]).sum(1)
@@ -181,6 +185,7 @@ def check_decisions(inst, dec, tol=1e-9):
 
 
 # ----------------------------------------------------------------------------- exact K = 1
+
 
 def naive_slot_lsa(x):
     """Prop. 2 as printed: the user's one-off cost left in its first slot, one slot-expanded LSA."""
@@ -232,14 +237,17 @@ def test_exact_k1_token_classes_equal_lsa(x64, use_bitmask):
 def test_exact_refuses_k2():
     x = instances(0, 1, 3, 3, 2)
     with pytest.raises(ConfigError, match="top_k = 1"):
-        P.prefill(Scenario(n_nodes=3, top_k=2, n_tokens=3), *[one(x, 0)[f] for f in ("dE", "cap", "g", "topk", "table")])
+        P.prefill(
+            Scenario(n_nodes=3, top_k=2, n_tokens=3), *[one(x, 0)[f] for f in ("dE", "cap", "g", "topk", "table")]
+        )
 
 
 # ----------------------------------------------------------------------------- DP
 
+
 @pytest.mark.parametrize("m,n,k,batch", [(4, 4, 2, 1200), (3, 3, 2, 400), (4, 4, 1, 400)])
 def test_dp_equals_brute_force(x64, m, n, k, batch):
-    inst, (dec, info) = cached("dp", 21, batch, m, n, k)
+    inst, (dec, _info) = cached("dp", 21, batch, m, n, k)
     ref = np.array([brute_force(one(inst, b))[0] for b in range(batch)])
     assert np.all(same(energies(dec), ref))
     assert np.all(dec.feasible == np.isfinite(ref))
@@ -320,10 +328,19 @@ def test_token_sets_hold_every_minimal_feasible_set(x64, n_useful):
     m, n, k, batch = 6, 9, 3, 24
     inst = instances(5, batch, m, n, k)
     cap_eff = np.asarray(P.effective_caps(inst["dE"], inst["cap"]))
-    fn = jax.jit(jax.vmap(jax.vmap(lambda ce, g, t, tab, eta: _token_sets(Scenario(n_nodes=n, top_k=k, n_tokens=m, eta=eta),
-                                                                        ce, g, t, tab, n_useful),
-                                   in_axes=(None, 0, 0, None, None))))
-    ids, feasible, minimal, overflow = map(np.asarray, fn(cap_eff, inst["g"], inst["topk"], inst["table"], inst["eta"]))
+    fn = jax.jit(
+        jax.vmap(
+            jax.vmap(
+                lambda ce, g, t, tab, eta: _token_sets(
+                    Scenario(n_nodes=n, top_k=k, n_tokens=m, eta=eta), ce, g, t, tab, n_useful
+                ),
+                in_axes=(None, 0, 0, None, None),
+            )
+        )
+    )
+    ids, _feasible, minimal, overflow = map(
+        np.asarray, fn(cap_eff, inst["g"], inst["topk"], inst["table"], inst["eta"])
+    )
     n_over = 0
     for b in range(batch):
         x = one(inst, b)
@@ -353,8 +370,10 @@ def test_fast_bound_valid_when_tokens_have_more_useful_nodes_than_enumerated(x64
 
 # ----------------------------------------------------------------------------- baselines
 
-@pytest.mark.parametrize("method,shape", [("exact", (6, 5, 1, 2000)), ("dp", (4, 4, 2, 1200)),
-                                          ("fast", (4, 4, 2, 1200))])
+
+@pytest.mark.parametrize(
+    "method,shape", [("exact", (6, 5, 1, 2000)), ("dp", (4, 4, 2, 1200)), ("fast", (4, 4, 2, 1200))]
+)
 def test_siftmoe_not_worse_than_topk(x64, method, shape):
     m, n, k, batch = shape  # same shapes as above: the compiled solvers are reused
     inst = instances(51, batch, m, n, k, tight=0.0, cap_lo=0.5)  # roomy capacities: Top-K often feasible
@@ -380,14 +399,16 @@ def test_topk_serves_lowest_index_first(x64):
                 seen[v] += 1
         loads = np.minimum(np.bincount(x["topk"].ravel(), minlength=4), ce)
         np.testing.assert_array_equal(top.loads[b], loads)
-        np.testing.assert_allclose(top.energy_j[b], sum(x["dE"][v, :loads[v]].sum() for v in range(4)))
+        np.testing.assert_allclose(top.energy_j[b], sum(x["dE"][v, : loads[v]].sum() for v in range(4)))
         assert top.n_skipped[b] == np.sum(top.assign[b] < 0)
 
 
 # ----------------------------------------------------------------------------- infeasible
 
-@pytest.mark.parametrize("method,shape,seed", [("exact", (6, 5, 1, 2000), 11), ("dp", (4, 4, 2, 1200), 21),
-                                               ("fast", (4, 4, 2, 1200), 21)])
+
+@pytest.mark.parametrize(
+    "method,shape,seed", [("exact", (6, 5, 1, 2000), 11), ("dp", (4, 4, 2, 1200), 21), ("fast", (4, 4, 2, 1200), 21)]
+)
 def test_infeasible_token_flagged_never_assigned(x64, method, shape, seed):
     m, n, k, batch = shape
     inst = {f: v.copy() for f, v in instances(seed, batch, m, n, k).items()}

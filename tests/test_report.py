@@ -23,13 +23,16 @@ def _ds(curves: dict, field="eta", xs=None, half=0.01, name="t"):
     xs = np.arange(n, dtype=float) if xs is None else np.asarray(xs, float)
     mean = np.array([curves[c] for c in labels], float)
     hw = np.array([np.broadcast_to(half[c] if isinstance(half, dict) else half, (n,)) for c in labels], float)
-    data = {"energy_per_token_j_mean": (("curve", field), mean),
-            "energy_per_token_j_ci_lo": (("curve", field), mean - hw),
-            "energy_per_token_j_ci_hi": (("curve", field), mean + hw)}
+    data = {
+        "energy_per_token_j_mean": (("curve", field), mean),
+        "energy_per_token_j_ci_lo": (("curve", field), mean - hw),
+        "energy_per_token_j_ci_hi": (("curve", field), mean + hw),
+    }
     return xr.Dataset(data, coords={"curve": labels, field: xs}, attrs={"spec_name": name})
 
 
 # ---------------------------------------------------------------- falls
+
 
 def test_falls_flat_and_tiny_falls_are_not_shown():
     assert report.falls(_ds({"siftmoe": [2.0, 2.0, 2.0]}), "siftmoe").verdict == "not shown"
@@ -89,10 +92,12 @@ def test_missing_curves_are_na():
 
 # ---------------------------------------------------------------- below
 
+
 def test_below_rules():
     def verdict(low, high, max_ratio=1.0, exclude=(), half=0.01):
-        return report.below(_ds({"siftmoe": low, "topk": high}, half=half), "siftmoe", "topk", max_ratio,
-                            exclude).verdict
+        return report.below(
+            _ds({"siftmoe": low, "topk": high}, half=half), "siftmoe", "topk", max_ratio, exclude
+        ).verdict
 
     assert verdict([0.5, 0.2], [1.0, 1.0], 0.9) == "holds"  # ratios 0.5, 0.2 <= 0.9, CIs separate
     assert verdict([0.95, 0.5], [1.0, 1.0], 0.9) == "not shown"  # 0.95 > 0.9 although CIs separate
@@ -108,8 +113,10 @@ def test_below_rules():
 def _with_pair(ds, label, diff, half, field="eta"):
     """`ds` plus a paired difference variable for the pair `label` ("<a>|<b>"): means `diff`, CI +-half."""
     d = np.asarray(diff, float)[None]
-    data = {f"energy_diff_j_{k}": (("pair", field), d + off) for k, off in (("mean", 0.0), ("ci_lo", -half),
-                                                                            ("ci_hi", half))}
+    data = {
+        f"energy_diff_j_{k}": (("pair", field), d + off)
+        for k, off in (("mean", 0.0), ("ci_lo", -half), ("ci_hi", half))
+    }
     return ds.assign(data).assign_coords(pair=[label])
 
 
@@ -142,15 +149,16 @@ def test_below_ratio_bound_is_inclusive():
 
 # ---------------------------------------------------------------- gap largest at the tightest point
 
+
 def _gap(sift, topk, half=0.1):
-    ds = _ds({"siftmoe": sift, "topk": topk}, "bandwidth_hz", [9e5, 1e6, 1.1e6][:len(sift)], half)
+    ds = _ds({"siftmoe": sift, "topk": topk}, "bandwidth_hz", [9e5, 1e6, 1.1e6][: len(sift)], half)
     return report.gap_largest_at_tightest(ds, "siftmoe", "topk").verdict
 
 
 def test_gap_rules():
     w = math.hypot(0.1, 0.1)  # gap half-width at every point
     combined = math.hypot(w, w)  # half-width of a difference of two gaps (~0.2)
-    assert 1.0 > w and 1.0 - 0.3 > combined
+    assert w < 1.0 and combined < 1.0 - 0.3
     assert _gap([1.0, 1.0], [2.0, 1.3]) == "holds"  # gaps 1.0, 0.3
     assert _gap([1.0, 1.0], [1.25, 1.2]) == "not shown"  # gaps 0.25, 0.2: 0.05 < combined
     assert _gap([2.0, 2.0, 2.0], [1.0, 1.5, 1.9]) == "fails"  # gaps negative everywhere
@@ -163,6 +171,7 @@ def test_gap_rules():
 
 
 # ---------------------------------------------------------------- level check
+
 
 def test_level_check_uses_default_point_and_factor():
     fig = targets.get("fig5a")  # y 0.03 - 0.11 J, default 1 MHz
@@ -187,6 +196,7 @@ def test_level_check_uses_default_point_and_factor():
 
 
 # ---------------------------------------------------------------- claims_for: targets and generic pairings
+
 
 @pytest.fixture
 def calls(monkeypatch):
@@ -218,21 +228,29 @@ def calls(monkeypatch):
 def _fast(name, field="bandwidth_hz", xs=(7e5, 8e5, 9e5, 1e6)):
     # Dynamic 20% below Uniform, SiftMoE 30% below Top-K, DP = Dynamic; all fall by 50%
     base = np.linspace(2.0, 1.0, len(xs))
-    means = {"siftmoe:dynamic": 0.7 * 0.8 * base, "siftmoe:uniform": 0.7 * base, "siftmoe:dp": 0.7 * 0.8 * base,
-             "topk:dynamic": 0.8 * base, "topk:uniform": base}
+    means = {
+        "siftmoe:dynamic": 0.7 * 0.8 * base,
+        "siftmoe:uniform": 0.7 * base,
+        "siftmoe:dp": 0.7 * 0.8 * base,
+        "topk:dynamic": 0.8 * base,
+        "topk:uniform": base,
+    }
     return _ds(means, field, xs, half=0.001, name=name)
 
 
 def test_claims_for_fast_fading_with_targets(calls):
     ds = _fast("fig7a")
     claims = report.claims_for(ds)
-    assert calls == [("falls", ("siftmoe:dynamic",), 0.30, ()), ("falls", ("topk:dynamic",), 0.30, ()),
-                     ("below", ("siftmoe:dynamic", "siftmoe:uniform"), 0.95, ()),
-                     ("below", ("topk:dynamic", "topk:uniform"), 0.95, ()),
-                     ("below", ("siftmoe:dynamic", "topk:dynamic"), 0.9, ()),
-                     ("below", ("siftmoe:dynamic", "topk:uniform"), 0.9, ()),
-                     ("below", ("siftmoe:dp", "siftmoe:dynamic"), 1.0, ()),
-                     ("gap", ("siftmoe:dynamic", "topk:dynamic"), None, ())]  # no level check: no "topk" curve
+    assert calls == [
+        ("falls", ("siftmoe:dynamic",), 0.30, ()),
+        ("falls", ("topk:dynamic",), 0.30, ()),
+        ("below", ("siftmoe:dynamic", "siftmoe:uniform"), 0.95, ()),
+        ("below", ("topk:dynamic", "topk:uniform"), 0.95, ()),
+        ("below", ("siftmoe:dynamic", "topk:dynamic"), 0.9, ()),
+        ("below", ("siftmoe:dynamic", "topk:uniform"), 0.9, ()),
+        ("below", ("siftmoe:dp", "siftmoe:dynamic"), 1.0, ()),
+        ("gap", ("siftmoe:dynamic", "topk:dynamic"), None, ()),
+    ]  # no level check: no "topk" curve
     fig = targets.get("fig7a")
     assert [c.source for c in claims] == [t.source for t in fig.claims]
     assert all(t.text in c.claim for c, t in zip(claims, fig.claims))
@@ -244,20 +262,24 @@ def test_claims_for_fast_fading_with_targets(calls):
 def test_claims_for_fast_fading_without_targets(calls):
     ds = _fast("my_spec")
     claims = report.claims_for(ds)
-    assert calls == [("falls", ("siftmoe:dynamic",), 0.30, ()), ("falls", ("siftmoe:uniform",), 0.30, ()),
-                     ("falls", ("siftmoe:dp",), 0.30, ()),
-                     ("below", ("siftmoe:dynamic", "topk:dynamic"), 0.9, ()),
-                     ("gap", ("siftmoe:dynamic", "topk:dynamic"), None, ()),
-                     ("below", ("siftmoe:uniform", "topk:uniform"), 0.9, ()),
-                     ("gap", ("siftmoe:uniform", "topk:uniform"), None, ()),
-                     ("below", ("siftmoe:dynamic", "siftmoe:uniform"), 0.95, ()),
-                     ("below", ("siftmoe:dp", "siftmoe:dynamic"), 1.0, ()),
-                     ("below", ("topk:dynamic", "topk:uniform"), 0.95, ())]
+    assert calls == [
+        ("falls", ("siftmoe:dynamic",), 0.30, ()),
+        ("falls", ("siftmoe:uniform",), 0.30, ()),
+        ("falls", ("siftmoe:dp",), 0.30, ()),
+        ("below", ("siftmoe:dynamic", "topk:dynamic"), 0.9, ()),
+        ("gap", ("siftmoe:dynamic", "topk:dynamic"), None, ()),
+        ("below", ("siftmoe:uniform", "topk:uniform"), 0.9, ()),
+        ("gap", ("siftmoe:uniform", "topk:uniform"), None, ()),
+        ("below", ("siftmoe:dynamic", "siftmoe:uniform"), 0.95, ()),
+        ("below", ("siftmoe:dp", "siftmoe:dynamic"), 1.0, ()),
+        ("below", ("topk:dynamic", "topk:uniform"), 0.95, ()),
+    ]
     assert all(c.source == report.GENERIC_SOURCE for c in claims)
     # generic along a deadline axis: no gap claims; the "closed-form" label counts as Dynamic
     calls.clear()
     dl = _fast("my_spec", "deadline_s", (0.64, 0.7)).assign_coords(
-        curve=["siftmoe:closed-form", "siftmoe:uniform", "siftmoe:dp", "topk:closed-form", "topk:uniform"])
+        curve=["siftmoe:closed-form", "siftmoe:uniform", "siftmoe:dp", "topk:closed-form", "topk:uniform"]
+    )
     report.claims_for(dl)
     assert [c for c in calls if c[0] == "gap"] == []
     assert ("below", ("siftmoe:dp", "siftmoe:closed-form"), 1.0, ()) in calls
@@ -268,8 +290,11 @@ def test_claims_for_slow_fading_eta_with_and_without_targets(calls):
     sift = [0.04, 0.03, 0.028, 0.026, 0.024, 0.022, 0.02]  # -50%
     ds = _ds({"siftmoe": sift, "topk": [0.04] * 7}, "eta", xs, half=1e-4, name="fig3b")
     claims = report.claims_for(ds)
-    assert calls == [("falls", ("siftmoe",), 0.30, ()), ("below", ("siftmoe", "topk"), 0.9, (0.0,)),
-                     ("level", ("topk",), 1.5, ())]
+    assert calls == [
+        ("falls", ("siftmoe",), 0.30, ()),
+        ("below", ("siftmoe", "topk"), 0.9, (0.0,)),
+        ("level", ("topk",), 1.5, ()),
+    ]
     # ratios 0.75 .. 0.5 <= 0.9 for eta > 0 (equal at eta = 0); Top-K 0.04 J at eta = 200 in [0.02/1.5, 0.04*1.5]
     assert [c.verdict for c in claims] == ["holds", "holds", "holds"]
     calls.clear()
@@ -301,6 +326,7 @@ def test_claim_is_frozen_with_source_and_markdown_has_a_source_column():
 
 # ---------------------------------------------------------------- energy breakdown
 
+
 def test_breakdown_rows_at_the_default_point():
     xs = [0.9e6, 1.0e6, 1.1e6]
     ds = _ds({"siftmoe": [3.0, 2.0, 1.0], "topk": [6.0, 5.0, 4.0]}, "bandwidth_hz", xs, name="fig5a")
@@ -308,7 +334,9 @@ def test_breakdown_rows_at_the_default_point():
     ds["local_energy_j_mean"] = (("curve", "bandwidth_hz"), [[1.0, 0.5, 0.5], [1.0, 1.0, 1.0]])
     rows = report.breakdown_rows(ds)
     assert [(r["curve"], r["x"], r["uplink_j"], r["local_j"], r["energy_j"]) for r in rows] == [
-        ("siftmoe", 1e6, 1.5, 0.5, 2.0), ("topk", 1e6, 4.0, 1.0, 5.0)]  # fig5a's default B = 1 MHz
+        ("siftmoe", 1e6, 1.5, 0.5, 2.0),
+        ("topk", 1e6, 4.0, 1.0, 5.0),
+    ]  # fig5a's default B = 1 MHz
     assert rows[0]["uplink_share"] == pytest.approx(0.75) and rows[1]["uplink_share"] == pytest.approx(0.8)
     first = report.breakdown_rows(ds.assign_attrs(spec_name="mine"))  # no target: the first point
     assert [r["x"] for r in first] == [0.9e6, 0.9e6] and first[0]["uplink_share"] == pytest.approx(2 / 3)
@@ -321,23 +349,42 @@ def test_breakdown_rows_at_the_default_point():
 
 # ---------------------------------------------------------------- REPORT.md text and claims.json
 
+
 def test_report_text_has_rules_breakdown_and_quick_label():
     import json
 
     from sift_jax import reproduce
 
     claims = [report.Claim("fig5a", "siftmoe below topk", "not shown", "ratio [0.95]", "SIFTMOE.md 5.2")]
-    rows = [{"figure": "fig5a", "curve": "topk", "field": "bandwidth_hz", "x": 1e6, "energy_j": 0.1,
-             "uplink_j": 0.09, "local_j": 0.01, "uplink_share": 0.9}]
+    rows = [
+        {
+            "figure": "fig5a",
+            "curve": "topk",
+            "field": "bandwidth_hz",
+            "x": 1e6,
+            "energy_j": 0.1,
+            "uplink_j": 0.09,
+            "local_j": 0.01,
+            "uplink_share": 0.9,
+        }
+    ]
     text = reproduce._report_text([("fig5a", "Fig. 5(a)", "fig5a.png", 2)], claims, None, True, 1.0, rows)
     assert "Quick mode" in text and "not evidence" in text and "holds (within CI)" not in text
-    for words in ("'holds' needs the effect the paper shows: separated 95% CIs and the magnitude in "
-                  "sweeps/paper_targets.toml", "'not shown' means the data do not show it",
-                  "'fails' means the opposite is significant"):
+    for words in (
+        "'holds' needs the effect the paper shows: separated 95% CIs and the magnitude in sweeps/paper_targets.toml",
+        "'not shown' means the data do not show it",
+        "'fails' means the opposite is significant",
+    ):
         assert words in text
     breakdown = text.split("## Energy breakdown", 1)[1].split("## Figures", 1)[0]
     assert "| fig5a | topk | bandwidth_hz = 1e+06 | 0.1 | 0.09 | 0.01 | 90.0% |" in breakdown
     assert "## Energy breakdown" in reproduce._report_text([], claims, None, False, 1.0, [])
-    assert json.loads(report.claims_json(claims)) == [{"figure": "fig5a", "claim": "siftmoe below topk",
-                                                      "verdict": "not shown", "evidence": "ratio [0.95]",
-                                                      "source": "SIFTMOE.md 5.2"}]
+    assert json.loads(report.claims_json(claims)) == [
+        {
+            "figure": "fig5a",
+            "claim": "siftmoe below topk",
+            "verdict": "not shown",
+            "evidence": "ratio [0.95]",
+            "source": "SIFTMOE.md 5.2",
+        }
+    ]

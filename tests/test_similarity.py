@@ -36,8 +36,11 @@ def _brute_table(out):
 
 # fixed shapes (S=3, N=4, d=5) so every example reuses one compilation. Magnitudes are 0 or >= 1e-100: XLA:CPU
 # flushes subnormals to zero, so a vector of ~1e-158 entries (squares ~1e-316) has norm 0 in JAX and > 0 in NumPy.
-_outputs = hnp.arrays(np.float64, (3, 4, 5), elements=st.floats(-10, 10, allow_subnormal=False).filter(
-    lambda x: x == 0.0 or abs(x) >= 1e-100))
+_outputs = hnp.arrays(
+    np.float64,
+    (3, 4, 5),
+    elements=st.floats(-10, 10, allow_subnormal=False).filter(lambda x: x == 0.0 or abs(x) >= 1e-100),
+)
 
 
 @SETTINGS
@@ -92,8 +95,9 @@ def test_chunked_table_equals_unchunked(chunk):
     rng = np.random.default_rng(2)
     out = jnp.asarray(rng.normal(size=(13, 5, 3)), jnp.float32)
     whole = similarity.mismatch_table(out, chunk_size=13)
-    np.testing.assert_allclose(np.asarray(similarity.mismatch_table(out, chunk_size=chunk)), np.asarray(whole),
-                               rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(
+        np.asarray(similarity.mismatch_table(out, chunk_size=chunk)), np.asarray(whole), rtol=1e-6, atol=1e-7
+    )
 
 
 def test_chunked_table_float64_exact(x64):
@@ -111,8 +115,9 @@ def test_mismatch_tables_stacks_layers():
     stacked = similarity.mismatch_tables(out, chunk_size=4)
     assert stacked.shape == (3, 4, 5)
     for layer in range(3):
-        np.testing.assert_allclose(np.asarray(stacked[layer]), np.asarray(similarity.mismatch_table(out[layer])),
-                                   rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(
+            np.asarray(stacked[layer]), np.asarray(similarity.mismatch_table(out[layer])), rtol=1e-6, atol=1e-7
+        )
 
 
 def test_bad_inputs_raise_config_error():
@@ -141,8 +146,9 @@ def test_router_cosine_matches_numpy():
 
 # ---------------------------------------------------------------- synthetic latent model
 
-SC = Scenario(n_nodes=6, n_layers=3, n_clusters=3, output_norm=2.0, output_norm_sigma=0.4,
-              intra_cluster_cosine=0.8, table_seed=7)
+SC = Scenario(
+    n_nodes=6, n_layers=3, n_clusters=3, output_norm=2.0, output_norm_sigma=0.4, intra_cluster_cosine=0.8, table_seed=7
+)
 S, D = 512, 32
 
 
@@ -168,8 +174,11 @@ def test_synthetic_table_matches_latent_closed_form(base_tables):
         assert sorted(np.bincount(clusters[layer], minlength=3)) == [2, 2, 2]
         n = norms[layer]
         same = clusters[layer][:, None] == clusters[layer][None, :]
-        var = np.where(same, a * (n[:, None] - n[None, :]) ** 2 + (1 - a) * (n[:, None] ** 2 + n[None, :] ** 2),
-                       n[:, None] ** 2 + n[None, :] ** 2)
+        var = np.where(
+            same,
+            a * (n[:, None] - n[None, :]) ** 2 + (1 - a) * (n[:, None] ** 2 + n[None, :] ** 2),
+            n[:, None] ** 2 + n[None, :] ** 2,
+        )
         expected = np.concatenate([np.sqrt(var) * c, n[:, None] * c], axis=1)
         np.fill_diagonal(expected[:, :6], 0.0)
         # Monte Carlo: relative sd of one norm ~ 1/sqrt(2D) = 0.125, of the mean over S ~ 0.0055; 7 sd
@@ -182,8 +191,9 @@ def test_synthetic_table_matches_latent_closed_form(base_tables):
 def test_synthetic_outputs_define_the_table(base_tables):
     out = similarity.synthetic_outputs(SC, 1, n_samples=S, latent_dim=D)
     assert out.shape == (S, 6, D)
-    np.testing.assert_allclose(np.asarray(similarity.mismatch_table(out)), np.asarray(base_tables[1]),
-                               rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(similarity.mismatch_table(out)), np.asarray(base_tables[1]), rtol=1e-6, atol=1e-6
+    )
     mean_norm = np.linalg.norm(np.asarray(out), axis=-1).mean(0)
     np.testing.assert_allclose(mean_norm, np.asarray(similarity.synthetic_norms(SC))[1] * _chi_mean(D), rtol=0.03)
 

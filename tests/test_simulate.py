@@ -74,12 +74,20 @@ def test_infeasible_counted_not_dropped():
 
 def _user_cost(sc):
     """f_UE in NumPy from the scenario's fields (eq. 17): one load plus one token's compute (J)."""
-    return float(sc.user_load_power_w) * float(sc.user_load_time_s) + \
-        float(sc.user_compute_power_w) * float(sc.expert_flops) / float(sc.user_flops_per_s)
+    return float(sc.user_load_power_w) * float(sc.user_load_time_s) + float(sc.user_compute_power_w) * float(
+        sc.expert_flops
+    ) / float(sc.user_flops_per_s)
 
 
-@pytest.mark.parametrize("policy,fading,bits,tokens", [("topk", "slow", None, 16), ("siftmoe", "slow", None, 16),
-                                                        ("siftmoe", "slow", None, 1), ("topk", "fast", "dynamic", 8)])
+@pytest.mark.parametrize(
+    "policy,fading,bits,tokens",
+    [
+        ("topk", "slow", None, 16),
+        ("siftmoe", "slow", None, 16),
+        ("siftmoe", "slow", None, 1),
+        ("topk", "fast", "dynamic", 8),
+    ],
+)
 def test_energy_breakdown_sums_to_the_total(policy, fading, bits, tokens):
     sc = sj.presets.get("mixtral-8x7b").replace(n_tokens=tokens, n_layers=2)
     m = simulate(sc, policy=policy, samples=64, seed=1, fading=fading, bits=bits).metrics
@@ -98,13 +106,15 @@ def test_local_energy_matches_numpy_count_of_user_tokens():
     topk = np.stack([np.asarray(sj.gating.draw(jax.random.split(k)[1], sc)[1]) for k in keys])  # [S, L, 1, K]
     used = (topk == 0).any(axis=-1).sum(axis=(1, 2))  # layers per sample that run expert 0 at the user
     np.testing.assert_allclose(m["local_energy_j"].mean, used.mean() * _user_cost(sc), rtol=1e-5)
-    np.testing.assert_allclose(m["uplink_energy_j"].mean, m["energy_per_token_j"].mean - used.mean() * _user_cost(sc),
-                               rtol=1e-4)
+    np.testing.assert_allclose(
+        m["uplink_energy_j"].mean, m["energy_per_token_j"].mean - used.mean() * _user_cost(sc), rtol=1e-4
+    )
 
 
 def test_breakdown_without_user_power_is_all_uplink():
-    sc = sj.presets.get("switch-base-8").replace(n_tokens=32, n_layers=1, user_load_power_w=0.0,
-                                                 user_compute_power_w=0.0)
+    sc = sj.presets.get("switch-base-8").replace(
+        n_tokens=32, n_layers=1, user_load_power_w=0.0, user_compute_power_w=0.0
+    )
     m = simulate(sc, policy="topk", samples=32, seed=0).metrics
     assert m["local_energy_j"].max == 0.0
     assert m["energy_per_token_j"].mean > 0

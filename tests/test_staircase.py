@@ -79,13 +79,13 @@ def test_one_eta_few_etas_and_everything_batched():
     inst = instances(np.random.default_rng(2), 200, 12)
     one = jax.jit(jax.vmap(best_within, in_axes=(None, 0, 0, 0)))
     check([np.stack(x) for x in zip(*[one(jnp.float32(eta), *inst) for eta in ETAS])], ETAS, inst)
-    few = ETAS[:staircase.STAIRCASE_MIN_POINTS - 1]
+    few = ETAS[: staircase.STAIRCASE_MIN_POINTS - 1]
     got = jax.jit(jax.vmap(jax.vmap(best_within, in_axes=(None, 0, 0, 0)), in_axes=(0, None, None, None)))(few, *inst)
     check(got, few, inst)
     eta_each = np.resize(ETAS, 200)
     both = jax.jit(jax.vmap(best_within))(eta_each, *inst)
     for s in range(0, 200, 37):
-        ref = brute_force(eta_each[s], *(x[s:s + 1] for x in inst))[0]
+        ref = brute_force(eta_each[s], *(x[s : s + 1] for x in inst))[0]
         assert (float(both[0][s]), float(both[1][s]), int(both[2][s])) == (float(ref[0]), float(ref[1]), int(ref[2]))
 
 

@@ -62,7 +62,7 @@ def test_split_invariance_bit_identical():
     for cut in (1, 1000, 4096, 7777):
         acc = Accumulator()
         for start in range(0, x.size, cut):
-            acc.add(x[start:start + cut], v[start:start + cut])
+            acc.add(x[start : start + cut], v[start : start + cut])
         assert acc.result() == ref
 
 
@@ -76,7 +76,7 @@ def test_points_accumulator_equals_one_accumulator_per_point():
     x[1, 17] = np.nan
     many = Accumulator(points=5)
     for start in range(0, x.shape[1], 3000):
-        many.add(x[:, start:start + 3000], v[:, start:start + 3000])
+        many.add(x[:, start : start + 3000], v[:, start : start + 3000])
     got = many.results()
     for p in range(5):
         good = x[p][v[p] & np.isfinite(x[p])]
@@ -128,8 +128,9 @@ def test_runner_is_statistically_right():
     assert 0.74 < s.n / 40_000 < 0.76
 
 
-@pytest.mark.parametrize("kw", [{"samples": 0}, {"samples": 1.5}, {"seed": -1}, {"seed": "a"}, {"chunk_size": 0},
-                                {"chunk_size": True}])
+@pytest.mark.parametrize(
+    "kw", [{"samples": 0}, {"samples": 1.5}, {"seed": -1}, {"seed": "a"}, {"chunk_size": 0}, {"chunk_size": True}]
+)
 def test_runner_bad_arguments(kw):
     args = {"samples": 10, "seed": 0, "chunk_size": None} | kw
     with pytest.raises(ConfigError) as err:
@@ -171,7 +172,7 @@ def test_runner_summaries_match_numpy_on_the_raw_values(samples, chunk):
             assert s.mean == pytest.approx(good.mean(), rel=1e-10)  # exact heads + float32 tails (a float32 sum: 1e-6)
             assert s.std == pytest.approx(good.std(ddof=1), rel=1e-5)
             assert s.max == good.max()
-        top = np.sort(good)[-math.ceil(good.size / 1000):]  # y: within the histogram's range
+        top = np.sort(good)[-math.ceil(good.size / 1000) :]  # y: within the histogram's range
         assert s.p50 == pytest.approx(np.quantile(good, 0.5), rel=0.06)
         assert s.tail_share == pytest.approx(top.sum() / good.sum(), rel=0.06)
 
@@ -263,8 +264,24 @@ def _wilson(k, n):
     return center - half, center + half
 
 
-@pytest.mark.parametrize("k, n", [(0, 1), (1, 1), (0, 10), (10, 10), (1, 10), (3, 100), (50, 100), (97, 100),
-                                  (0, 5000), (1, 5000), (4999, 5000), (5000, 5000), (1234, 9999)])
+@pytest.mark.parametrize(
+    "k, n",
+    [
+        (0, 1),
+        (1, 1),
+        (0, 10),
+        (10, 10),
+        (1, 10),
+        (3, 100),
+        (50, 100),
+        (97, 100),
+        (0, 5000),
+        (1, 5000),
+        (4999, 5000),
+        (5000, 5000),
+        (1234, 9999),
+    ],
+)
 def test_rate_ci_is_wilson(k, n):
     """A 0/1 metric gets Wilson's interval, never Wald's [0, 0] at p = 0 or [1, 1] at p = 1; checked against
     the closed form and scipy's binomtest."""
@@ -300,15 +317,16 @@ def test_one_value_other_than_0_or_1_makes_a_metric_ordinary():
     for cut in (1, 333, 4096, 5000):
         acc = Accumulator()
         for start in range(0, x.size, cut):
-            acc.add(x[start:start + cut], v[start:start + cut])
+            acc.add(x[start : start + cut], v[start : start + cut])
         assert acc.result() == s
 
 
 def test_points_mix_rates_constants_and_continuous_data():
     """The vectorised accumulator decides 0/1-ness, constancy and reliability per point."""
     rng = np.random.default_rng(11)
-    x = np.stack([(rng.random(6000) < 0.01).astype(float), np.full(6000, 7.0), rng.lognormal(0, 1, 6000),
-                  np.zeros(6000)])
+    x = np.stack(
+        [(rng.random(6000) < 0.01).astype(float), np.full(6000, 7.0), rng.lognormal(0, 1, 6000), np.zeros(6000)]
+    )
     many = Accumulator(points=4)
     many.add(x, np.ones(x.shape, bool))
     got = many.results()
@@ -320,7 +338,7 @@ def test_points_mix_rates_constants_and_continuous_data():
 def test_reliable_rule():
     """n >= 30 (MIN_RELIABLE_N) and a light tail; 0/1 metrics need only n >= 30 (Wilson handles rare
     events); constant data are reliable from n = 2 (the zero-width CI is exact)."""
-    assert stats.MIN_RELIABLE_N == 30 and stats.Z95 == pytest.approx(Z, rel=1e-15)
+    assert stats.MIN_RELIABLE_N == 30 and pytest.approx(Z, rel=1e-15) == stats.Z95
     rng = np.random.default_rng(12)
     x = rng.normal(5.0, 1.0, 30)
     assert not _stat(x[:29]).reliable and _stat(x).reliable
@@ -337,4 +355,15 @@ def test_reliable_rule():
 def test_stat_fields_unchanged():
     """Sweep part files store Stat.to_dict() and load it with Stat(**dict): the fields stay as they were."""
     assert [f.name for f in dataclasses.fields(Stat)] == [
-        "mean", "ci95", "n", "n_invalid", "std", "p50", "p90", "p99", "max", "tail_share", "reliable"]
+        "mean",
+        "ci95",
+        "n",
+        "n_invalid",
+        "std",
+        "p50",
+        "p90",
+        "p99",
+        "max",
+        "tail_share",
+        "reliable",
+    ]

@@ -100,36 +100,35 @@ def test_interrupted_write_leaves_no_temporary_file(tmp_path):
 def test_second_writer_is_refused_while_the_first_runs(tmp_path):
     with store.open_run(tmp_path, "t", MANIFEST) as st:
         assert json.loads(st.lock_path.read_text())["pid"] == os.getpid()
-        with pytest.raises(ConfigError, match=f"pid {os.getpid()}"):
-            with store.open_run(tmp_path, "t", MANIFEST, resume=True):
-                pass
+        with (
+            pytest.raises(ConfigError, match=f"pid {os.getpid()}"),
+            store.open_run(tmp_path, "t", MANIFEST, resume=True),
+        ):
+            pass
         assert st.lock_path.exists()  # the refused writer left the first one's lock alone
     assert not st.lock_path.exists()
 
 
 def test_lock_is_released_after_an_error(tmp_path):
-    with pytest.raises(RuntimeError):
-        with store.open_run(tmp_path, "t", MANIFEST):
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError), store.open_run(tmp_path, "t", MANIFEST):
+        raise RuntimeError("boom")
     assert not (tmp_path / "t.lock").exists()
 
 
 def test_stale_lock_of_a_dead_pid_is_taken_over_with_a_warning(tmp_path):
     lock = tmp_path / "t.lock"
     lock.write_text(json.dumps({"pid": _dead_pid(), "host": os.uname().nodename, "started": "then"}))
-    with pytest.warns(store.StoreWarning, match="no longer running"):
-        with store.open_run(tmp_path, "t", MANIFEST) as st:
-            assert json.loads(lock.read_text())["pid"] == os.getpid()
-            st.save("topk__0", [1.0])
+    with pytest.warns(store.StoreWarning, match="no longer running"), store.open_run(tmp_path, "t", MANIFEST) as st:
+        assert json.loads(lock.read_text())["pid"] == os.getpid()
+        st.save("topk__0", [1.0])
     assert not lock.exists()
 
 
 @pytest.mark.parametrize("content", ["", "{not json", json.dumps({"pid": 1, "host": "elsewhere", "started": "x"})])
 def test_unreadable_or_foreign_lock_is_refused(tmp_path, content):
     (tmp_path / "t.lock").write_text(content)
-    with pytest.raises(ConfigError, match="t.lock"):
-        with store.open_run(tmp_path, "t", MANIFEST):
-            pass
+    with pytest.raises(ConfigError, match=r"t.lock"), store.open_run(tmp_path, "t", MANIFEST):
+        pass
     assert (tmp_path / "t.lock").read_text() == content
 
 
@@ -138,31 +137,33 @@ def test_unreadable_or_foreign_lock_is_refused(tmp_path, content):
 
 def test_earlier_results_are_refused_without_resume_or_overwrite(tmp_path):
     st = _finished_run(tmp_path)
-    with pytest.raises(ConfigError, match="--overwrite"):
-        with store.open_run(tmp_path, "t", MANIFEST | {"samples": 32}):
-            pass
+    with pytest.raises(ConfigError, match="--overwrite"), store.open_run(tmp_path, "t", MANIFEST | {"samples": 32}):
+        pass
     assert st.nc.read_bytes() == b"netcdf" and len(list(st.parts.glob("topk__*.json"))) == 2
     with store.open_run(tmp_path, "t", MANIFEST | {"samples": 32}, overwrite=True) as again:
         assert again.missing(["topk__0", "topk__1"]) == ["topk__0", "topk__1"]  # never loaded, deleted
-    with pytest.raises(ConfigError, match="overwrite"):
-        with store.open_run(tmp_path, "t", MANIFEST, resume=True, overwrite=True):
-            pass
+    with (
+        pytest.raises(ConfigError, match="overwrite"),
+        store.open_run(tmp_path, "t", MANIFEST, resume=True, overwrite=True),
+    ):
+        pass
 
 
 def test_resume_reuses_parts_of_the_same_run_only(tmp_path):
     _finished_run(tmp_path)
     with store.open_run(tmp_path, "t", MANIFEST, resume=True) as st:
         assert st.load("topk__1")[0]["mean"] == 1.5
-    with pytest.raises(ConfigError, match="samples"):
-        with store.open_run(tmp_path, "t", MANIFEST | {"samples": 32}, resume=True):
-            pass
+    with (
+        pytest.raises(ConfigError, match="samples"),
+        store.open_run(tmp_path, "t", MANIFEST | {"samples": 32}, resume=True),
+    ):
+        pass
 
 
 def test_resume_with_nothing_to_resume_refuses_to_replace_a_result(tmp_path):
     (tmp_path / "t.nc").write_bytes(b"old")
-    with pytest.raises(ConfigError, match="nothing to resume"):
-        with store.open_run(tmp_path, "t", MANIFEST, resume=True):
-            pass
+    with pytest.raises(ConfigError, match="nothing to resume"), store.open_run(tmp_path, "t", MANIFEST, resume=True):
+        pass
     with store.open_run(tmp_path / "fresh", "t", MANIFEST, resume=True) as st:  # nothing there: a fresh run
         assert st.missing(["topk__0"]) == ["topk__0"]
 
@@ -171,17 +172,18 @@ def test_resume_with_nothing_to_resume_refuses_to_replace_a_result(tmp_path):
 def test_damaged_manifest_is_a_config_error_naming_it(tmp_path, text):
     st = _finished_run(tmp_path)
     (st.parts / "manifest.json").write_text(text)
-    with pytest.raises(ConfigError, match="manifest.json is damaged"):
-        with store.open_run(tmp_path, "t", MANIFEST, resume=True):
-            pass
+    with (
+        pytest.raises(ConfigError, match=r"manifest.json is damaged"),
+        store.open_run(tmp_path, "t", MANIFEST, resume=True),
+    ):
+        pass
 
 
 def test_missing_manifest_never_deletes_the_parts(tmp_path):
     st = _finished_run(tmp_path)
     (st.parts / "manifest.json").unlink()
-    with pytest.raises(ConfigError, match="--overwrite"):
-        with store.open_run(tmp_path, "t", MANIFEST, resume=True):
-            pass
+    with pytest.raises(ConfigError, match="--overwrite"), store.open_run(tmp_path, "t", MANIFEST, resume=True):
+        pass
     assert len(list(st.parts.glob("topk__*.json"))) == 2
 
 
@@ -194,9 +196,16 @@ def test_damaged_part_is_reported_by_path_and_treated_as_missing(tmp_path, damag
     path = st.part_path("topk__0")
     text = path.read_text()
     other = json.loads(text) | {"manifest": "0" * 64}
-    path.write_text({"truncate": text[: len(text) // 2], "empty": "", "garbage": "\x00\x01nonsense",
-                     "edit": text.replace("0.5", "0.25"), "other-run": json.dumps(other),
-                     "layout": json.dumps([1, 2])}[damage])
+    path.write_text(
+        {
+            "truncate": text[: len(text) // 2],
+            "empty": "",
+            "garbage": "\x00\x01nonsense",
+            "edit": text.replace("0.5", "0.25"),
+            "other-run": json.dumps(other),
+            "layout": json.dumps([1, 2]),
+        }[damage]
+    )
     with store.open_run(tmp_path, "t", MANIFEST, resume=True) as again:
         with pytest.warns(store.StoreWarning, match=str(path)):
             assert again.load("topk__0") is None
@@ -205,9 +214,8 @@ def test_damaged_part_is_reported_by_path_and_treated_as_missing(tmp_path, damag
 
 def test_a_decode_error_marks_the_part_damaged(tmp_path):
     _finished_run(tmp_path)
-    with store.open_run(tmp_path, "t", MANIFEST, resume=True) as st:
-        with pytest.warns(store.StoreWarning, match="KeyError"):
-            assert st.load("topk__0", lambda payload: payload[0]["no such key"]) is None
+    with store.open_run(tmp_path, "t", MANIFEST, resume=True) as st, pytest.warns(store.StoreWarning, match="KeyError"):
+        assert st.load("topk__0", lambda payload: payload[0]["no such key"]) is None
 
 
 def test_temporary_files_of_dead_writers_are_cleaned_on_resume(tmp_path):
@@ -226,11 +234,10 @@ def test_temporary_files_of_dead_writers_are_cleaned_on_resume(tmp_path):
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_signal_keeps_finished_parts_releases_the_lock_and_says_how_to_resume(tmp_path, signum):
     before = signal.getsignal(signal.SIGTERM)
-    with pytest.raises(store.Interrupted) as err:
-        with store.open_run(tmp_path, "t", MANIFEST) as st:
-            st.save("topk__0", [1.0])
-            os.kill(os.getpid(), signum)
-            st.save("topk__1", [2.0])  # not reached
+    with pytest.raises(store.Interrupted) as err, store.open_run(tmp_path, "t", MANIFEST) as st:
+        st.save("topk__0", [1.0])
+        os.kill(os.getpid(), signum)
+        st.save("topk__1", [2.0])  # not reached
     assert err.value.signum == signum and "--resume" in str(err.value) and "1 finished part" in str(err.value)
     assert not st.lock_path.exists() and st.missing(["topk__0", "topk__1"]) == ["topk__1"]
     assert signal.getsignal(signal.SIGTERM) is before

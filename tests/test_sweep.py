@@ -39,14 +39,17 @@ def _spec(extra):
     return sweeps.load_spec(BASE + textwrap.dedent(extra))
 
 
-@pytest.mark.parametrize("extra,key", [
-    ('colour = 1\n[[axes]]\nfield = "eta"\nvalues = [1.0]', "colour"),
-    ('[[axes]]\nfield = "eta"\nvalues = []', "axes[0].values"),
-    ('[[axes]]\nfield = "wavelength"\nvalues = [1.0]', "axes[0].field"),
-    ('[[axes]]\nfield = "eta"\nvalues = ["a"]', "axes[0].values"),
-    ('[[axes]]\nfield = "eta"\nvalues = [-1.0]', "eta"),
-    ('mode = "spiral"\n[[axes]]\nfield = "eta"\nvalues = [1.0]', "mode"),
-])
+@pytest.mark.parametrize(
+    "extra,key",
+    [
+        ('colour = 1\n[[axes]]\nfield = "eta"\nvalues = [1.0]', "colour"),
+        ('[[axes]]\nfield = "eta"\nvalues = []', "axes[0].values"),
+        ('[[axes]]\nfield = "wavelength"\nvalues = [1.0]', "axes[0].field"),
+        ('[[axes]]\nfield = "eta"\nvalues = ["a"]', "axes[0].values"),
+        ('[[axes]]\nfield = "eta"\nvalues = [-1.0]', "eta"),
+        ('mode = "spiral"\n[[axes]]\nfield = "eta"\nvalues = [1.0]', "mode"),
+    ],
+)
 def test_spec_validation_names_the_key(extra, key):
     with pytest.raises(sj.ConfigError) as err:
         _spec(extra)
@@ -63,7 +66,9 @@ def test_unknown_policy_and_missing_axes():
 
 
 def test_two_static_groups_compile_exactly_twice_and_match_simulate():
-    spec = _spec('[[axes]]\nfield = "top_k"\nvalues = [1, 2]\n[[axes]]\nfield = "bandwidth_hz"\nvalues = [1e6, 2e6, 3e6]')
+    spec = _spec(
+        '[[axes]]\nfield = "top_k"\nvalues = [1, 2]\n[[axes]]\nfield = "bandwidth_hz"\nvalues = [1e6, 2e6, 3e6]'
+    )
     jax.clear_caches()
     before = montecarlo.TRACES["count"]
     ds = sweeps.run(spec, out=None)
@@ -99,10 +104,14 @@ def test_point_axes_all_shares_one_program_across_swept_fields():
     """point_axes="all" stacks every dynamic field: a spec sweeping eta and one sweeping the bandwidth
     compile one program between them, and agree with the default ("swept") to float rounding."""
     siftmoe = BASE.replace('curves = ["topk"]', 'curves = ["siftmoe"]')
-    by_eta = sweeps.load_spec(siftmoe.replace("n_layers = 2", "n_layers = 2\nbandwidth_hz = 2e6")
-                              + '[[axes]]\nfield = "eta"\nvalues = [0.0, 2.5]\n')
-    by_bw = sweeps.load_spec(siftmoe.replace("n_layers = 2", "n_layers = 2\neta = 1.5")
-                             + '[[axes]]\nfield = "bandwidth_hz"\nvalues = [1.8e6, 2.2e6]\n')
+    by_eta = sweeps.load_spec(
+        siftmoe.replace("n_layers = 2", "n_layers = 2\nbandwidth_hz = 2e6")
+        + '[[axes]]\nfield = "eta"\nvalues = [0.0, 2.5]\n'
+    )
+    by_bw = sweeps.load_spec(
+        siftmoe.replace("n_layers = 2", "n_layers = 2\neta = 1.5")
+        + '[[axes]]\nfield = "bandwidth_hz"\nvalues = [1.8e6, 2.2e6]\n'
+    )
     jax.clear_caches()
     before = montecarlo.TRACES["count"]
     shared_eta = sweeps.run(by_eta, out=None, point_axes="all")
@@ -114,8 +123,9 @@ def test_point_axes_all_shares_one_program_across_swept_fields():
         assert alone.attrs["point_axes"] == "swept"
         for metric in ("energy_per_token_j", "deviation_bound", "infeasible_rate", "latency_s"):
             np.testing.assert_array_equal(shared[f"{metric}_n"].values, alone[f"{metric}_n"].values)
-            np.testing.assert_allclose(shared[f"{metric}_mean"].values, alone[f"{metric}_mean"].values,
-                                       rtol=1e-6, atol=1e-12)
+            np.testing.assert_allclose(
+                shared[f"{metric}_mean"].values, alone[f"{metric}_mean"].values, rtol=1e-6, atol=1e-12
+            )
     assert montecarlo.TRACES["count"] - before == 3  # one more program per swept field
     with pytest.raises(sj.ConfigError, match="point_axes"):
         sweeps.run(by_eta, out=None, point_axes="some")
@@ -124,7 +134,8 @@ def test_point_axes_all_shares_one_program_across_swept_fields():
 def test_fast_fading_bit_loadings_of_one_policy_share_one_program_and_match_simulate(tmp_path):
     """Under fast fading the curves of one policy run as one program (one selection, each bit loading on
     it): three curves compile two programs, and every curve equals simulate with its own bit loading."""
-    spec = sweeps.load_spec(textwrap.dedent("""
+    spec = sweeps.load_spec(
+        textwrap.dedent("""
         name = "ff"
         preset = "switch-base-8"
         fading = "fast"
@@ -138,21 +149,28 @@ def test_fast_fading_bit_loadings_of_one_policy_share_one_program_and_match_simu
         [[axes]]
         field = "bandwidth_hz"
         values = [0.9e6, 1.2e6]
-        """))
-    assert [[c.label for c in g] for g in sweeps.curve_groups(spec)] == [["siftmoe:dynamic", "siftmoe:uniform"],
-                                                                         ["topk:uniform"]]
+        """)
+    )
+    assert [[c.label for c in g] for g in sweeps.curve_groups(spec)] == [
+        ["siftmoe:dynamic", "siftmoe:uniform"],
+        ["topk:uniform"],
+    ]
     jax.clear_caches()
     before = montecarlo.TRACES["count"]
     ds = sweeps.run(spec, out=tmp_path)
     assert montecarlo.TRACES["count"] - before == 2
     assert sorted(p.name for p in (tmp_path / "ff.parts").glob("*__0.json")) == [
-        "siftmoe_dynamic--siftmoe_uniform__0.json", "siftmoe_dynamic__0.json", "siftmoe_uniform__0.json",
-        "topk_uniform__0.json"]
+        "siftmoe_dynamic--siftmoe_uniform__0.json",
+        "siftmoe_dynamic__0.json",
+        "siftmoe_uniform__0.json",
+        "topk_uniform__0.json",
+    ]
     base = sj.presets.get("switch-base-8").replace(n_tokens=6, n_layers=2)
     for label in ("siftmoe:dynamic", "siftmoe:uniform", "topk:uniform"):
         policy, bits = label.split(":")
-        alone = sj.simulate(base.replace(bandwidth_hz=1.2e6), policy=policy, samples=48, seed=5, fading="fast",
-                            bits=bits).metrics
+        alone = sj.simulate(
+            base.replace(bandwidth_hz=1.2e6), policy=policy, samples=48, seed=5, fading="fast", bits=bits
+        ).metrics
         got = ds.sel(curve=label, bandwidth_hz=1.2e6)
         for metric in sj.METRICS:
             assert float(got[f"{metric}_mean"]) == pytest.approx(alone[metric].mean, rel=1e-6, abs=1e-12), metric
@@ -165,8 +183,11 @@ def test_fast_fading_bit_loadings_of_one_policy_share_one_program_and_match_simu
     params = jax.tree.map(lambda x: np.asarray(x)[None], (sc, sj.similarity.synthetic_tables(sc)))
     idx = jax.numpy.arange(48, dtype=jax.numpy.uint32)
     (e_dyn, ok_dyn), (e_uni, ok_uni) = (
-        jax.device_get(montecarlo.raw_metrics(TaskMetrics("siftmoe", "fast", bits), None, params, idx, 5)
-                       ["energy_per_token_j"]) for bits in ("dynamic", "uniform"))
+        jax.device_get(
+            montecarlo.raw_metrics(TaskMetrics("siftmoe", "fast", bits), None, params, idx, 5)["energy_per_token_j"]
+        )
+        for bits in ("dynamic", "uniform")
+    )
     both = ok_dyn[0] & ok_uni[0]
     diff = np.asarray(e_dyn[0], np.float64)[both] - np.asarray(e_uni[0], np.float64)[both]
     half = 1.959963984540054 * diff.std(ddof=1) / np.sqrt(diff.size)
@@ -181,8 +202,10 @@ def test_eta_axis_takes_the_staircase_and_matches_simulate():
     """Five eta points in one call (the SiftMoE candidates ranked once per sample, policies/staircase.py)
     give exactly what each eta gives alone through simulate."""
     etas = [0.0, 0.4, 0.8, 1.5, 2.5]
-    spec = sweeps.load_spec(BASE.replace('curves = ["topk"]', 'curves = ["siftmoe"]').replace(
-        "points_per_call = 2", "points_per_call = 5") + f'[[axes]]\nfield = "eta"\nvalues = {etas}\n')
+    spec = sweeps.load_spec(
+        BASE.replace('curves = ["topk"]', 'curves = ["siftmoe"]').replace("points_per_call = 2", "points_per_call = 5")
+        + f'[[axes]]\nfield = "eta"\nvalues = {etas}\n'
+    )
     ds = sweeps.run(spec, out=None)
     base = sj.presets.get("mixtral-8x7b").replace(n_tokens=1, n_layers=2)
     energies = []
@@ -200,15 +223,26 @@ def test_dataset_attrs_and_netcdf_roundtrip(tmp_path):
     spec = _spec('[[axes]]\nfield = "eta"\nvalues = [0.5, 2.0]')
     ds = sweeps.run(spec, out=tmp_path)
     back = xr.load_dataset(tmp_path / "t.nc")
-    for key in ("spec", "seed", "samples", "chunk_size", "jax", "jaxlib", "flax", "backend", "device_count",
-                "prng_impl", "x64", "sift_jax_git"):
+    for key in (
+        "spec",
+        "seed",
+        "samples",
+        "chunk_size",
+        "jax",
+        "jaxlib",
+        "flax",
+        "backend",
+        "device_count",
+        "prng_impl",
+        "x64",
+        "sift_jax_git",
+    ):
         assert key in back.attrs
     np.testing.assert_array_equal(back["energy_per_token_j_mean"].values, ds["energy_per_token_j_mean"].values)
 
 
 def _run_sweep_process(spec_path, out, resume, env=None):
-    code = ("import sys; from sift_jax import sweep; "
-            f"sweep.run({str(spec_path)!r}, out={str(out)!r}, resume={resume})")
+    code = f"import sys; from sift_jax import sweep; sweep.run({str(spec_path)!r}, out={str(out)!r}, resume={resume})"
     return subprocess.Popen([sys.executable, "-c", code], env=env or os.environ.copy())
 
 
@@ -217,7 +251,7 @@ def test_resume_after_sigkill_equals_uninterrupted(tmp_path):
     part is being written), then --resume: the dataset equals an uninterrupted run's. 3 trials here;
     SIFT_JAX_KILL_TRIALS=10 runs more."""
     # enough samples that each part takes ~0.3 s
-    text = BASE.replace('samples = 300', 'samples = 100000').replace("points_per_call = 2", "points_per_call = 1")
+    text = BASE.replace("samples = 300", "samples = 100000").replace("points_per_call = 2", "points_per_call = 1")
     text += '[[axes]]\nfield = "bandwidth_hz"\nvalues = [1e6, 1.5e6, 2e6, 2.5e6, 3e6, 3.5e6]\n'
     spec_path = tmp_path / "t.toml"
     spec_path.write_text(text)
@@ -239,9 +273,11 @@ def test_resume_after_sigkill_equals_uninterrupted(tmp_path):
         resumed = xr.load_dataset(out / "t.nc")
         assert sorted(p.name for p in parts.glob("topk__*.json")) == [f"topk__{i}.json" for i in range(6)]
         for var in full.data_vars:
-            np.testing.assert_array_equal(resumed[var].values, full[var].values,
-                                          err_msg=f"trial {trial}: killed after {after} parts + {extra:.2f} s "
-                                                  f"({done_before} on disk)")
+            np.testing.assert_array_equal(
+                resumed[var].values,
+                full[var].values,
+                err_msg=f"trial {trial}: killed after {after} parts + {extra:.2f} s ({done_before} on disk)",
+            )
 
 
 def test_resume_refuses_changed_spec(tmp_path):
@@ -274,8 +310,9 @@ def test_sharded_over_four_cpu_devices_equals_one_device(tmp_path):
     outs = []
     for n in (1, 4):
         env = os.environ | {"XLA_FLAGS": f"--xla_force_host_platform_device_count={n}", "JAX_PLATFORMS": "cpu"}
-        res = subprocess.run([sys.executable, "-c", code, str(spec_path)], env=env, capture_output=True, text=True,
-                             timeout=600)
+        res = subprocess.run(
+            [sys.executable, "-c", code, str(spec_path)], env=env, capture_output=True, text=True, timeout=600
+        )
         assert res.returncode == 0, res.stderr[-2000:]
         outs.append(__import__("json").loads(res.stdout.strip().splitlines()[-1]))
     assert outs[0]["devices"] == 1 and outs[1]["devices"] == 4
@@ -284,9 +321,7 @@ def test_sharded_over_four_cpu_devices_equals_one_device(tmp_path):
 
 
 def test_every_paper_spec_exists_and_validates():
-    from sift_jax.reproduce import PAPER_SPECS, default_spec_dir
-
-    from sift_jax.reproduce import QUICK_SKIPS
+    from sift_jax.reproduce import PAPER_SPECS, QUICK_SKIPS, default_spec_dir
 
     for name in PAPER_SPECS:
         spec = sweeps.load_spec(default_spec_dir() / f"{name}.toml")
@@ -370,8 +405,9 @@ def test_a_second_writer_is_refused_while_a_live_process_holds_the_lock(tmp_path
     """Old code: two writers on one --out deleted and loaded each other's parts."""
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        (tmp_path / "tiny.lock").write_text(__import__("json").dumps(
-            {"pid": holder.pid, "host": __import__("socket").gethostname(), "started": "now"}))
+        (tmp_path / "tiny.lock").write_text(
+            __import__("json").dumps({"pid": holder.pid, "host": __import__("socket").gethostname(), "started": "now"})
+        )
         with pytest.raises(sj.ConfigError, match=f"pid {holder.pid}"):
             sweeps.run(sweeps.load_spec(TINY), out=tmp_path)
     finally:
@@ -442,11 +478,16 @@ def test_sigterm_to_the_cli_prints_how_to_resume_and_exits_143(tmp_path):
     """The `sift-jax sweep` process, held after its first part: SIGTERM gives one line and status 128 + 15."""
     spec_path = tmp_path / "tiny.toml"
     spec_path.write_text(TINY)
-    code = ("import time; from sift_jax import store; save = store.Store.save\n"
-            "def slow(self, key, payload):\n    save(self, key, payload); time.sleep(60)\n"
-            "store.Store.save = slow\nfrom sift_jax.cli import main; main()")
-    proc = subprocess.Popen([sys.executable, "-c", code, "sweep", str(spec_path), "--out", str(tmp_path / "r")],
-                            stderr=subprocess.PIPE, text=True)
+    code = (
+        "import time; from sift_jax import store; save = store.Store.save\n"
+        "def slow(self, key, payload):\n    save(self, key, payload); time.sleep(60)\n"
+        "store.Store.save = slow\nfrom sift_jax.cli import main; main()"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, "sweep", str(spec_path), "--out", str(tmp_path / "r")],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 300
     while time.time() < deadline and not list((tmp_path / "r" / "tiny.parts").glob("topk__*.json")):
         time.sleep(0.05)

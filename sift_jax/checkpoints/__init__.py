@@ -19,6 +19,20 @@ from sift_jax.checkpoints.layouts import Layout, Tensor, get, names, register
 from sift_jax.checkpoints.reader import Checkpoint, LayerWeights
 from sift_jax.checkpoints.tables import load_calibration, load_tables, save_calibration
 
-__all__ = ["Checkpoint", "LayerWeights", "Layout", "Tensor", "calibrate_checkpoint", "draw_hidden_states",
-           "export_lab", "get", "layouts", "load_calibration", "load_tables", "names",
-           "register", "save_calibration", "save_checkpoint"]
+__all__ = [
+    "Checkpoint",
+    "LayerWeights",
+    "Layout",
+    "Tensor",
+    "calibrate_checkpoint",
+    "draw_hidden_states",
+    "export_lab",
+    "get",
+    "layouts",
+    "load_calibration",
+    "load_tables",
+    "names",
+    "register",
+    "save_calibration",
+    "save_checkpoint",
+]

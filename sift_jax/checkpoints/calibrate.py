@@ -86,8 +86,17 @@ def _all_experts(layout, dtypes: tuple, expert_weights: dict, z: jax.Array) -> j
 
 
 @functools.lru_cache(maxsize=16)
-def _layer_fn(layout, expert_dtypes: tuple, router_dtypes: tuple, batch_tokens: int, lipschitz: bool, n_fd: int,
-              fd_directions: int, n_pi: int, power_iters: int):
+def _layer_fn(
+    layout,
+    expert_dtypes: tuple,
+    router_dtypes: tuple,
+    batch_tokens: int,
+    lipschitz: bool,
+    n_fd: int,
+    fd_directions: int,
+    n_pi: int,
+    power_iters: int,
+):
     """Jitted (expert carriers, router carriers, z [T, d], key, fd_rel_eps) -> per-layer statistics."""
 
     def run(expert_w, router_w, z, key, fd_rel_eps):
@@ -106,8 +115,11 @@ def _layer_fn(layout, expert_dtypes: tuple, router_dtypes: tuple, batch_tokens: 
             return None, (pairs, jnp.max(jnp.linalg.norm(out, axis=-1), axis=0))
 
         _, (batch_means, batch_max) = jax.lax.scan(body, None, (zb, valid))
-        stats = {"batch_means": batch_means, "b_max": jnp.max(batch_max, axis=0),
-                 "router_logits": layout.router(_one_expert_float32(router_w, router_dtypes), z)}
+        stats = {
+            "batch_means": batch_means,
+            "b_max": jnp.max(batch_max, axis=0),
+            "router_logits": layout.router(_one_expert_float32(router_w, router_dtypes), z),
+        }
         if not lipschitz:
             return stats
         k_fd_points, k_fd_dirs, k_pi_points, k_pi = jax.random.split(key, 4)
@@ -120,8 +132,9 @@ def _layer_fn(layout, expert_dtypes: tuple, router_dtypes: tuple, batch_tokens: 
 
         def finite_difference(args):  # one point, its own directions; lax.map below vmaps 8 points at a time
             point, k = args
-            return bounds.lipschitz_finite_difference(all_experts_at, point[None], k, eps=eps,
-                                                      n_directions=fd_directions)
+            return bounds.lipschitz_finite_difference(
+                all_experts_at, point[None], k, eps=eps, n_directions=fd_directions
+            )
 
         per_point = jax.lax.map(finite_difference, (z_fd, jax.random.split(k_fd_dirs, n_fd)), batch_size=8)
         stats["beta_fd"] = jnp.max(per_point, axis=0)
@@ -162,15 +175,23 @@ def _open_hidden(hidden_states):
                 keys = list(z.keys())
                 key = "hidden_states" if "hidden_states" in keys else (keys[0] if len(keys) == 1 else None)
                 if key is None:
-                    raise ConfigError("hidden_states", str(path), "an .npz with one array or a 'hidden_states' array",
-                                      message=f"hidden_states {path}: an .npz needs one array or one named "
-                                              f"'hidden_states'; found {', '.join(keys)}")
+                    raise ConfigError(
+                        "hidden_states",
+                        str(path),
+                        "an .npz with one array or a 'hidden_states' array",
+                        message=f"hidden_states {path}: an .npz needs one array or one named "
+                        f"'hidden_states'; found {', '.join(keys)}",
+                    )
                 array = z[key]
         else:
             array = np.load(path, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError, EOFError) as err:
-        raise ConfigError("hidden_states", str(path), "a readable .npy or .npz file",
-                          message=f"hidden_states {path} is not a readable .npy/.npz file ({err})") from None
+        raise ConfigError(
+            "hidden_states",
+            str(path),
+            "a readable .npy or .npz file",
+            message=f"hidden_states {path} is not a readable .npy/.npz file ({err})",
+        ) from None
     return array, f"file {path} sha256 {_sha256(path)}"
 
 
@@ -178,8 +199,11 @@ def _check_hidden(array, n_layers: int, d: int):
     floating = np.issubdtype(array.dtype, np.floating) or array.dtype.name == "bfloat16"
     shape_ok = array.ndim in (2, 3) and array.shape[-1] == d and array.shape[-2] >= 1
     if not floating or not shape_ok or (array.ndim == 3 and array.shape[0] != n_layers):
-        raise ConfigError("hidden_states", f"array of shape {array.shape} and dtype {array.dtype}",
-                          f"a floating array float[L={n_layers}, T, d={d}] or float[T, d={d}]")
+        raise ConfigError(
+            "hidden_states",
+            f"array of shape {array.shape} and dtype {array.dtype}",
+            f"a floating array float[L={n_layers}, T, d={d}] or float[T, d={d}]",
+        )
 
 
 def _token_subset(n_available: int, tokens, seed: int):
@@ -237,10 +261,22 @@ def _positive_int(name: str, value) -> int:
     return int(value)
 
 
-def calibrate_checkpoint(checkpoint, hidden_states=None, *, layout=None, tokens: int | None = None,
-                         seed: int = 0, batch_tokens: int = 256, lipschitz: bool = True,
-                         n_lipschitz_points: int = 64, fd_directions: int = 8, fd_rel_eps: float = 1e-3,
-                         n_power_points: int = 8, power_iters: int = 30, progress: bool = False) -> dict:
+def calibrate_checkpoint(
+    checkpoint,
+    hidden_states=None,
+    *,
+    layout=None,
+    tokens: int | None = None,
+    seed: int = 0,
+    batch_tokens: int = 256,
+    lipschitz: bool = True,
+    n_lipschitz_points: int = 64,
+    fd_directions: int = 8,
+    fd_rel_eps: float = 1e-3,
+    n_power_points: int = 8,
+    power_iters: int = 30,
+    progress: bool = False,
+) -> dict:
     """Tables Fbar, B_max and Lipschitz estimates of every MoE layer of a safetensors checkpoint.
 
     Args:
@@ -293,16 +329,25 @@ def calibrate_checkpoint(checkpoint, hidden_states=None, *, layout=None, tokens:
 
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else Checkpoint(checkpoint, layout)
     n_layers, d = len(ckpt), ckpt.hidden_size
-    for name, value in (("batch_tokens", batch_tokens), ("n_lipschitz_points", n_lipschitz_points),
-                        ("fd_directions", fd_directions), ("n_power_points", n_power_points),
-                        ("power_iters", power_iters)):
+    for name, value in (
+        ("batch_tokens", batch_tokens),
+        ("n_lipschitz_points", n_lipschitz_points),
+        ("fd_directions", fd_directions),
+        ("n_power_points", n_power_points),
+        ("power_iters", power_iters),
+    ):
         _positive_int(name, value)
     if not (isinstance(fd_rel_eps, (int, float)) and 0 < fd_rel_eps < 1):
         raise ConfigError("fd_rel_eps", fd_rel_eps, "a number in (0, 1)")
     seed = int(seed)
     if hidden_states is None:
-        array, source = None, (f"drawn: z = s * n + b, n ~ N(0, I_d), (s, b) the input norm's weight and bias "
-                               f"when present; seed {seed} (an approximation of the model's hidden states)")
+        array, source = (
+            None,
+            (
+                f"drawn: z = s * n + b, n ~ N(0, I_d), (s, b) the input norm's weight and bias "
+                f"when present; seed {seed} (an approximation of the model's hidden states)"
+            ),
+        )
         n_tokens = DEFAULT_DRAWN_TOKENS if tokens is None else _positive_int("tokens", tokens)
         subset = None
     else:
@@ -326,8 +371,17 @@ def calibrate_checkpoint(checkpoint, hidden_states=None, *, layout=None, tokens:
         expert, expert_dtypes = _carriers(weights.expert)  # empties weights.expert
         router, router_dtypes = _carriers(weights.router)
         del weights
-        run = _layer_fn(ckpt.layout, expert_dtypes, router_dtypes, int(batch_tokens), bool(lipschitz), n_fd,
-                        int(fd_directions), n_pi, int(power_iters))
+        run = _layer_fn(
+            ckpt.layout,
+            expert_dtypes,
+            router_dtypes,
+            int(batch_tokens),
+            bool(lipschitz),
+            n_fd,
+            int(fd_directions),
+            n_pi,
+            int(power_iters),
+        )
         stats = run(expert, router, z, jax.random.fold_in(base_key, layer), float(fd_rel_eps))
         stats = jax.tree.map(np.asarray, stats)
         del expert, router
@@ -342,15 +396,35 @@ def calibrate_checkpoint(checkpoint, hidden_states=None, *, layout=None, tokens:
         out["beta_pi"].append(beta_pi)
         out["beta_max"].append(np.max(np.maximum(beta_fd, beta_pi)))
     result = {k: np.asarray(np.stack(v), np.float32) for k, v in out.items()}
-    result.update({
-        "layout": ckpt.layout.name, "checkpoint": str(ckpt.path), "checkpoint_files": ckpt.files(),
-        "hidden_states": source, "layer_names": tuple(ckpt.layers), "n_tokens": n_tokens, "model_config": ckpt.config,
-        "settings": {"tokens": n_tokens, "seed": seed, "batch_tokens": batch_tokens, "lipschitz": bool(lipschitz),
-                     "n_lipschitz_points": n_fd, "fd_directions": fd_directions, "fd_rel_eps": fd_rel_eps,
-                     "n_power_points": n_pi, "power_iters": power_iters,
-                     "token_subset": ("drawn" if array is None else "all" if subset is None
-                                      else f"{len(subset)} of {array.shape[-2]}, drawn with seed {seed}")},
-    })
+    result.update(
+        {
+            "layout": ckpt.layout.name,
+            "checkpoint": str(ckpt.path),
+            "checkpoint_files": ckpt.files(),
+            "hidden_states": source,
+            "layer_names": tuple(ckpt.layers),
+            "n_tokens": n_tokens,
+            "model_config": ckpt.config,
+            "settings": {
+                "tokens": n_tokens,
+                "seed": seed,
+                "batch_tokens": batch_tokens,
+                "lipschitz": bool(lipschitz),
+                "n_lipschitz_points": n_fd,
+                "fd_directions": fd_directions,
+                "fd_rel_eps": fd_rel_eps,
+                "n_power_points": n_pi,
+                "power_iters": power_iters,
+                "token_subset": (
+                    "drawn"
+                    if array is None
+                    else "all"
+                    if subset is None
+                    else f"{len(subset)} of {array.shape[-2]}, drawn with seed {seed}"
+                ),
+            },
+        }
+    )
     return result
 
 

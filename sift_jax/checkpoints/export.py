@@ -21,8 +21,9 @@ __all__ = ["LAB_MODEL_TYPE", "export_lab", "save_checkpoint"]
 LAB_MODEL_TYPE = "sift_jax_lab"
 
 
-def save_checkpoint(tensors: dict, directory, config: dict | None = None,
-                    max_shard_bytes: int | None = None) -> pathlib.Path:
+def save_checkpoint(
+    tensors: dict, directory, config: dict | None = None, max_shard_bytes: int | None = None
+) -> pathlib.Path:
     """Write `tensors` (name -> NumPy array) as a safetensors checkpoint directory.
 
     One `model.safetensors`, or with `max_shard_bytes` shards `model-0000k-of-0000n.safetensors`
@@ -68,8 +69,9 @@ def save_checkpoint(tensors: dict, directory, config: dict | None = None,
         save_file({n: arrays[n] for n in names}, str(directory / file))
         weight_map.update(dict.fromkeys(names, file))
     total = sum(a.nbytes for a in arrays.values())
-    (directory / INDEX_FILE).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map},
-                                                   indent=2, sort_keys=True))
+    (directory / INDEX_FILE).write_text(
+        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2, sort_keys=True)
+    )
     return directory
 
 

@@ -150,8 +150,11 @@ def register(layout: Layout, *, replace: bool = False) -> Layout:
             raise ConfigError(f"tensors.{role}", t, f"a template with {{prefix}} and a kind in {KINDS}")
     routers = [t for t in layout.tensors.values() if t.kind == "router" and not t.optional and not t.per_expert]
     if not any("N" in t.shape and "d" in t.shape for t in routers) or not layout.roles("expert"):
-        raise ConfigError("tensors", layout.name, "a required router tensor (not per expert) whose shape names "
-                                                  "N and d, and at least one expert tensor")
+        raise ConfigError(
+            "tensors",
+            layout.name,
+            "a required router tensor (not per expert) whose shape names N and d, and at least one expert tensor",
+        )
     for mt in layout.model_types:
         owner = next((o.name for o in _REGISTRY.values() if mt in o.model_types and o.name != layout.name), None)
         if owner is not None:
@@ -324,55 +327,99 @@ def _swiglu_layout(name: str, model_types: tuple, moe: str, roles: tuple, descri
 
     shapes = {gate: ("f", "d"), up: ("f", "d"), down: ("d", "f")}
     return Layout(
-        name=name, prefixes=("model.layers.{layer}",), model_types=model_types,
-        tensors={"router": Tensor(moe + ".gate.weight", ("N", "d"), "router"),
-                 **{r: Tensor(moe + ".experts.{e}." + r + ".weight", shapes[r]) for r in roles},
-                 **_rms_norm("{prefix}.post_attention_layernorm.weight")},
-        expert=expert, router=linear_router, description=description)
+        name=name,
+        prefixes=("model.layers.{layer}",),
+        model_types=model_types,
+        tensors={
+            "router": Tensor(moe + ".gate.weight", ("N", "d"), "router"),
+            **{r: Tensor(moe + ".experts.{e}." + r + ".weight", shapes[r]) for r in roles},
+            **_rms_norm("{prefix}.post_attention_layernorm.weight"),
+        },
+        expert=expert,
+        router=linear_router,
+        description=description,
+    )
 
 
-register(_swiglu_layout("mixtral", ("mixtral",), "{prefix}.block_sparse_moe", ("w1", "w3", "w2"),
-                        "Mixtral: block_sparse_moe.experts.{e}.w1/w2/w3 (SwiGLU), router gate"))
-register(_swiglu_layout("qwen-moe", ("qwen2_moe", "qwen3_moe", "olmoe"), "{prefix}.mlp",
-                        ("gate_proj", "up_proj", "down_proj"),
-                        "Qwen-MoE / OLMoE: mlp.experts.{e}.gate_proj/up_proj/down_proj (SwiGLU), router mlp.gate"))
+register(
+    _swiglu_layout(
+        "mixtral",
+        ("mixtral",),
+        "{prefix}.block_sparse_moe",
+        ("w1", "w3", "w2"),
+        "Mixtral: block_sparse_moe.experts.{e}.w1/w2/w3 (SwiGLU), router gate",
+    )
+)
+register(
+    _swiglu_layout(
+        "qwen-moe",
+        ("qwen2_moe", "qwen3_moe", "olmoe"),
+        "{prefix}.mlp",
+        ("gate_proj", "up_proj", "down_proj"),
+        "Qwen-MoE / OLMoE: mlp.experts.{e}.gate_proj/up_proj/down_proj (SwiGLU), router mlp.gate",
+    )
+)
 
 _SW = "{prefix}.mlp"
-register(Layout(
-    name="switch", prefixes=("encoder.block.{layer}.layer.1", "decoder.block.{layer}.layer.2"),
-    model_types=("switch_transformers",),
-    tensors={"router": Tensor(_SW + ".router.classifier.weight", ("N", "d"), "router"),
-             "wi": Tensor(_SW + ".experts.expert_{e}.wi.weight", ("f", "d")),
-             "wo": Tensor(_SW + ".experts.expert_{e}.wo.weight", ("d", "f")),
-             **_rms_norm("{prefix}.layer_norm.weight")},
-    expert=_switch_expert, router=linear_router,
-    description="Switch Transformers: mlp.experts.expert_{e}.wi/wo (ReLU), router mlp.router.classifier"))
+register(
+    Layout(
+        name="switch",
+        prefixes=("encoder.block.{layer}.layer.1", "decoder.block.{layer}.layer.2"),
+        model_types=("switch_transformers",),
+        tensors={
+            "router": Tensor(_SW + ".router.classifier.weight", ("N", "d"), "router"),
+            "wi": Tensor(_SW + ".experts.expert_{e}.wi.weight", ("f", "d")),
+            "wo": Tensor(_SW + ".experts.expert_{e}.wo.weight", ("d", "f")),
+            **_rms_norm("{prefix}.layer_norm.weight"),
+        },
+        expert=_switch_expert,
+        router=linear_router,
+        description="Switch Transformers: mlp.experts.expert_{e}.wi/wo (ReLU), router mlp.router.classifier",
+    )
+)
 
 _GX = "{prefix}.mlp.experts"
-register(Layout(
-    name="gpt-oss", prefixes=("model.layers.{layer}",), model_types=("gpt_oss",),
-    tensors={"router": Tensor("{prefix}.mlp.router.weight", ("N", "d"), "router"),
-             "router_bias": Tensor("{prefix}.mlp.router.bias", ("N",), "router"),
-             "gate_up_blocks": Tensor(_GX + ".gate_up_proj_blocks", ("N", "f2", "G", 16)),
-             "gate_up_scales": Tensor(_GX + ".gate_up_proj_scales", ("N", "f2", "G")),
-             "gate_up_bias": Tensor(_GX + ".gate_up_proj_bias", ("N", "f2")),
-             "down_blocks": Tensor(_GX + ".down_proj_blocks", ("N", "d", "Gf", 16)),
-             "down_scales": Tensor(_GX + ".down_proj_scales", ("N", "d", "Gf")),
-             "down_bias": Tensor(_GX + ".down_proj_bias", ("N", "d")),
-             **_rms_norm("{prefix}.post_attention_layernorm.weight")},
-    expert=_gpt_oss_expert, router=linear_router, check=_gpt_oss_check,
-    description="GPT-OSS: fused mlp.experts.gate_up_proj/down_proj MXFP4 blocks+scales with biases, "
-                "router mlp.router (with bias)"))
+register(
+    Layout(
+        name="gpt-oss",
+        prefixes=("model.layers.{layer}",),
+        model_types=("gpt_oss",),
+        tensors={
+            "router": Tensor("{prefix}.mlp.router.weight", ("N", "d"), "router"),
+            "router_bias": Tensor("{prefix}.mlp.router.bias", ("N",), "router"),
+            "gate_up_blocks": Tensor(_GX + ".gate_up_proj_blocks", ("N", "f2", "G", 16)),
+            "gate_up_scales": Tensor(_GX + ".gate_up_proj_scales", ("N", "f2", "G")),
+            "gate_up_bias": Tensor(_GX + ".gate_up_proj_bias", ("N", "f2")),
+            "down_blocks": Tensor(_GX + ".down_proj_blocks", ("N", "d", "Gf", 16)),
+            "down_scales": Tensor(_GX + ".down_proj_scales", ("N", "d", "Gf")),
+            "down_bias": Tensor(_GX + ".down_proj_bias", ("N", "d")),
+            **_rms_norm("{prefix}.post_attention_layernorm.weight"),
+        },
+        expert=_gpt_oss_expert,
+        router=linear_router,
+        check=_gpt_oss_check,
+        description="GPT-OSS: fused mlp.experts.gate_up_proj/down_proj MXFP4 blocks+scales with biases, "
+        "router mlp.router (with bias)",
+    )
+)
 
-register(Layout(
-    name="sift-lab", prefixes=("blocks.{layer}",), model_types=("sift_jax_lab",),
-    tensors={"router": Tensor("{prefix}.moe.router", ("d", "N"), "router"),
-             "w1": Tensor("{prefix}.moe.w1", ("N", "d", "f")),
-             "b1": Tensor("{prefix}.moe.b1", ("N", "f")),
-             "w2": Tensor("{prefix}.moe.w2", ("N", "f", "d")),
-             "b2": Tensor("{prefix}.moe.b2", ("N", "d")),
-             "norm_scale": Tensor("{prefix}.ln2.scale", ("d",), "norm", optional=True),
-             "norm_bias": Tensor("{prefix}.ln2.bias", ("d",), "norm", optional=True)},
-    expert=_lab_expert, router=_lab_router,
-    description="the Flax lab (sift_jax.moe) exported by sift_jax.checkpoints.export_lab: fused "
-                "w1/b1/w2/b2 (GELU MLP with biases), router [d, N]"))
+register(
+    Layout(
+        name="sift-lab",
+        prefixes=("blocks.{layer}",),
+        model_types=("sift_jax_lab",),
+        tensors={
+            "router": Tensor("{prefix}.moe.router", ("d", "N"), "router"),
+            "w1": Tensor("{prefix}.moe.w1", ("N", "d", "f")),
+            "b1": Tensor("{prefix}.moe.b1", ("N", "f")),
+            "w2": Tensor("{prefix}.moe.w2", ("N", "f", "d")),
+            "b2": Tensor("{prefix}.moe.b2", ("N", "d")),
+            "norm_scale": Tensor("{prefix}.ln2.scale", ("d",), "norm", optional=True),
+            "norm_bias": Tensor("{prefix}.ln2.bias", ("d",), "norm", optional=True),
+        },
+        expert=_lab_expert,
+        router=_lab_router,
+        description="the Flax lab (sift_jax.moe) exported by sift_jax.checkpoints.export_lab: fused "
+        "w1/b1/w2/b2 (GELU MLP with biases), router [d, N]",
+    )
+)

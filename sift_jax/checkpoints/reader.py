@@ -29,8 +29,23 @@ __all__ = ["Checkpoint", "LayerWeights"]
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
 _SHOWN = 12  # names listed in an error message
-_DTYPE_BYTES = {"BF16": 2, "F16": 2, "F32": 4, "F64": 8, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1,
-                "I16": 2, "U16": 2, "I32": 4, "U32": 4, "I64": 8, "U64": 8, "BOOL": 1}
+_DTYPE_BYTES = {
+    "BF16": 2,
+    "F16": 2,
+    "F32": 4,
+    "F64": 8,
+    "U8": 1,
+    "I8": 1,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
+    "I16": 2,
+    "U16": 2,
+    "I32": 4,
+    "U32": 4,
+    "I64": 8,
+    "U64": 8,
+    "BOOL": 1,
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,8 +80,12 @@ class LayerWeights:
 
 
 def _corrupted(path, err) -> ConfigError:
-    return ConfigError("checkpoint", str(path), "a valid safetensors file",
-                       message=f"checkpoint file {path} is not a valid safetensors file ({err})")
+    return ConfigError(
+        "checkpoint",
+        str(path),
+        "a valid safetensors file",
+        message=f"checkpoint file {path} is not a valid safetensors file ({err})",
+    )
 
 
 def _read_header(path: pathlib.Path) -> dict:
@@ -74,7 +93,7 @@ def _read_header(path: pathlib.Path) -> dict:
     try:
         with safe_open(str(path), framework="flax") as f:
             out = {}
-            for name in f.keys():
+            for name in f:
                 part = f.get_slice(name)
                 out[name] = (tuple(part.get_shape()), part.get_dtype())
             return out
@@ -95,25 +114,34 @@ def _files(path: pathlib.Path) -> tuple[dict, pathlib.Path]:
             if not isinstance(weight_map, dict):
                 raise TypeError("weight_map is not an object")
         except (ValueError, KeyError, TypeError) as err:
-            raise ConfigError("checkpoint", str(index), "a JSON index with a weight_map object",
-                              message=f"checkpoint index {index} is not valid ({err})") from None
+            raise ConfigError(
+                "checkpoint",
+                str(index),
+                "a JSON index with a weight_map object",
+                message=f"checkpoint index {index} is not valid ({err})",
+            ) from None
         return {n: path / f for n, f in weight_map.items()}, path
     files = [path / SINGLE_FILE] if (path / SINGLE_FILE).is_file() else sorted(path.glob("*.safetensors"))
     if not files:
-        raise ConfigError("checkpoint", str(path), f"a directory holding {SINGLE_FILE}, {INDEX_FILE} or "
-                                                   "*.safetensors files")
+        raise ConfigError(
+            "checkpoint", str(path), f"a directory holding {SINGLE_FILE}, {INDEX_FILE} or *.safetensors files"
+        )
     where = {}
     for f in files:
         for n in _read_header(f):
             if n in where:
-                raise ConfigError("checkpoint", str(path), "tensor names unique across files",
-                                  message=f"checkpoint {path}: tensor {n!r} is in both {where[n].name} and {f.name}")
+                raise ConfigError(
+                    "checkpoint",
+                    str(path),
+                    "tensor names unique across files",
+                    message=f"checkpoint {path}: tensor {n!r} is in both {where[n].name} and {f.name}",
+                )
             where[n] = f
     return where, path
 
 
 def _listing(names, prefix: str = "") -> str:
-    shown = [n[len(prefix):] for n in sorted(names)[:_SHOWN]]
+    shown = [n[len(prefix) :] for n in sorted(names)[:_SHOWN]]
     more = f", ... (+{len(names) - _SHOWN} more)" if len(names) > _SHOWN else ""
     return ", ".join(shown) + more
 
@@ -168,23 +196,34 @@ class Checkpoint:
         self.layers = self._find_layers(self.layout)
         if not self.layers:
             example = self.layout.tensors[self._router_role(self.layout)].template.replace(
-                "{prefix}", self.layout.prefixes[0].replace("{layer}", "0"))
-            raise ConfigError("checkpoint", str(self.path), f"MoE layers of layout {self.layout.name}",
-                              message=f"checkpoint {self.path}: no MoE layer of layout {self.layout.name} "
-                                      f"(router tensor like {example!r}); found {len(self._where)} tensors: "
-                                      f"{_listing(self._where)}")
+                "{prefix}", self.layout.prefixes[0].replace("{layer}", "0")
+            )
+            raise ConfigError(
+                "checkpoint",
+                str(self.path),
+                f"MoE layers of layout {self.layout.name}",
+                message=f"checkpoint {self.path}: no MoE layer of layout {self.layout.name} "
+                f"(router tensor like {example!r}); found {len(self._where)} tensors: "
+                f"{_listing(self._where)}",
+            )
         self._plans = [self._plan(prefix) for prefix in self.layers]
         first = self._plans[0][1]
         for prefix, (_, dims) in zip(self.layers, self._plans):
             if dims["N"] != first["N"] or dims["d"] != first["d"]:
-                raise ConfigError("checkpoint", str(self.path), "the same N and d in every MoE layer",
-                                  message=f"checkpoint {self.path}: layer {prefix} has N={dims['N']}, d={dims['d']}; "
-                                          f"layer {self.layers[0]} has N={first['N']}, d={first['d']}")
+                raise ConfigError(
+                    "checkpoint",
+                    str(self.path),
+                    "the same N and d in every MoE layer",
+                    message=f"checkpoint {self.path}: layer {prefix} has N={dims['N']}, d={dims['d']}; "
+                    f"layer {self.layers[0]} has N={first['N']}, d={first['d']}",
+                )
         self.n_experts, self.hidden_size = first["N"], first["d"]
 
     def __repr__(self) -> str:
-        return (f"Checkpoint({str(self.path)!r}, layout={self.layout.name!r}, layers={len(self.layers)}, "
-                f"N={self.n_experts}, d={self.hidden_size})")
+        return (
+            f"Checkpoint({str(self.path)!r}, layout={self.layout.name!r}, layers={len(self.layers)}, "
+            f"N={self.n_experts}, d={self.hidden_size})"
+        )
 
     def __len__(self) -> int:
         return len(self.layers)
@@ -198,8 +237,12 @@ class Checkpoint:
         try:
             return json.loads(cfg.read_text())
         except ValueError as err:
-            raise ConfigError("checkpoint", str(cfg), "a JSON config.json",
-                              message=f"checkpoint config {cfg} is not valid JSON ({err})") from None
+            raise ConfigError(
+                "checkpoint",
+                str(cfg),
+                "a JSON config.json",
+                message=f"checkpoint config {cfg} is not valid JSON ({err})",
+            ) from None
 
     def _pick_layout(self, layout) -> layouts.Layout:
         if layout is not None:
@@ -212,14 +255,21 @@ class Checkpoint:
         if len(matching) == 1:
             return matching[0]
         why = f"config.json model_type {model_type!r} is not registered" if model_type else "no config.json model_type"
-        raise ConfigError("layout", None, f"one of {', '.join(layouts.names())}",
-                          message=f"layout: {why} and the tensor names match "
-                                  f"{len(matching)} layouts; pass one of {', '.join(layouts.names())}")
+        raise ConfigError(
+            "layout",
+            None,
+            f"one of {', '.join(layouts.names())}",
+            message=f"layout: {why} and the tensor names match "
+            f"{len(matching)} layouts; pass one of {', '.join(layouts.names())}",
+        )
 
     @staticmethod
     def _router_role(layout) -> str:
-        return next(r for r, t in layout.tensors.items() if t.kind == "router" and not t.optional
-                    and not t.per_expert and "N" in t.shape and "d" in t.shape)
+        return next(
+            r
+            for r, t in layout.tensors.items()
+            if t.kind == "router" and not t.optional and not t.per_expert and "N" in t.shape and "d" in t.shape
+        )
 
     def _find_layers(self, layout) -> tuple:
         router = layout.tensors[self._router_role(layout)].template
@@ -237,15 +287,23 @@ class Checkpoint:
         file = self._where[name]
         if file not in self._headers:
             if not file.is_file():
-                raise ConfigError("checkpoint", str(file), "shard files named by the index",
-                                  message=f"checkpoint {self.directory}: shard {file.name} (named by {INDEX_FILE} "
-                                          f"for {name!r}) is missing")
+                raise ConfigError(
+                    "checkpoint",
+                    str(file),
+                    "shard files named by the index",
+                    message=f"checkpoint {self.directory}: shard {file.name} (named by {INDEX_FILE} "
+                    f"for {name!r}) is missing",
+                )
             self._headers[file] = _read_header(file)
         header = self._headers[file]
         if name not in header:
-            raise ConfigError("checkpoint", name, f"a tensor of {file.name}",
-                              message=f"checkpoint {self.directory}: {INDEX_FILE} puts {name!r} in {file.name}, "
-                                      "which does not hold it")
+            raise ConfigError(
+                "checkpoint",
+                name,
+                f"a tensor of {file.name}",
+                message=f"checkpoint {self.directory}: {INDEX_FILE} puts {name!r} in {file.name}, "
+                "which does not hold it",
+            )
         return header[name]
 
     def _missing(self, name: str, role: str) -> ConfigError:
@@ -257,9 +315,13 @@ class Checkpoint:
                 break
         else:
             near, siblings = "", list(self._where)
-        return ConfigError("checkpoint", name, f"a checkpoint of layout {self.layout.name}",
-                           message=f"checkpoint {self.path}: tensor {name!r} (layout {self.layout.name}, role "
-                                   f"{role}) is missing; found under {near!r}: {_listing(siblings, near)}")
+        return ConfigError(
+            "checkpoint",
+            name,
+            f"a checkpoint of layout {self.layout.name}",
+            message=f"checkpoint {self.path}: tensor {name!r} (layout {self.layout.name}, role "
+            f"{role}) is missing; found under {near!r}: {_listing(siblings, near)}",
+        )
 
     def _plan(self, prefix: str):
         """role -> list of tensor names (N for per-expert roles, 1 otherwise), and the bound dims."""
@@ -269,8 +331,7 @@ class Checkpoint:
         ordered = sorted(lay.tensors.items(), key=lambda rt: (rt[1].per_expert, rt[1].kind != "router"))
         for role, spec in ordered:  # router first: it binds N before the per-expert tensors are listed
             template = spec.template.replace("{prefix}", prefix)
-            names = ([template.replace("{e}", str(e)) for e in range(dims["N"])] if spec.per_expert
-                     else [template])
+            names = [template.replace("{e}", str(e)) for e in range(dims["N"])] if spec.per_expert else [template]
             absent = [n for n in names if n not in self._where]
             if absent:
                 if spec.optional and len(absent) == len(names):
@@ -282,9 +343,12 @@ class Checkpoint:
             plan[role] = names
         message = lay.check(dims) if lay.check else None
         if message:
-            raise ConfigError("checkpoint", prefix, message,
-                              message=f"checkpoint {self.path}: layer {prefix} has {dims}; layout {lay.name} "
-                                      f"needs {message}")
+            raise ConfigError(
+                "checkpoint",
+                prefix,
+                message,
+                message=f"checkpoint {self.path}: layer {prefix} has {dims}; layout {lay.name} needs {message}",
+            )
         return plan, dims
 
     def _bind(self, dims: dict, expected: tuple, shape: tuple, name: str) -> None:
@@ -297,16 +361,23 @@ class Checkpoint:
                     ok = False
         if not ok:
             want = "(" + ", ".join(f"{s}={dims[s]}" if s in dims else str(s) for s in expected) + ")"
-            raise ConfigError("checkpoint", name, f"shape {want}",
-                              message=f"checkpoint {self.path}: tensor {name!r} has shape {tuple(shape)}; "
-                                      f"layout {self.layout.name} expects {want}")
+            raise ConfigError(
+                "checkpoint",
+                name,
+                f"shape {want}",
+                message=f"checkpoint {self.path}: tensor {name!r} has shape {tuple(shape)}; "
+                f"layout {self.layout.name} expects {want}",
+            )
 
     # ---- reading ---------------------------------------------------------------------------------
 
     def files(self) -> dict:
         """The checkpoint's safetensors files (names relative to its directory) -> size in bytes."""
-        return {str(f.relative_to(self.directory)) if f.is_relative_to(self.directory) else str(f): f.stat().st_size
-                for f in sorted(set(self._where.values())) if f.is_file()}
+        return {
+            str(f.relative_to(self.directory)) if f.is_relative_to(self.directory) else str(f): f.stat().st_size
+            for f in sorted(set(self._where.values()))
+            if f.is_file()
+        }
 
     def tensor_names(self) -> tuple:
         """All tensor names of the checkpoint, sorted."""

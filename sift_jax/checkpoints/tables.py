@@ -19,8 +19,16 @@ from sift_jax.provenance import provenance
 __all__ = ["ARRAY_KEYS", "TEXT_KEYS", "load_calibration", "load_tables", "save_calibration"]
 
 ARRAY_KEYS = ("tables", "b_max", "beta_fd", "beta_pi", "beta_max", "router_logits")
-TEXT_KEYS = ("layout", "checkpoint", "checkpoint_files", "hidden_states", "layer_names", "settings", "model_config",
-             "provenance")
+TEXT_KEYS = (
+    "layout",
+    "checkpoint",
+    "checkpoint_files",
+    "hidden_states",
+    "layer_names",
+    "settings",
+    "model_config",
+    "provenance",
+)
 
 
 def save_calibration(path, result: dict) -> pathlib.Path:
@@ -59,7 +67,9 @@ def save_calibration(path, result: dict) -> pathlib.Path:
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     text = {
-        "layout": result["layout"], "checkpoint": result["checkpoint"], "hidden_states": result["hidden_states"],
+        "layout": result["layout"],
+        "checkpoint": result["checkpoint"],
+        "hidden_states": result["hidden_states"],
         "checkpoint_files": json.dumps(result["checkpoint_files"], sort_keys=True),
         "layer_names": json.dumps(list(result["layer_names"])),
         "settings": json.dumps(result["settings"], sort_keys=True),
@@ -69,8 +79,11 @@ def save_calibration(path, result: dict) -> pathlib.Path:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, **{k: np.asarray(result[k], np.float32) for k in ARRAY_KEYS},
-                     **{k: np.asarray(v) for k, v in text.items()})
+            np.savez(
+                f,
+                **{k: np.asarray(result[k], np.float32) for k in ARRAY_KEYS},
+                **{k: np.asarray(v) for k, v in text.items()},
+            )
         os.replace(tmp, path)
     except BaseException:
         pathlib.Path(tmp).unlink(missing_ok=True)
@@ -106,8 +119,9 @@ def load_calibration(path) -> dict:
     try:
         z = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError) as err:
-        raise ConfigError("tables", str(path), "a readable .npz file",
-                          message=f"tables {path} is not a readable .npz file ({err})") from None
+        raise ConfigError(
+            "tables", str(path), "a readable .npz file", message=f"tables {path} is not a readable .npz file ({err})"
+        ) from None
     if not isinstance(z, np.lib.npyio.NpzFile):
         raise ConfigError("tables", str(path), "an .npz file written by `sift-jax calibrate` (this is an .npy array)")
     with z:
@@ -115,8 +129,12 @@ def load_calibration(path) -> dict:
         out = {k: z[k] for k in ARRAY_KEYS if k in z}
         text = {k: str(z[k]) for k in TEXT_KEYS if k in z}
     if missing:
-        raise ConfigError("tables", str(path), "a file written by `sift-jax calibrate`",
-                          message=f"tables {path}: missing {', '.join(missing)} (not written by `sift-jax calibrate`)")
+        raise ConfigError(
+            "tables",
+            str(path),
+            "a file written by `sift-jax calibrate`",
+            message=f"tables {path}: missing {', '.join(missing)} (not written by `sift-jax calibrate`)",
+        )
     out.update(text)
     out["layer_names"] = tuple(json.loads(text["layer_names"]))
     for k in ("checkpoint_files", "settings", "model_config", "provenance"):

@@ -41,8 +41,18 @@ __all__ = ["calibrate", "collect", "load_calibration", "load_tables", "save_cali
 
 CALIBRATION_NPZ = "calibration.npz"
 CALIBRATION_JSON = "calibration.json"
-ARRAY_KEYS = ("table", "b_max", "beta_fd", "beta_pi", "beta_max", "load_top1", "load_slots",
-              "gate_mean_by_slot", "router_entropy", "mean_output_norm")
+ARRAY_KEYS = (
+    "table",
+    "b_max",
+    "beta_fd",
+    "beta_pi",
+    "beta_max",
+    "load_top1",
+    "load_slots",
+    "gate_mean_by_slot",
+    "router_entropy",
+    "mean_output_norm",
+)
 
 
 def collect(model: MoELM, inputs: np.ndarray, batch: int = 16, selection_fn=None) -> dict:
@@ -80,7 +90,7 @@ def collect(model: MoELM, inputs: np.ndarray, batch: int = 16, selection_fn=None
     run = _collect_fn(graphdef)
     parts = {k: [] for k in keys}
     for i in range(0, inputs.shape[0], batch):
-        out = run(params, jnp.asarray(inputs[i:i + batch]))
+        out = run(params, jnp.asarray(inputs[i : i + batch]))
         for k in keys:
             v = np.asarray(out[k])
             parts[k].append(v.reshape(v.shape[0], -1, *v.shape[3:]))
@@ -95,8 +105,7 @@ def _stacked_moe_params(model: MoELM):
 
 
 @functools.lru_cache(maxsize=16)
-def _estimators(graphdef, n_tokens: int, n_fd: int, n_pi: int, power_iters: int, fd_eps: float,
-                fd_directions: int):
+def _estimators(graphdef, n_tokens: int, n_fd: int, n_pi: int, power_iters: int, fd_eps: float, fd_directions: int):
     """Jitted per-layer estimator (params, zs [S, d], key) -> (b_max [N], beta_fd [N], beta_pi [N])."""
 
     def est(params, zs, key):
@@ -125,9 +134,17 @@ def _collect_fn(graphdef):
     return jax.jit(run)
 
 
-def calibrate(model: MoELM, tokens: np.ndarray, n_windows: int = 64, seed: int = 0,
-              n_lipschitz_points: int = 256, n_power_points: int = 16, power_iters: int = 50,
-              fd_eps: float = 1e-2, fd_directions: int = 8) -> dict:
+def calibrate(
+    model: MoELM,
+    tokens: np.ndarray,
+    n_windows: int = 64,
+    seed: int = 0,
+    n_lipschitz_points: int = 256,
+    n_power_points: int = 16,
+    power_iters: int = 50,
+    fd_eps: float = 1e-2,
+    fd_directions: int = 8,
+) -> dict:
     """Calibration tables, B_max / beta estimates and gate statistics.
 
     Args:
@@ -180,8 +197,10 @@ def calibrate(model: MoELM, tokens: np.ndarray, n_windows: int = 64, seed: int =
     n_pi = min(n_power_points, n_tokens)
     est = _estimators(graphdef, n_tokens, n_fd, n_pi, power_iters, float(fd_eps), fd_directions)
     keys = jax.vmap(lambda l: jax.random.fold_in(jax.random.key(seed), l))(jnp.arange(cfg.n_layers))
-    b_max, beta_fd, beta_pi = (np.asarray(a) for a in jax.lax.map(
-        lambda args: est(*args), (layer_params, jnp.asarray(got["moe_inputs"]), keys)))
+    b_max, beta_fd, beta_pi = (
+        np.asarray(a)
+        for a in jax.lax.map(lambda args: est(*args), (layer_params, jnp.asarray(got["moe_inputs"]), keys))
+    )
     n = cfg.n_experts
     topk, gates, probs = got["topk"], got["gates"], got["router_probs"]
     load_top1 = np.stack([np.bincount(t[:, 0], minlength=n) for t in topk]) / n_tokens
@@ -199,9 +218,16 @@ def calibrate(model: MoELM, tokens: np.ndarray, n_windows: int = 64, seed: int =
         "router_entropy": entropy,
         "mean_output_norm": np.linalg.norm(outputs, axis=-1).mean(1),
         "n_tokens": n_tokens,
-        "config": {"n_windows": n_windows, "seed": seed, "n_lipschitz_points": n_lipschitz_points,
-                   "n_power_points": n_power_points, "power_iters": power_iters, "fd_eps": fd_eps,
-                   "fd_directions": fd_directions, "split": "train"},
+        "config": {
+            "n_windows": n_windows,
+            "seed": seed,
+            "n_lipschitz_points": n_lipschitz_points,
+            "n_power_points": n_power_points,
+            "power_iters": power_iters,
+            "fd_eps": fd_eps,
+            "fd_directions": fd_directions,
+            "split": "train",
+        },
     }
 
 
@@ -278,8 +304,12 @@ def save_calibration(path, cal: dict) -> pathlib.Path:
     """
     path = pathlib.Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    np.savez(path / CALIBRATION_NPZ, **{k: np.asarray(cal[k]) for k in ARRAY_KEYS},
-             n_tokens=np.asarray(cal["n_tokens"]), config=np.asarray(json.dumps(cal["config"])))
+    np.savez(
+        path / CALIBRATION_NPZ,
+        **{k: np.asarray(cal[k]) for k in ARRAY_KEYS},
+        n_tokens=np.asarray(cal["n_tokens"]),
+        config=np.asarray(json.dumps(cal["config"])),
+    )
     (path / CALIBRATION_JSON).write_text(json.dumps(summarize(cal), indent=2))
     return path / CALIBRATION_NPZ
 
@@ -289,8 +319,11 @@ def _npz_path(path) -> pathlib.Path:
     if path.is_dir():
         path = path / CALIBRATION_NPZ
     if not path.is_file():
-        raise ConfigError("table", str(path), f"a {CALIBRATION_NPZ} file or a checkpoint directory holding one "
-                                              "(run `sift-jax moe calibrate`)")
+        raise ConfigError(
+            "table",
+            str(path),
+            f"a {CALIBRATION_NPZ} file or a checkpoint directory holding one (run `sift-jax moe calibrate`)",
+        )
     return path
 
 

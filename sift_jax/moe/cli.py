@@ -185,22 +185,28 @@ def do_train(out, cfg, tc, quiet: bool = True, corpus=None) -> dict:
     cpu0 = time.process_time()
 
     def progress(step, m):
-        _echo(quiet, f"step {step}/{tc.steps}  train CE {m['train_loss']:.3f}  val CE {m['loss']:.3f}  "
-                     f"val acc {m['accuracy']:.3f}  {m['time_s']:.0f} s")
+        _echo(
+            quiet,
+            f"step {step}/{tc.steps}  train CE {m['train_loss']:.3f}  val CE {m['loss']:.3f}  "
+            f"val acc {m['accuracy']:.3f}  {m['time_s']:.0f} s",
+        )
 
     res = train_lib.train(cfg, tc, corpus=corpus, progress=progress)
     summary = dict(res.summary, cpu_time_s=time.process_time() - cpu0)
     test = train_lib.evaluate(res.model, corpus.test, n_windows=min(256, (corpus.test.size - 1) // cfg.context))
     summary["test_loss"], summary["test_accuracy"] = test["loss"], test["accuracy"]
-    train_lib.save_checkpoint(out, res.model, {"train": tc.to_dict(), "metrics": summary,
-                                               "corpus": corpus.describe()})
-    stale = [p for p in (cal_lib.CALIBRATION_NPZ, cal_lib.CALIBRATION_JSON, "calibration_tables.png")
-             if (out / p).exists()]
+    train_lib.save_checkpoint(out, res.model, {"train": tc.to_dict(), "metrics": summary, "corpus": corpus.describe()})
+    stale = [
+        p for p in (cal_lib.CALIBRATION_NPZ, cal_lib.CALIBRATION_JSON, "calibration_tables.png") if (out / p).exists()
+    ]
     for name in stale:
         (out / name).unlink()
     if stale:
-        warnings.warn(f"{out}: removed {', '.join(stale)} of the previous model; run `sift-jax moe calibrate {out}`",
-                      StoreWarning, stacklevel=2)
+        warnings.warn(
+            f"{out}: removed {', '.join(stale)} of the previous model; run `sift-jax moe calibrate {out}`",
+            StoreWarning,
+            stacklevel=2,
+        )
     write_json(out / "train_summary.json", summary)
     plot_train_curve(res.history, summary, out / "train_curve.png")
     return summary
@@ -223,8 +229,15 @@ def do_calibrate(ckpt, n_windows: int = 64, seed: int = 0, quiet: bool = True, c
     return cal_lib.summarize(cal)
 
 
-def do_tightness(ckpt, out=None, preset: str = "mixtral-8x7b", overrides: dict | None = None, tc=None,
-                 quiet: bool = True, corpus=None) -> dict:
+def do_tightness(
+    ckpt,
+    out=None,
+    preset: str = "mixtral-8x7b",
+    overrides: dict | None = None,
+    tc=None,
+    quiet: bool = True,
+    corpus=None,
+) -> dict:
     """Run the tightness lab on a calibrated checkpoint; write JSON and figures to `out`."""
     from sift_jax.moe import calibrate as cal_lib
     from sift_jax.moe import data as data_lib
@@ -241,8 +254,16 @@ def do_tightness(ckpt, out=None, preset: str = "mixtral-8x7b", overrides: dict |
     sc = tight_lib.lab_scenario(model.cfg, preset, **(overrides or {}))
     tc = tc or tight_lib.TightnessConfig()
     t0 = time.perf_counter()
-    res = tight_lib.run(model, cal["table"], cal["b_max"], cal["beta_max"], corpus.test, sc, tc,
-                        progress=lambda d, n: _echo(quiet, f"tightness: {d}/{n} windows"))
+    res = tight_lib.run(
+        model,
+        cal["table"],
+        cal["b_max"],
+        cal["beta_max"],
+        corpus.test,
+        sc,
+        tc,
+        progress=lambda d, n: _echo(quiet, f"tightness: {d}/{n} windows"),
+    )
     res["time_s"] = time.perf_counter() - t0
     res["preset"] = preset
     res["overrides"] = {k: (v if np.isscalar(v) else np.asarray(v).tolist()) for k, v in (overrides or {}).items()}
@@ -301,25 +322,68 @@ def moe():
 @click.option("--gate-norm", default=None, help="topk | softmax | auto")
 @click.option("--max-bytes", type=int, default=None, help="truncate each corpus split")
 @click.option("--quiet", is_flag=True)
-def train_cmd(out, tiny, steps, batch_size, lr, seed, d_model, d_ff, n_layers, n_experts, top_k, context, gate_norm,
-              max_bytes, quiet):
+def train_cmd(
+    out,
+    tiny,
+    steps,
+    batch_size,
+    lr,
+    seed,
+    d_model,
+    d_ff,
+    n_layers,
+    n_experts,
+    top_k,
+    context,
+    gate_norm,
+    max_bytes,
+    quiet,
+):
     """Train the MoE language model on the stdlib byte corpus and save an orbax checkpoint."""
     from sift_jax.moe.model import MoEConfig, tiny_config
     from sift_jax.moe.train import TrainConfig, tiny_train_config
     from sift_jax.store import check_dir
 
     check_dir(out)  # before the work: a file or read-only --out fails now, not after training
-    m_over = {k: v for k, v in dict(d_model=d_model, d_ff=d_ff, n_layers=n_layers, n_experts=n_experts, top_k=top_k,
-                                    context=context, gate_norm=gate_norm).items() if v is not None}
+    m_over = {
+        k: v
+        for k, v in dict(
+            d_model=d_model,
+            d_ff=d_ff,
+            n_layers=n_layers,
+            n_experts=n_experts,
+            top_k=top_k,
+            context=context,
+            gate_norm=gate_norm,
+        ).items()
+        if v is not None
+    }
     if "d_model" in m_over and not tiny:
         m_over.setdefault("n_heads", max(1, m_over["d_model"] // 32))
-    t_over = {k: v for k, v in dict(steps=steps, batch_size=batch_size, lr=lr, max_bytes_per_split=max_bytes).items()
-              if v is not None}
+    t_over = {
+        k: v
+        for k, v in dict(steps=steps, batch_size=batch_size, lr=lr, max_bytes_per_split=max_bytes).items()
+        if v is not None
+    }
     cfg = tiny_config(**m_over) if tiny else MoEConfig(**m_over)
     tc = tiny_train_config(seed=seed, **t_over) if tiny else TrainConfig(seed=seed, **t_over)
     summary = do_train(out, cfg, tc, quiet=quiet)
-    click.echo(json.dumps({k: summary[k] for k in ("steps", "train_time_s", "cpu_time_s", "val_loss", "val_accuracy",
-                                                   "test_loss", "test_accuracy")}))
+    click.echo(
+        json.dumps(
+            {
+                k: summary[k]
+                for k in (
+                    "steps",
+                    "train_time_s",
+                    "cpu_time_s",
+                    "val_loss",
+                    "val_accuracy",
+                    "test_loss",
+                    "test_accuracy",
+                )
+            }
+        )
+    )
 
 
 @moe.command("calibrate")
@@ -332,14 +396,28 @@ def train_cmd(out, tiny, steps, batch_size, lr, seed, d_model, d_ff, n_layers, n
 @click.option("--quiet", is_flag=True)
 def calibrate_cmd(checkpoint, windows, seed, lipschitz_points, power_points, power_iters, quiet):
     """Write Fbar tables, B_max and beta estimates and gate statistics next to CHECKPOINT."""
-    for name, v in (("windows", windows), ("lipschitz_points", lipschitz_points), ("power_points", power_points),
-                    ("power_iters", power_iters)):
+    for name, v in (
+        ("windows", windows),
+        ("lipschitz_points", lipschitz_points),
+        ("power_points", power_points),
+        ("power_iters", power_iters),
+    ):
         if v < 1:
             raise ConfigError(name, v, "a positive integer")
-    summary = do_calibrate(checkpoint, n_windows=windows, seed=seed, quiet=quiet, n_lipschitz_points=lipschitz_points,
-                           n_power_points=power_points, power_iters=power_iters)
-    click.echo(json.dumps({k: summary[k] for k in ("n_tokens", "b_max_per_layer", "beta_max_per_layer",
-                                                   "mean_skip_cost_per_layer")}))
+    summary = do_calibrate(
+        checkpoint,
+        n_windows=windows,
+        seed=seed,
+        quiet=quiet,
+        n_lipschitz_points=lipschitz_points,
+        n_power_points=power_points,
+        power_iters=power_iters,
+    )
+    click.echo(
+        json.dumps(
+            {k: summary[k] for k in ("n_tokens", "b_max_per_layer", "beta_max_per_layer", "mean_skip_cost_per_layer")}
+        )
+    )
 
 
 @moe.command("tightness")
@@ -355,19 +433,33 @@ def calibrate_cmd(checkpoint, windows, seed, lipschitz_points, power_points, pow
 @click.option("--grid-batch", type=int, default=4, show_default=True, help="runs vmapped together")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--quiet", is_flag=True)
-def tightness_cmd(checkpoint, out, preset, sets, windows, draws, etas, eta_fractions, fallback, grid_batch, seed,
-                  quiet):
+def tightness_cmd(
+    checkpoint, out, preset, sets, windows, draws, etas, eta_fractions, fallback, grid_batch, seed, quiet
+):
     """Bound tightness (Proposition 1, Theorem 1) and accuracy vs eta on the test split (figures + JSON)."""
     from sift_jax.moe.tightness import DEFAULT_ETA_FRACTIONS, TightnessConfig
 
-    tc = TightnessConfig(n_windows=windows, n_draws=draws, etas=_floats(etas, "etas"),
-                         eta_fractions=_floats(eta_fractions, "eta_fractions") or DEFAULT_ETA_FRACTIONS,
-                         infeasible_fallback=fallback, grid_batch=grid_batch, seed=seed)
+    tc = TightnessConfig(
+        n_windows=windows,
+        n_draws=draws,
+        etas=_floats(etas, "etas"),
+        eta_fractions=_floats(eta_fractions, "eta_fractions") or DEFAULT_ETA_FRACTIONS,
+        infeasible_fallback=fallback,
+        grid_batch=grid_batch,
+        seed=seed,
+    )
     doc = do_tightness(checkpoint, out, preset, _parse_sets(sets), tc, quiet=quiet)
-    click.echo(json.dumps({"etas": doc["etas"], "accuracy": {k: doc["accuracy"][k] for k in
-                                                             ("siftmoe", "topk-ideal", "topk")},
-                           "prop1_exact_max_ratio": doc["prop1_exact"]["max_ratio"],
-                           "prop1_table": doc["prop1_table"]["all"], "thm1": doc["thm1"]["measured_delta"]}))
+    click.echo(
+        json.dumps(
+            {
+                "etas": doc["etas"],
+                "accuracy": {k: doc["accuracy"][k] for k in ("siftmoe", "topk-ideal", "topk")},
+                "prop1_exact_max_ratio": doc["prop1_exact"]["max_ratio"],
+                "prop1_table": doc["prop1_table"]["all"],
+                "thm1": doc["thm1"]["measured_delta"],
+            }
+        )
+    )
 
 
 def main(argv=None):  # pragma: no cover - convenience for `python -m sift_jax.moe.cli`

@@ -166,8 +166,7 @@ def load_corpus(root: str | pathlib.Path | None = None, max_bytes_per_split: int
             raise ConfigError("corpus_root", str(root), f"a directory with enough files for a {s} split (>= 10)")
         data = np.frombuffer(b"".join(chunks[s]), dtype=np.uint8)
         arrays[s] = data[:max_bytes_per_split].copy() if max_bytes_per_split else data.copy()
-    return Corpus(**arrays, files={s: tuple(names[s]) for s in SPLITS},
-                  root=str(files[0].parent))
+    return Corpus(**arrays, files={s: tuple(names[s]) for s in SPLITS}, root=str(files[0].parent))
 
 
 def random_windows(key: jax.Array, tokens: jax.Array, batch_size: int, context: int):

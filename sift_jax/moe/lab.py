@@ -86,9 +86,14 @@ def quick_lab(out_dir, seed: int = 0, quick: bool = True) -> dict:
     files = {"train_curve": ckpt / "train_curve.png", "calibration_tables": ckpt / "calibration_tables.png"}
     files.update({pathlib.Path(name).stem: out / "tightness" / name for name in tight["figures"]})
     base = out.resolve().parent
-    summary = {"train": train_summary, "calibration": cal, "tightness": tight, "quick": quick,
-               "paths": {"checkpoint": str(ckpt), "tightness": str(out / "tightness")},
-               "figures": {k: str(v.resolve().relative_to(base)) for k, v in files.items()},
-               "figures_abs": {k: str(v.resolve()) for k, v in files.items()}}
+    summary = {
+        "train": train_summary,
+        "calibration": cal,
+        "tightness": tight,
+        "quick": quick,
+        "paths": {"checkpoint": str(ckpt), "tightness": str(out / "tightness")},
+        "figures": {k: str(v.resolve().relative_to(base)) for k, v in files.items()},
+        "figures_abs": {k: str(v.resolve()) for k, v in files.items()},
+    }
     write_json(out / "summary.json", summary)
     return summary

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -108,7 +108,7 @@ class MoEConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "MoEConfig":
+    def from_dict(cls, d: dict) -> MoEConfig:
         """Inverse of `to_dict`; an unknown key raises `ConfigError`."""
         known = {f.name for f in dataclasses.fields(cls)}
         for k in d:
@@ -149,8 +149,13 @@ class Attention(nnx.Module):
     def __init__(self, cfg: MoEConfig, *, rngs: nnx.Rngs):
         self.n_heads = cfg.n_heads
         self.qkv = nnx.Linear(cfg.d_model, 3 * cfg.d_model, use_bias=False, rngs=rngs)
-        self.out = nnx.Linear(cfg.d_model, cfg.d_model, use_bias=False, rngs=rngs,
-                              kernel_init=nnx.initializers.normal(0.02 / (2 * cfg.n_layers) ** 0.5))
+        self.out = nnx.Linear(
+            cfg.d_model,
+            cfg.d_model,
+            use_bias=False,
+            rngs=rngs,
+            kernel_init=nnx.initializers.normal(0.02 / (2 * cfg.n_layers) ** 0.5),
+        )
 
     def __call__(self, x: jax.Array) -> jax.Array:
         b, t, d = x.shape
@@ -171,11 +176,12 @@ class MoELayer(nnx.Module):
         n, d, f = cfg.n_experts, cfg.d_model, cfg.d_ff
         self.top_k = cfg.top_k
         self.gate_norm = cfg.resolved_gate_norm
-        self.router = nnx.Param(nnx.initializers.normal(0.1 / d ** 0.5)(rngs.params(), (d, n), jnp.float32))
-        self.w1 = nnx.Param(nnx.initializers.normal(1.0 / d ** 0.5)(rngs.params(), (n, d, f), jnp.float32))
+        self.router = nnx.Param(nnx.initializers.normal(0.1 / d**0.5)(rngs.params(), (d, n), jnp.float32))
+        self.w1 = nnx.Param(nnx.initializers.normal(1.0 / d**0.5)(rngs.params(), (n, d, f), jnp.float32))
         self.b1 = nnx.Param(jnp.zeros((n, f), jnp.float32))
-        self.w2 = nnx.Param(nnx.initializers.normal(0.02 / (2 * cfg.n_layers) ** 0.5)(rngs.params(), (n, f, d),
-                                                                                     jnp.float32))
+        self.w2 = nnx.Param(
+            nnx.initializers.normal(0.02 / (2 * cfg.n_layers) ** 0.5)(rngs.params(), (n, f, d), jnp.float32)
+        )
         self.b2 = nnx.Param(jnp.zeros((n, d), jnp.float32))
 
     def expert_outputs(self, z: jax.Array) -> jax.Array:
@@ -223,8 +229,9 @@ def combine(outputs: jax.Array, gates: jax.Array, selection: jax.Array) -> jax.A
     [2.8..., 3.5]
     """
     n = outputs.shape[-2]
-    weights = jnp.einsum("...k,...kn->...n", gates.astype(outputs.dtype),
-                         jax.nn.one_hot(selection, n, dtype=outputs.dtype))
+    weights = jnp.einsum(
+        "...k,...kn->...n", gates.astype(outputs.dtype), jax.nn.one_hot(selection, n, dtype=outputs.dtype)
+    )
     return jnp.einsum("...n,...nd->...d", weights, outputs)
 
 
@@ -265,15 +272,19 @@ class MoELM(nnx.Module):
 
     def __init__(self, cfg: MoEConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
-        self.embed = nnx.Embed(cfg.vocab_size, cfg.d_model, rngs=rngs,
-                               embedding_init=nnx.initializers.normal(0.02))
+        self.embed = nnx.Embed(cfg.vocab_size, cfg.d_model, rngs=rngs, embedding_init=nnx.initializers.normal(0.02))
         self.pos = nnx.Param(nnx.initializers.normal(0.02)(rngs.params(), (cfg.context, cfg.d_model), jnp.float32))
         self.blocks = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.n_layers)])
         self.ln_f = nnx.LayerNorm(cfg.d_model, rngs=rngs)
         self.head = nnx.Linear(cfg.d_model, cfg.vocab_size, use_bias=False, rngs=rngs)
 
-    def __call__(self, tokens: jax.Array, selection: jax.Array | None = None,
-                 select_fn: Callable | None = None, return_internals: bool = False):
+    def __call__(
+        self,
+        tokens: jax.Array,
+        selection: jax.Array | None = None,
+        select_fn: Callable | None = None,
+        return_internals: bool = False,
+    ):
         """Forward pass.
 
         Args:
@@ -310,12 +321,22 @@ class MoELM(nnx.Module):
             if tuple(selection.shape) != want:
                 raise ConfigError("selection", f"shape {tuple(selection.shape)}", f"an int array of shape {want}")
             s = _concrete(selection)
-            if s is not None:
-                if bool(np.any((s < -1) | (s >= cfg.n_experts))):
-                    raise ConfigError("selection", "out-of-range entries", f"integers in [-1, {cfg.n_experts - 1}]")
+            if s is not None and bool(np.any((s < -1) | (s >= cfg.n_experts))):
+                raise ConfigError("selection", "out-of-range entries", f"integers in [-1, {cfg.n_experts - 1}]")
         x = self.embed(tokens) + self.pos[...][:t]
-        keep = {k: [] for k in ("expert_outputs", "gates", "topk", "selection", "router_probs", "router_logits",
-                                "moe_inputs", "moe_outputs")}
+        keep = {
+            k: []
+            for k in (
+                "expert_outputs",
+                "gates",
+                "topk",
+                "selection",
+                "router_probs",
+                "router_logits",
+                "moe_inputs",
+                "moe_outputs",
+            )
+        }
         hidden = [x]
         lb, zl = [], []
         for l, blk in enumerate(self.blocks):
@@ -337,9 +358,16 @@ class MoELM(nnx.Module):
             lb.append(cfg.n_experts * jnp.sum(frac * probs.mean((0, 1))))
             zl.append(jnp.mean(jnp.square(jax.nn.logsumexp(logits, axis=-1))))
             if return_internals:
-                for k, v in (("expert_outputs", outs), ("gates", gates), ("topk", topk), ("selection", sel),
-                             ("router_probs", probs), ("router_logits", logits), ("moe_inputs", z),
-                             ("moe_outputs", y)):
+                for k, v in (
+                    ("expert_outputs", outs),
+                    ("gates", gates),
+                    ("topk", topk),
+                    ("selection", sel),
+                    ("router_probs", probs),
+                    ("router_logits", logits),
+                    ("moe_inputs", z),
+                    ("moe_outputs", y),
+                ):
                     keep[k].append(v)
         h = self.ln_f(x)
         out = self.head(h)

@@ -158,6 +158,7 @@ def token_costs(sc: Scenario, key: jax.Array, n_tokens: int) -> jax.Array:
 
     Token m uses `channel.draw(fold_in(key, m), sc)` (distances and per-layer gains).
     """
+
     def one(m):
         ch = channel.draw(jax.random.fold_in(key, m), sc)
         return jax.vmap(lambda g: costs.node_costs(sc, ch.distance_m, g))(ch.gain)
@@ -198,6 +199,7 @@ def exact_f_bound(outputs: jax.Array, gates: jax.Array, topk: jax.Array, assign:
 def _decide(name: str, sc: Scenario, f, g, tk, table, fallback: str, share: bool):
     """Vectorised policy call over [b, T] tokens: (assign, energy, feasible, replaced, skipped, dev)."""
     if name == "siftmoe":
+
         def pol(fv, gv, tv):
             d = policies.decode(sc, fv, gv, tv, table, share_substitutes=share)
             if fallback == "topk":
@@ -205,8 +207,10 @@ def _decide(name: str, sc: Scenario, f, g, tk, table, fallback: str, share: bool
                 d = jax.tree.map(lambda a, b: jnp.where(d.feasible, a, b), d, alt.replace(feasible=d.feasible))
             return d
     else:
+
         def pol(fv, gv, tv):
             return policies.get(name)(sc, fv, gv, tv, table)
+
     d = jax.vmap(jax.vmap(pol))(f, g, tk)
     return d
 
@@ -246,10 +250,18 @@ def _make_batch_fn(graphdef, cfg: MoEConfig, tc: TightnessConfig, n_eta: int):
         repl = jnp.stack([d.n_replaced for d in rec])
         skip = jnp.stack([d.n_skipped for d in rec])
         return {
-            "ce_sum": ce.sum(), "correct": correct.sum(), "energy_sum": energy.sum(),
-            "infeasible": (~feas).sum(), "replaced": repl.sum(), "skipped": skip.sum(),
-            "delta": delta, "bound_f": bound_f, "bound_t": bound_t, "e": e,
-            "thm1": jnp.moveaxis(thm1, -1, 0), "thm1_t": jnp.moveaxis(thm1_t, -1, 0),
+            "ce_sum": ce.sum(),
+            "correct": correct.sum(),
+            "energy_sum": energy.sum(),
+            "infeasible": (~feas).sum(),
+            "replaced": repl.sum(),
+            "skipped": skip.sum(),
+            "delta": delta,
+            "bound_f": bound_f,
+            "bound_t": bound_t,
+            "e": e,
+            "thm1": jnp.moveaxis(thm1, -1, 0),
+            "thm1_t": jnp.moveaxis(thm1_t, -1, 0),
         }
 
     def batch_fn(params, x, y, f, etas, table, b_max, beta, sc):
@@ -266,6 +278,7 @@ def _make_batch_fn(graphdef, cfg: MoEConfig, tc: TightnessConfig, n_eta: int):
 
         res = {"siftmoe": jax.lax.map(sift, grid, batch_size=tc.grid_batch)}
         for name in LAB_BASELINES:
+
             def base(c, name=name):
                 return run_one(params, x, y, f[c], etas[0], table, b_max, beta, sc, name, clean_y)
 
@@ -278,12 +291,25 @@ def _make_batch_fn(graphdef, cfg: MoEConfig, tc: TightnessConfig, n_eta: int):
 def _quantiles(r: np.ndarray) -> dict:
     if r.size == 0:
         return {"n": 0, "median": None, "p90": None, "max": None, "mean": None}
-    return {"n": int(r.size), "median": float(np.median(r)), "p90": float(np.quantile(r, 0.9)),
-            "max": float(r.max()), "mean": float(r.mean())}
+    return {
+        "n": int(r.size),
+        "median": float(np.median(r)),
+        "p90": float(np.quantile(r, 0.9)),
+        "max": float(r.max()),
+        "mean": float(r.mean()),
+    }
 
 
-def run(model: MoELM, table: np.ndarray, b_max: np.ndarray, beta_max: np.ndarray, tokens: np.ndarray,
-        sc: Scenario | None = None, tc: TightnessConfig = TightnessConfig(), progress=None) -> dict:
+def run(
+    model: MoELM,
+    table: np.ndarray,
+    b_max: np.ndarray,
+    beta_max: np.ndarray,
+    tokens: np.ndarray,
+    sc: Scenario | None = None,
+    tc: TightnessConfig = TightnessConfig(),
+    progress=None,
+) -> dict:
     """Measure (a) Prop. 1 tightness, (b) Thm. 1 tightness and (c) accuracy / energy against eta.
 
     Args:
@@ -333,15 +359,21 @@ def run(model: MoELM, table: np.ndarray, b_max: np.ndarray, beta_max: np.ndarray
     cfg = model.cfg
     table = np.asarray(table, np.float32)
     if table.shape != (cfg.n_layers, cfg.n_experts, cfg.n_experts + 1):
-        raise ConfigError("table", f"array of shape {table.shape}",
-                          f"float[L={cfg.n_layers}, N={cfg.n_experts}, N+1={cfg.n_experts + 1}]")
+        raise ConfigError(
+            "table",
+            f"array of shape {table.shape}",
+            f"float[L={cfg.n_layers}, N={cfg.n_experts}, N+1={cfg.n_experts + 1}]",
+        )
     b_max = np.asarray(b_max, np.float32)
     b_max = b_max.max(-1) if b_max.ndim == 2 else b_max
     beta_max = np.asarray(beta_max, np.float32)
     sc = lab_scenario(cfg) if sc is None else sc
     if (sc.n_nodes, sc.top_k, sc.n_layers) != (cfg.n_experts, cfg.top_k, cfg.n_layers):
-        raise ConfigError("scenario", f"N={sc.n_nodes}, K={sc.top_k}, L={sc.n_layers}",
-                          f"n_nodes={cfg.n_experts}, top_k={cfg.top_k}, n_layers={cfg.n_layers} (the model's)")
+        raise ConfigError(
+            "scenario",
+            f"N={sc.n_nodes}, K={sc.top_k}, L={sc.n_layers}",
+            f"n_nodes={cfg.n_experts}, top_k={cfg.top_k}, n_layers={cfg.n_layers} (the model's)",
+        )
     scale = eta_scale(table)
     etas = np.asarray(tc.etas if tc.etas is not None else np.asarray(tc.eta_fractions) * scale, np.float32)
     x_all, y_all = data_lib.eval_windows(tokens, cfg.context, min(tc.n_windows, (tokens.size - 1) // cfg.context))
@@ -351,19 +383,41 @@ def run(model: MoELM, table: np.ndarray, b_max: np.ndarray, beta_max: np.ndarray
     n_seq, t_len = x_all.shape
     cost_fn = _cost_fn
     acc = None
-    per_token = {p: {k: [] for k in ("delta", "bound_f", "bound_t", "e", "thm1", "thm1_t")}
-                 for p in ("siftmoe",) + LAB_BASELINES}
+    per_token = {
+        p: {k: [] for k in ("delta", "bound_f", "bound_t", "e", "thm1", "thm1_t")} for p in ("siftmoe",) + LAB_BASELINES
+    }
     for i in range(0, n_seq, tc.batch_windows):
-        x, y = x_all[i:i + tc.batch_windows], y_all[i:i + tc.batch_windows]
+        x, y = x_all[i : i + tc.batch_windows], y_all[i : i + tc.batch_windows]
         b = x.shape[0]
         # costs [C, b, T, L, N]: token index = global position in the test windows
-        f = jnp.stack([
-            cost_fn(sc, jax.random.fold_in(jax.random.fold_in(base_key, c), i * t_len), b * t_len)
-            .reshape(b, t_len, cfg.n_layers, cfg.n_experts) for c in range(tc.n_draws)])
-        res = jax.device_get(fn(params, jnp.asarray(x), jnp.asarray(y), f, jnp.asarray(etas),
-                                jnp.asarray(table), jnp.asarray(b_max), jnp.asarray(beta_max), sc))
-        sums = {p: {k: np.asarray(v[k], np.float64) for k in ("ce_sum", "correct", "energy_sum", "infeasible",
-                                                                "replaced", "skipped")} for p, v in res.items()}
+        f = jnp.stack(
+            [
+                cost_fn(sc, jax.random.fold_in(jax.random.fold_in(base_key, c), i * t_len), b * t_len).reshape(
+                    b, t_len, cfg.n_layers, cfg.n_experts
+                )
+                for c in range(tc.n_draws)
+            ]
+        )
+        res = jax.device_get(
+            fn(
+                params,
+                jnp.asarray(x),
+                jnp.asarray(y),
+                f,
+                jnp.asarray(etas),
+                jnp.asarray(table),
+                jnp.asarray(b_max),
+                jnp.asarray(beta_max),
+                sc,
+            )
+        )
+        sums = {
+            p: {
+                k: np.asarray(v[k], np.float64)
+                for k in ("ce_sum", "correct", "energy_sum", "infeasible", "replaced", "skipped")
+            }
+            for p, v in res.items()
+        }
         acc = sums if acc is None else {p: {k: acc[p][k] + sums[p][k] for k in acc[p]} for p in acc}
         for p in per_token:
             for k in per_token[p]:
@@ -379,11 +433,19 @@ def run(model: MoELM, table: np.ndarray, b_max: np.ndarray, beta_max: np.ndarray
         v = acc[p][k] / denom
         return v.reshape(n_e, n_c) if p == "siftmoe" else v
 
-    out = {"etas": etas.tolist(), "eta_scale": scale, "n_tokens": n_tok, "n_draws": n_c,
-           "settings": dataclasses.asdict(tc), "scenario": {"n_nodes": sc.n_nodes, "top_k": sc.top_k,
-                                                          "n_layers": sc.n_layers}}
-    for metric, key, denom in (("accuracy", "correct", n_tok), ("loss", "ce_sum", n_tok),
-                               ("energy_per_token_j", "energy_sum", n_tok)):
+    out = {
+        "etas": etas.tolist(),
+        "eta_scale": scale,
+        "n_tokens": n_tok,
+        "n_draws": n_c,
+        "settings": dataclasses.asdict(tc),
+        "scenario": {"n_nodes": sc.n_nodes, "top_k": sc.top_k, "n_layers": sc.n_layers},
+    }
+    for metric, key, denom in (
+        ("accuracy", "correct", n_tok),
+        ("loss", "ce_sum", n_tok),
+        ("energy_per_token_j", "energy_sum", n_tok),
+    ):
         s = per("siftmoe", key, denom)
         out[metric] = {"siftmoe": s.mean(1).tolist(), "siftmoe_per_draw": s.tolist()}
         for p in LAB_BASELINES:
@@ -392,10 +454,15 @@ def run(model: MoELM, table: np.ndarray, b_max: np.ndarray, beta_max: np.ndarray
             out[metric][f"{p}_per_draw"] = v.tolist()
     # the lab decodes token by token, so its infeasible_rate is per (token, layer) decision, unlike
     # `sj.metrics`' per-task one; the replace and skip rates share `sj.metrics`' L x M x K slot denominator
-    for metric, key, denom in (("infeasible_rate", "infeasible", n_tok * L), ("replace_rate", "replaced", n_tok * L * K),
-                               ("skip_rate", "skipped", n_tok * L * K)):
-        out[metric] = {"siftmoe": per("siftmoe", key, denom).mean(1).tolist(),
-                       "topk": float(per("topk", key, denom).mean())}
+    for metric, key, denom in (
+        ("infeasible_rate", "infeasible", n_tok * L),
+        ("replace_rate", "replaced", n_tok * L * K),
+        ("skip_rate", "skipped", n_tok * L * K),
+    ):
+        out[metric] = {
+            "siftmoe": per("siftmoe", key, denom).mean(1).tolist(),
+            "topk": float(per("topk", key, denom).mean()),
+        }
     cat = {p: {k: np.concatenate(v, axis=-1) for k, v in d.items()} for p, d in per_token.items()}
     # (a) Prop. 1 with exact F and with the table; over SiftMoE runs and practical Top-K (lost slots)
     shaped = cat["siftmoe"]  # arrays [E*C, L, tokens]
@@ -404,9 +471,13 @@ def run(model: MoELM, table: np.ndarray, b_max: np.ndarray, beta_max: np.ndarray
     r_exact = np.where(changed, s["delta"] / np.where(changed, s["bound_f"], 1.0), 0.0)
     r_table = np.where(changed, s["delta"] / np.where(s["bound_t"] > 0, s["bound_t"], np.inf), 0.0)
     viol = (s["delta"] > s["bound_f"] * (1 + PROP1_RTOL) + 1e-6) & changed
-    out["prop1_exact"] = {**_quantiles(r_exact[changed]), "max_ratio": float(r_exact.max(initial=0.0)),
-                          "n_violations": int(viol.sum()), "rtol": PROP1_RTOL,
-                          "n_layer_tokens": int(s["delta"].size)}
+    out["prop1_exact"] = {
+        **_quantiles(r_exact[changed]),
+        "max_ratio": float(r_exact.max(initial=0.0)),
+        "n_violations": int(viol.sum()),
+        "rtol": PROP1_RTOL,
+        "n_layer_tokens": int(s["delta"].size),
+    }
     per_eta = []
     for e in range(n_e):
         rows = slice(e * n_c, (e + 1) * n_c)
@@ -419,17 +490,24 @@ def run(model: MoELM, table: np.ndarray, b_max: np.ndarray, beta_max: np.ndarray
         "table_delta": _quantiles((e_last / bt_last).ravel()),
         "per_layer_max_ratio": (shaped["e"] / shaped["thm1"]).max(axis=(0, 2)).tolist(),
         "n_violations": int((shaped["e"] > shaped["thm1"] * (1 + PROP1_RTOL)).sum()),
-        "mean_e_last": float(e_last.mean()), "mean_bound_last": float(b_last.mean()),
-        "b_max": b_max.tolist(), "beta_max": beta_max.tolist(),
+        "mean_e_last": float(e_last.mean()),
+        "mean_bound_last": float(b_last.mean()),
+        "b_max": b_max.tolist(),
+        "beta_max": beta_max.tolist(),
     }
-    out["ratios"] = {"prop1_exact": r_exact[changed], "prop1_table": r_table[changed],
-                     "thm1": (e_last / b_last).ravel(), "delta": s["delta"][changed],
-                     "bound_f": s["bound_f"][changed], "bound_t": s["bound_t"][changed]}
+    out["ratios"] = {
+        "prop1_exact": r_exact[changed],
+        "prop1_table": r_table[changed],
+        "thm1": (e_last / b_last).ravel(),
+        "delta": s["delta"][changed],
+        "bound_f": s["bound_f"][changed],
+        "bound_t": s["bound_t"][changed],
+    }
     # Prop. 1 also on the practical Top-K runs (lost slots are skips)
     t = {k: v.reshape(v.shape[0], -1) for k, v in cat["topk"].items()}
     ch_t = t["bound_f"] > 0
-    out["prop1_exact"]["topk_max_ratio"] = float(np.where(ch_t, t["delta"] / np.where(ch_t, t["bound_f"], 1.0),
-                                                          0.0).max(initial=0.0))
-    out["prop1_exact"]["topk_n_violations"] = int(((t["delta"] > t["bound_f"] * (1 + PROP1_RTOL) + 1e-6)
-                                                   & ch_t).sum())
+    out["prop1_exact"]["topk_max_ratio"] = float(
+        np.where(ch_t, t["delta"] / np.where(ch_t, t["bound_f"], 1.0), 0.0).max(initial=0.0)
+    )
+    out["prop1_exact"]["topk_n_violations"] = int(((t["delta"] > t["bound_f"] * (1 + PROP1_RTOL) + 1e-6) & ch_t).sum())
     return out

@@ -21,7 +21,7 @@ import functools
 import json
 import pathlib
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -34,8 +34,7 @@ from sift_jax.errors import ConfigError
 from sift_jax.moe import data as data_lib
 from sift_jax.moe.model import MoEConfig, MoELM, init_model
 
-__all__ = ["TrainConfig", "TrainResult", "evaluate", "load_checkpoint", "save_checkpoint", "tiny_train_config",
-           "train"]
+__all__ = ["TrainConfig", "TrainResult", "evaluate", "load_checkpoint", "save_checkpoint", "tiny_train_config", "train"]
 
 # Test threshold (tests/test_moe_train.py): `tiny_config()` trained with `tiny_train_config()` (200 steps of
 # 16 x 32 bytes, ~30 s on 2 CPU cores) must reach a validation cross-entropy below this many nats per byte.
@@ -120,8 +119,9 @@ def tiny_train_config(**overrides) -> TrainConfig:
         >>> tc.steps, tc.seed, tc.steps // tc.eval_every     # two validation points
         (200, 3, 2)
     """
-    base = dict(steps=200, batch_size=16, lr=1e-2, warmup=20, eval_every=100, eval_windows=16,
-                max_bytes_per_split=200_000)
+    base = dict(
+        steps=200, batch_size=16, lr=1e-2, warmup=20, eval_every=100, eval_windows=16, max_bytes_per_split=200_000
+    )
     base.update(overrides)
     return TrainConfig(**base)
 
@@ -148,11 +148,14 @@ def loss_fn(params, graphdef, cfg: MoEConfig, inputs: jax.Array, targets: jax.Ar
 
 def make_optimizer(tc: TrainConfig) -> optax.GradientTransformation:
     """Global-norm clipping + AdamW with warm-up/cosine schedule; decay only on ndim >= 2 leaves."""
-    schedule = optax.warmup_cosine_decay_schedule(0.0, tc.lr, max(tc.warmup, 1), max(tc.steps, tc.warmup + 1),
-                                                  end_value=tc.lr / 10)
+    schedule = optax.warmup_cosine_decay_schedule(
+        0.0, tc.lr, max(tc.warmup, 1), max(tc.steps, tc.warmup + 1), end_value=tc.lr / 10
+    )
     mask = lambda p: jax.tree.map(lambda a: jnp.ndim(a) >= 2, p)  # noqa: E731
-    return optax.chain(optax.clip_by_global_norm(tc.grad_clip),
-                       optax.adamw(schedule, b1=tc.b1, b2=tc.b2, weight_decay=tc.weight_decay, mask=mask))
+    return optax.chain(
+        optax.clip_by_global_norm(tc.grad_clip),
+        optax.adamw(schedule, b1=tc.b1, b2=tc.b2, weight_decay=tc.weight_decay, mask=mask),
+    )
 
 
 def make_train_chunk(graphdef, cfg: MoEConfig, tc: TrainConfig) -> Callable:
@@ -160,8 +163,11 @@ def make_train_chunk(graphdef, cfg: MoEConfig, tc: TrainConfig) -> Callable:
     opt_state, metrics[n_steps]) running `n_steps` AdamW steps (`make_optimizer(tc)`) in a `lax.scan`;
     the batch of step s is drawn with fold_in(key(seed), s). Cached per (model structure, optimiser
     settings): the seed, evaluation and data settings of `tc` do not trigger a new compilation."""
-    return _train_chunk(graphdef, cfg, dataclasses.replace(tc, seed=0, eval_every=1, eval_windows=1,
-                                                           max_bytes_per_split=None, time_budget_s=None))
+    return _train_chunk(
+        graphdef,
+        cfg,
+        dataclasses.replace(tc, seed=0, eval_every=1, eval_windows=1, max_bytes_per_split=None, time_budget_s=None),
+    )
 
 
 @functools.lru_cache(maxsize=8)
@@ -230,7 +236,7 @@ def evaluate(model: MoELM, tokens: np.ndarray, n_windows: int | None = 64, batch
     x, y = data_lib.eval_windows(tokens, cfg.context, n_windows)
     tot, cor = 0.0, 0
     for i in range(0, x.shape[0], batch):
-        s, c = ev(params, jnp.asarray(x[i:i + batch]), jnp.asarray(y[i:i + batch]))
+        s, c = ev(params, jnp.asarray(x[i : i + batch]), jnp.asarray(y[i : i + batch]))
         tot += float(s)
         cor += int(c)
     n = int(y.size)
@@ -257,8 +263,12 @@ class TrainResult:
     summary: dict
 
 
-def train(cfg: MoEConfig = MoEConfig(), tc: TrainConfig = TrainConfig(), corpus: data_lib.Corpus | None = None,
-          progress: Callable[[int, dict], None] | None = None) -> TrainResult:
+def train(
+    cfg: MoEConfig = MoEConfig(),
+    tc: TrainConfig = TrainConfig(),
+    corpus: data_lib.Corpus | None = None,
+    progress: Callable[[int, dict], None] | None = None,
+) -> TrainResult:
     """Train a fresh model (deterministic in `tc.seed`).
 
     Args:
@@ -316,7 +326,7 @@ def train(cfg: MoEConfig = MoEConfig(), tc: TrainConfig = TrainConfig(), corpus:
     summary = {
         "steps": done,
         "train_time_s": elapsed,
-        "train_ce_last": float(np.mean(hist["ce"][-max(1, min(20, done)):])),
+        "train_ce_last": float(np.mean(hist["ce"][-max(1, min(20, done)) :])),
         "val_loss": evals[-1]["loss"],
         "val_accuracy": evals[-1]["accuracy"],
         "val_bits_per_byte": evals[-1]["bits_per_byte"],

@@ -23,7 +23,7 @@ baselines always report their real outcome and use `feasible` as a flag (`decisi
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from sift_jax.policies import prefill as _prefill_rules
 from sift_jax.policies.baselines import topk, topk_ideal, wdmoe
@@ -36,8 +36,24 @@ from sift_jax.policies.prefill_exact import solve_exact
 from sift_jax.policies.prefill_fast import solve_fast
 from sift_jax.policies.registry import PolicyRecord, check_options, get_record, names, register, unregister
 
-__all__ = ["Decision", "PolicyRecord", "check_options", "decode", "get", "get_prefill", "names", "oracle", "prefill",
-           "prefill_with_info", "record", "register", "topk", "topk_ideal", "unregister", "wdmoe"]
+__all__ = [
+    "Decision",
+    "PolicyRecord",
+    "check_options",
+    "decode",
+    "get",
+    "get_prefill",
+    "names",
+    "oracle",
+    "prefill",
+    "prefill_with_info",
+    "record",
+    "register",
+    "topk",
+    "topk_ideal",
+    "unregister",
+    "wdmoe",
+]
 
 
 def _siftmoe_prefill(sc, dE, cap, g, topk, table, method: str = "auto", **options) -> Decision:
@@ -54,17 +70,47 @@ def _solver_options(*solvers) -> tuple[str, ...]:
     return tuple(sorted({o for s in solvers for o in PolicyRecord("x", s, s).accepted_options(prefilling=True)}))
 
 
-register(PolicyRecord("siftmoe", decode, _siftmoe_prefill,
-                      prefill_options=("method",) + _solver_options(solve_exact, solve_dp, solve_fast),
-                      description="the paper's: Thm. 2 decode, Alg. 1/2 prefill"))
-register(PolicyRecord("topk-ideal", topk_ideal, _prefill_rules.topk_ideal, reports_infeasible=True,
-                      description="every Top-K expert delivered (accuracy upper bound)"))
-register(PolicyRecord("topk", topk, _prefill_rules.topk, reports_infeasible=True,
-                      description="practical Top-K: experts on late nodes are lost"))
-register(PolicyRecord("wdmoe", wdmoe, None, reports_infeasible=True,
-                      description="WDMoE-style cosine threshold rule (decoding only)"))
-register(PolicyRecord("oracle", oracle, _oracle_prefill, prefill_options=_solver_options(solve_dp),
-                      description="brute force / exact DP reference (small instances)"))
+register(
+    PolicyRecord(
+        "siftmoe",
+        decode,
+        _siftmoe_prefill,
+        prefill_options=("method",) + _solver_options(solve_exact, solve_dp, solve_fast),
+        description="the paper's: Thm. 2 decode, Alg. 1/2 prefill",
+    )
+)
+register(
+    PolicyRecord(
+        "topk-ideal",
+        topk_ideal,
+        _prefill_rules.topk_ideal,
+        reports_infeasible=True,
+        description="every Top-K expert delivered (accuracy upper bound)",
+    )
+)
+register(
+    PolicyRecord(
+        "topk",
+        topk,
+        _prefill_rules.topk,
+        reports_infeasible=True,
+        description="practical Top-K: experts on late nodes are lost",
+    )
+)
+register(
+    PolicyRecord(
+        "wdmoe", wdmoe, None, reports_infeasible=True, description="WDMoE-style cosine threshold rule (decoding only)"
+    )
+)
+register(
+    PolicyRecord(
+        "oracle",
+        oracle,
+        _oracle_prefill,
+        prefill_options=_solver_options(solve_dp),
+        description="brute force / exact DP reference (small instances)",
+    )
+)
 
 
 def record(name: str) -> PolicyRecord:

@@ -19,7 +19,6 @@ from sift_jax.scenario import Scenario
 __all__: list[str] = []  # a private module: the package's internals, imported by name where used
 
 
-
 def seq_sum(x: jax.Array) -> jax.Array:
     """Left-to-right sum over the leading (small, static) axis: ((x0 + x1) + x2) + ...
 
@@ -29,8 +28,12 @@ def seq_sum(x: jax.Array) -> jax.Array:
     return functools.reduce(operator.add, [x[i] for i in range(x.shape[0])])
 
 
-_NETWORKS = {2: ((0, 1),), 3: ((0, 1), (1, 2), (0, 1)), 4: ((0, 1), (2, 3), (0, 2), (1, 3), (1, 2)),
-             5: ((0, 1), (3, 4), (2, 4), (2, 3), (1, 4), (0, 3), (0, 2), (1, 3), (1, 2))}
+_NETWORKS = {
+    2: ((0, 1),),
+    3: ((0, 1), (1, 2), (0, 1)),
+    4: ((0, 1), (2, 3), (0, 2), (1, 3), (1, 2)),
+    5: ((0, 1), (3, 4), (2, 4), (2, 3), (1, 4), (0, 3), (0, 2), (1, 3), (1, 2)),
+}
 
 
 def canonical_sum(xs) -> jax.Array:

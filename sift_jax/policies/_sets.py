@@ -73,7 +73,7 @@ class Combos(NamedTuple):
     binom: np.ndarray
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def combo_table(n_nodes: int, top_k: int) -> Combos:
     """All node sets of size 1..K (static). Singletons come first: combo v is {v}.
 
@@ -90,10 +90,10 @@ def combo_table(n_nodes: int, top_k: int) -> Combos:
     members = np.full((len(combos), top_k), n, np.int32)
     sub = np.full((len(combos), top_k), -1, np.int32)
     for i, c in enumerate(combos):
-        members[i, :len(c)] = c
+        members[i, : len(c)] = c
         if len(c) > 1:
             for j in range(len(c)):
-                sub[i, j] = index[c[:j] + c[j + 1:]]
+                sub[i, j] = index[c[:j] + c[j + 1 :]]
     size = (members < n).sum(1).astype(np.int32)
     start += [len(combos)] * (top_k + 2 - len(start))
     binom = np.array([[math.comb(a, b) for b in range(top_k + 1)] for a in range(n + 1)], np.int64)
@@ -164,8 +164,15 @@ def token_deviation(g, best, skip):
     return dev, use
 
 
-def candidate_mask(sc: Scenario, cap_eff: jax.Array, g: jax.Array, topk: jax.Array, table: jax.Array,
-                   user_off: bool | jax.Array = False, minimal: bool = True) -> jax.Array:
+def candidate_mask(
+    sc: Scenario,
+    cap_eff: jax.Array,
+    g: jax.Array,
+    topk: jax.Array,
+    table: jax.Array,
+    user_off: bool | jax.Array = False,
+    minimal: bool = True,
+) -> jax.Array:
     """bool[M, C]: combo c is a minimal feasible node set for token m (all nodes available, dev <= eta).
 
     minimal=False: every feasible set (supersets included; enough for minima of non-negative prices).

@@ -31,9 +31,9 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from sift_jax.policies.decision import Decision, make_decision
-from sift_jax.policies._decode_core import check_inputs, loads_of, seq_sum, slot_values
 from sift_jax.errors import ConfigError
+from sift_jax.policies._decode_core import check_inputs, loads_of, seq_sum, slot_values
+from sift_jax.policies.decision import Decision, make_decision
 from sift_jax.scenario import Scenario
 
 __all__ = ["topk", "topk_ideal", "wdmoe"]

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-__all__ = ["Decision", "INVALID_COUNT", "make_decision"]
+__all__ = ["INVALID_COUNT", "Decision", "make_decision"]
 
 INVALID_COUNT = 2**30  # node count carried by an invalid candidate in (energy, deviation, count) keys
 

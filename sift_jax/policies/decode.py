@@ -66,7 +66,8 @@ eta "sets" costs more per decision than "direct" on Mixtral; on an eta axis it i
 (figures: BENCHMARKS.md, "Sweeps").
 With the synthetic GPT-OSS tables (4 experts per cluster) a list never exceeds 4 entries, so the
 default R = 4 never falls back. With tables where many nodes are strictly useful for one expert (e.g.
-uniformly random tables) the fallback runs: still exact, about a hundred times slower. Raise `per_slot_candidates` for such tables ((R+1)^K grows fast).
+uniformly random tables) the fallback runs: still exact, about a hundred times slower. Raise `per_slot_candidates`
+for such tables ((R+1)^K grows fast).
 
 Infeasible tokens (no feasible set) return feasible = False with every slot -1 and zero loads, energy,
 deviation, n_replaced and n_skipped (the convention of the prefill solvers).
@@ -84,8 +85,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from sift_jax.errors import ConfigError
-from sift_jax.policies._decode_core import (canonical_sum, check_inputs, lex_argmin, lex_better, loads_of, seq_sum,
-                                            slot_values, sorted_network)
+from sift_jax.policies._decode_core import (
+    canonical_sum,
+    check_inputs,
+    lex_argmin,
+    lex_better,
+    loads_of,
+    seq_sum,
+    slot_values,
+    sorted_network,
+)
 from sift_jax.policies.decision import INVALID_COUNT, Decision, make_decision
 from sift_jax.policies.lazy import lazy
 from sift_jax.policies.staircase import best_within
@@ -144,8 +153,11 @@ def _singletons(f, e, s, share: bool):
         use = [e[i] <= s[i] for i in range(k)]
         forced = _first_arg(operator.lt, [e[i] - s[i] for i in range(k)])  # served when no slot prefers v
         any_use = functools.reduce(operator.or_, use)
-        dev = jnp.where(any_use, seq_sum(jnp.minimum(e, s[:, None])),
-                        functools.reduce(operator.add, [jnp.where(forced == i, e[i], s[i]) for i in range(k)]))
+        dev = jnp.where(
+            any_use,
+            seq_sum(jnp.minimum(e, s[:, None])),
+            functools.reduce(operator.add, [jnp.where(forced == i, e[i], s[i]) for i in range(k)]),
+        )
         use = jnp.stack([use[i] | (~any_use & (forced == i)) for i in range(k)])
     else:
         best = _first_arg(operator.gt, [s[i] - e[i] for i in range(k)])  # one slot: the largest saving
@@ -159,7 +171,7 @@ def _grid_axis(x, j: int, dims: int):
     return jnp.reshape(x, tuple(x.shape[0] if a == j else 1 for a in range(dims)))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _matching_patterns(k: int, j: int) -> tuple[tuple[int, ...], ...]:
     """Distinct injective maps of j members into K slots: pattern[i] = member serving slot i or -1."""
     pats = {tuple(p if p < j else -1 for p in perm) for perm in itertools.permutations(range(k))}
@@ -234,8 +246,10 @@ def _set_row(members, fu, e, s, cap, topk, share: bool):
     dev, assign = None, None
     for pat in _matching_patterns(k, len(members)):
         d = functools.reduce(operator.add, [cap[i, members[p]] if p >= 0 else s[i] for i, p in enumerate(pat)])
-        a = [jnp.where(e[i, members[p]] <= s[i], jnp.int32(members[p]), jnp.int32(-1)) if p >= 0 else jnp.int32(-1)
-             for i, p in enumerate(pat)]
+        a = [
+            jnp.where(e[i, members[p]] <= s[i], jnp.int32(members[p]), jnp.int32(-1)) if p >= 0 else jnp.int32(-1)
+            for i, p in enumerate(pat)
+        ]
         if dev is None:
             dev, assign = d, a
         else:
@@ -253,7 +267,9 @@ def _best_row(rows, eta, n: int):
     Returns (energy, dev, assign int32[K]); energy inf when no row qualifies.
     """
     bits = n.bit_length()  # a_i + 1 in [0, N] takes `bits` bits; shifts, not divisions (no SIMD integer division)
-    code = jnp.stack([functools.reduce(operator.or_, [(a + 1) << (bits * i) for i, a in enumerate(r[2])]) for r in rows])
+    code = jnp.stack(
+        [functools.reduce(operator.or_, [(a + 1) << (bits * i) for i, a in enumerate(r[2])]) for r in rows]
+    )
     energy, dev = jnp.stack([r[0] for r in rows]), jnp.stack([r[1] for r in rows])
     best_e, best_d, best_a = best_within(eta, energy, dev, code.astype(jnp.int32))
     assign = jnp.stack([((best_a >> (bits * i)) & ((1 << bits) - 1)) - 1 for i in range(len(rows[0][2]))])
@@ -307,7 +323,7 @@ def n_multi_subsets(n: int, k: int) -> int:
     return sum(math.comb(n, j) for j in range(2, min(k, n) + 1))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _subset_chunks(n: int, k: int, chunk: int) -> np.ndarray:
     """All node sets of size 2..k as rows of int32[n_chunks, chunk, k], members ascending, padded
     with n (the sentinel); padding rows are all n (count 0, never valid)."""
@@ -317,7 +333,7 @@ def _subset_chunks(n: int, k: int, chunk: int) -> np.ndarray:
     n_chunks = -(-total // chunk)
     out = np.full((n_chunks * chunk, k), n, np.int32)
     if rows:
-        out[:len(rows)] = np.asarray(rows, np.int32)
+        out[: len(rows)] = np.asarray(rows, np.int32)
     return out.reshape(n_chunks, chunk, k)
 
 
@@ -347,16 +363,21 @@ def _subset_search(fu, cap, s, eta, share: bool, n: int, k: int, chunk: int):
             dev = functools.reduce(jnp.minimum, [seq_sum(jnp.stack([capm[p[i], i] for i in range(k)])) for p in pats])
         count = jnp.sum(members < n, axis=1).astype(jnp.int32)
         valid = (count >= 2) & ~bad & (dev <= eta)
-        idx, e_min, d_min, c_min = lex_argmin(jnp.where(valid, energy, jnp.inf), jnp.where(valid, dev, jnp.inf),
-                                              jnp.where(valid, count, INVALID_COUNT))
+        idx, e_min, d_min, c_min = lex_argmin(
+            jnp.where(valid, energy, jnp.inf), jnp.where(valid, dev, jnp.inf), jnp.where(valid, count, INVALID_COUNT)
+        )
         sel = jnp.arange(members.shape[0]) == idx
         best = jnp.max(jnp.where(sel[:, None], members, -1), axis=0)
         return e_min, d_min, c_min.astype(jnp.int32), best.astype(jnp.int32)
 
     if chunks.shape[0] == 1:
         return evaluate(jnp.asarray(chunks[0]))
-    init = (jnp.asarray(jnp.inf, fu.dtype), jnp.asarray(jnp.inf, fu.dtype), jnp.asarray(INVALID_COUNT, jnp.int32),
-            jnp.full((k,), n, jnp.int32))
+    init = (
+        jnp.asarray(jnp.inf, fu.dtype),
+        jnp.asarray(jnp.inf, fu.dtype),
+        jnp.asarray(INVALID_COUNT, jnp.int32),
+        jnp.full((k,), n, jnp.int32),
+    )
 
     def step(carry, members):
         new = evaluate(members)
@@ -369,7 +390,7 @@ def _subset_search(fu, cap, s, eta, share: bool, n: int, k: int, chunk: int):
 def _candidate_lists(mask, r: int):
     """Compact each row of bool[K, N] into int32[K, R] node lists (ascending, padded with N) by R
     first-set-bit passes (no cumsum, no gathers); overflow flag: some row has more than R entries."""
-    k, n = mask.shape
+    _k, n = mask.shape
     node = jnp.arange(n)
     left, lists = mask, []
     for _ in range(r):
@@ -424,7 +445,7 @@ def _owner_grid(lists, fu, cap, s, eta, share: bool, n: int):
     Returns flat keys (energy, dev, count) over C1 * C2 cells and `picks_of(index)` -> int32[K], the
     slot-aligned node picks of a cell (N = none).
     """
-    k, r = lists.shape
+    k, _r = lists.shape
     opt = jnp.concatenate([lists, jnp.full((k, 1), n, jnp.int32)], axis=1)  # [K, R+1], last = none
     fx = jnp.concatenate([fu, jnp.zeros((1,), fu.dtype)])  # none -> 0
     capx = jnp.concatenate([cap, s[:, None]], axis=1)  # none -> s
@@ -449,8 +470,11 @@ def _owner_grid(lists, fu, cap, s, eta, share: bool, n: int):
             for y in p2:
                 valid = valid & ((col(x) != row(y)) | col(x == n))
     shape = (n1.shape[0], n2.shape[0])
-    keys = (jnp.where(valid, energy, jnp.inf).reshape(-1), jnp.broadcast_to(dev, shape).reshape(-1),
-            jnp.where(valid, count, INVALID_COUNT).astype(jnp.int32).reshape(-1))
+    keys = (
+        jnp.where(valid, energy, jnp.inf).reshape(-1),
+        jnp.broadcast_to(dev, shape).reshape(-1),
+        jnp.where(valid, count, INVALID_COUNT).astype(jnp.int32).reshape(-1),
+    )
 
     def picks_of(idx):  # slot-aligned picks of the flat grid index, int32[K]
         a, b = idx // shape[1], idx % shape[1]
@@ -468,7 +492,7 @@ def _resolve_strategy(strategy: str, n: int, k: int) -> str:
     if strategy == "auto":
         if n_multi_subsets(n, k) <= SETS_MAX:
             return "sets"
-        return "direct" if sum(n ** j for j in range(2, k + 1)) <= DIRECT_MAX_DENSE else "pruned"
+        return "direct" if sum(n**j for j in range(2, k + 1)) <= DIRECT_MAX_DENSE else "pruned"
     return strategy
 
 
@@ -479,13 +503,14 @@ def _check_options(n, k, share, strategy, per_slot):
         raise ConfigError("per_slot_candidates", per_slot, "an integer >= 1 (static)")
     strategy = _resolve_strategy(strategy, n, k)
     if k > 1 and n_multi_subsets(n, k) > MAX_SUBSETS:
-        raise ConfigError("top_k", k, f"a size whose exact enumeration of node sets fits: sum_(j=2..K) C(N={n}, j)"
-                                      f" <= {MAX_SUBSETS:,}")
+        raise ConfigError(
+            "top_k", k, f"a size whose exact enumeration of node sets fits: sum_(j=2..K) C(N={n}, j) <= {MAX_SUBSETS:,}"
+        )
     if k > 1 and not share and k > MAX_MATCHING_K:
         raise ConfigError("top_k", k, f"K <= {MAX_MATCHING_K} with share_substitutes=False (K! slot permutations)")
     if strategy == "sets" and n_multi_subsets(n, k) > SETS_MAX_EXPLICIT:
         raise ConfigError("strategy", strategy, f"'direct', 'pruned' or 'auto' for N={n}, K={k} (too many node sets)")
-    if strategy == "direct" and k > 1 and sum(n ** j for j in range(2, k + 1)) > DIRECT_MAX_EXPLICIT:
+    if strategy == "direct" and k > 1 and sum(n**j for j in range(2, k + 1)) > DIRECT_MAX_EXPLICIT:
         raise ConfigError("strategy", strategy, f"'pruned' or 'auto' for N={n}, K={k} (dense grid too large)")
     if strategy == "pruned" and k > 1 and (min(per_slot, n) + 1) ** k > MAX_COMBOS:
         raise ConfigError("per_slot_candidates", per_slot, f"a value with (R+1)^K <= {MAX_COMBOS:,}")
@@ -497,8 +522,16 @@ def _check_options(n, k, share, strategy, per_slot):
 # ----------------------------------------------------------------------------------------------------
 
 
-def decode(sc: Scenario, f, g, topk, table, share_substitutes: bool = True, strategy: str = "auto",
-           per_slot_candidates: int = DEFAULT_PER_SLOT) -> Decision:
+def decode(
+    sc: Scenario,
+    f,
+    g,
+    topk,
+    table,
+    share_substitutes: bool = True,
+    strategy: str = "auto",
+    per_slot_candidates: int = DEFAULT_PER_SLOT,
+) -> Decision:
     """SiftMoE decoding decision for one token of one layer (Theorem 2; exact).
 
     Args:
@@ -565,10 +598,14 @@ def decode(sc: Scenario, f, g, topk, table, share_substitutes: bool = True, stra
     useful = functools.reduce(operator.or_, _rows(useful_slot))
     fu = jnp.where(useful, f, jnp.inf)
     if strategy == "sets":  # every candidate is eta-free; only the final pass depends on eta
-        rows = [(e1[v], d1[v], [jnp.where(use1[i, v], jnp.int32(v), jnp.int32(-1)) for i in range(k)])
-                for v in range(n)]
-        rows += [_set_row(members, fu, e, s, cap, topk, share)
-                 for j in range(2, k + 1) for members in itertools.combinations(range(n), j)]
+        rows = [
+            (e1[v], d1[v], [jnp.where(use1[i, v], jnp.int32(v), jnp.int32(-1)) for i in range(k)]) for v in range(n)
+        ]
+        rows += [
+            _set_row(members, fu, e, s, cap, topk, share)
+            for j in range(2, k + 1)
+            for members in itertools.combinations(range(n), j)
+        ]
         return _decision(*_best_row(rows, eta, n), topk, n)
     valid1 = d1 <= eta
     v, best_e, best_d, best_c = lex_argmin(jnp.where(valid1, e1, jnp.inf), jnp.where(valid1, d1, jnp.inf), 1)
@@ -595,8 +632,13 @@ def decode(sc: Scenario, f, g, topk, table, share_substitutes: bool = True, stra
                 keep = []
                 for i in range(k):  # v stays in slot i's list unless >= K nodes dominate it on slot i
                     ei = e[i]
-                    dom = useful_slot[i][None, :] & f_le & (ei[None, :] <= ei[:, None]) & other & \
-                        (f_lt | (ei[None, :] < ei[:, None]) | tie)
+                    dom = (
+                        useful_slot[i][None, :]
+                        & f_le
+                        & (ei[None, :] <= ei[:, None])
+                        & other
+                        & (f_lt | (ei[None, :] < ei[:, None]) | tie)
+                    )
                     keep.append(jnp.sum(dom, axis=1) < k)
                 lists, overflow = _candidate_lists(useful_slot & jnp.stack(keep), r)
             (eg, dg, cg), picks_of = _owner_grid(lists, fu, cap, s, eta, share, n)
@@ -610,8 +652,12 @@ def decode(sc: Scenario, f, g, topk, table, share_substitutes: bool = True, stra
                 a = _map_shared(members, e, s, topk, n) if share else _map_matching(members, e, s, n)
                 return f_e, f_d, f_c, a
 
-            no_result = (jnp.asarray(jnp.inf, f.dtype), jnp.asarray(jnp.inf, f.dtype), jnp.asarray(INVALID_COUNT, jnp.int32),
-                         jnp.full((k,), -1, jnp.int32))
+            no_result = (
+                jnp.asarray(jnp.inf, f.dtype),
+                jnp.asarray(jnp.inf, f.dtype),
+                jnp.asarray(INVALID_COUNT, jnp.int32),
+                jnp.full((k,), -1, jnp.int32),
+            )
             results.append(lazy(overflow, full_search, (fu, cap, e, s, topk, eta), no_result))
         for r_e, r_d, r_c, r_a in results:
             better = lex_better((r_e, r_d, r_c), (best_e, best_d, best_c))
@@ -622,5 +668,6 @@ def decode(sc: Scenario, f, g, topk, table, share_substitutes: bool = True, stra
 
 def _decision(best_e, best_d, assign, topk, n: int) -> Decision:
     feasible = jnp.isfinite(best_e)
-    return make_decision(assign, loads_of(jnp.where(feasible, assign, -1), n), best_e, best_d, feasible, topk,
-                         reports_infeasible=False)
+    return make_decision(
+        assign, loads_of(jnp.where(feasible, assign, -1), n), best_e, best_d, feasible, topk, reports_infeasible=False
+    )

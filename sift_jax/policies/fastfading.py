@@ -53,18 +53,28 @@ from flax import struct
 
 from sift_jax import costs
 from sift_jax import fading as fading_families
-from sift_jax.fading import inverse_gain_mean
 from sift_jax.channel import per_helper, uplink_snr_per_watt
 from sift_jax.errors import ConfigError
+from sift_jax.fading import inverse_gain_mean
 from sift_jax.policies import fastfading_bits as fb
 from sift_jax.policies.decision import Decision
 from sift_jax.policies.layer import select_layer
 from sift_jax.policies.registry import get_record
 from sift_jax.scenario import Scenario
 
-__all__ = ["FastInfo", "SlotPlan", "allocate_bits", "layer_decision", "layer_decision_with_info",
-           "layer_decisions_with_info", "paper_estimate",
-           "realised_energy", "surrogate_costs", "surrogate_load_energy", "surrogate_marginal_costs"]
+__all__ = [
+    "FastInfo",
+    "SlotPlan",
+    "allocate_bits",
+    "layer_decision",
+    "layer_decision_with_info",
+    "layer_decisions_with_info",
+    "paper_estimate",
+    "realised_energy",
+    "surrogate_costs",
+    "surrogate_load_energy",
+    "surrogate_marginal_costs",
+]
 
 BITS = ("uniform", "closed-form", "dp")
 ALIASES = {"dynamic": "closed-form"}
@@ -82,7 +92,8 @@ def check_bits(policy: str, bits) -> str:
     >>> check_bits("topk", None)
     Traceback (most recent call last):
     ...
-    sift_jax.errors.ConfigError: bits = None is invalid: allowed is one of uniform, closed-form, dynamic, dp (fast fading needs a bit loading)
+    sift_jax.errors.ConfigError: bits = None is invalid: allowed is one of uniform, closed-form, dynamic, dp (fast
+    fading needs a bit loading)
     """
     get_record(policy)
     if not isinstance(bits, str) or (bits not in BITS and bits not in ALIASES):
@@ -244,8 +255,9 @@ def surrogate_marginal_costs(sc: Scenario, distance_m, max_load: int, inv_gain_m
         True
     """
     d = jnp.arange(max_load + 1)
-    table = surrogate_load_energy(sc, distance_m, jnp.broadcast_to(d[:, None], (max_load + 1, sc.n_nodes)),
-                                  inv_gain_mean, downlink_gain)
+    table = surrogate_load_energy(
+        sc, distance_m, jnp.broadcast_to(d[:, None], (max_load + 1, sc.n_nodes)), inv_gain_mean, downlink_gain
+    )
     steps = jnp.where(jnp.isfinite(table[1:]), table[1:] - table[:-1], jnp.inf).T
     cap = jnp.sum(jnp.cumprod(jnp.isfinite(steps).astype(jnp.int32), axis=-1), axis=-1).astype(jnp.int32)
     return steps, cap
@@ -253,14 +265,27 @@ def surrogate_marginal_costs(sc: Scenario, distance_m, max_load: int, inv_gain_m
 
 def _dp_tables(sc: Scenario, dp_grid: int, dp_quad: int):
     if not fading_families.get(sc.fading).dp_support(sc):
-        raise ConfigError("bits", "dp", f"bit loadings other than dp for fading={sc.fading!r} (shape "
-                          f"{sc.fading_shape}): the DP integrates over Gamma/Nakagami fading with shape > 1 only")
+        raise ConfigError(
+            "bits",
+            "dp",
+            f"bit loadings other than dp for fading={sc.fading!r} (shape "
+            f"{sc.fading_shape}): the DP integrates over Gamma/Nakagami fading with shape > 1 only",
+        )
     return fb.dp_tables(float(sc.fading_shape), int(sc.n_slots), int(dp_grid), int(dp_quad))
 
 
-def allocate_bits(sc: Scenario, distance_m, loads, slot_gain, bits: str = "closed-form", inv_gain_mean=None,
-                  downlink_gain=1.0, dp_grid: int = fb.DP_GRID, dp_quad: int = fb.DP_QUAD,
-                  dp_iters: int = fb.DP_ITERS):
+def allocate_bits(
+    sc: Scenario,
+    distance_m,
+    loads,
+    slot_gain,
+    bits: str = "closed-form",
+    inv_gain_mean=None,
+    downlink_gain=1.0,
+    dp_grid: int = fb.DP_GRID,
+    dp_quad: int = fb.DP_QUAD,
+    dp_iters: int = fb.DP_ITERS,
+):
     """Bits per helper and slot for helper loads int[N-1] and slot gains float[N-1, Q].
 
     Args:
@@ -389,7 +414,9 @@ def paper_estimate(sc: Scenario, distance_m, loads, slot_gain, inv_gain_mean=Non
     x = jnp.asarray(loads) * sc.hidden_bits / (bw * tau)
     c = tau / uplink_snr_per_watt(sc, distance_m, jnp.ones((sc.n_helpers,), dtype))
     value = c * fb.paper_closed_form(x, jnp.asarray(slot_gain)[:, 0], plan.slots, iota)
-    return jnp.where((jnp.asarray(loads) > 0) & (plan.slot_s > 0), value, jnp.where(jnp.asarray(loads) > 0, jnp.inf, 0.0))
+    return jnp.where(
+        (jnp.asarray(loads) > 0) & (plan.slot_s > 0), value, jnp.where(jnp.asarray(loads) > 0, jnp.inf, 0.0)
+    )
 
 
 @struct.dataclass
@@ -426,8 +453,9 @@ class FastInfo:
     power_infeasible: jax.Array
 
 
-def layer_decision_with_info(sc: Scenario, distance_m, slot_gain, g, topk, table, policy: str = "siftmoe",
-                             bits: str = "closed-form", **options) -> tuple[Decision, FastInfo]:
+def layer_decision_with_info(
+    sc: Scenario, distance_m, slot_gain, g, topk, table, policy: str = "siftmoe", bits: str = "closed-form", **options
+) -> tuple[Decision, FastInfo]:
     """`layer_decision` that also returns a `FastInfo`.
 
     Args:
@@ -468,9 +496,17 @@ def layer_decision_with_info(sc: Scenario, distance_m, slot_gain, g, topk, table
     return layer_decisions_with_info(sc, distance_m, slot_gain, g, topk, table, policy, (bits,), **options)[0]
 
 
-def layer_decisions_with_info(sc: Scenario, distance_m, slot_gain, g, topk, table, policy: str = "siftmoe",
-                              bits: tuple[str, ...] = ("closed-form",),
-                              **options) -> list[tuple[Decision, FastInfo]]:
+def layer_decisions_with_info(
+    sc: Scenario,
+    distance_m,
+    slot_gain,
+    g,
+    topk,
+    table,
+    policy: str = "siftmoe",
+    bits: tuple[str, ...] = ("closed-form",),
+    **options,
+) -> list[tuple[Decision, FastInfo]]:
     """`layer_decision_with_info` for several bit loadings of one selection: the selection (on the
     surrogate, which does not depend on the bit loading) runs once, then each rule loads the same slots.
 
@@ -505,8 +541,9 @@ def layer_decisions_with_info(sc: Scenario, distance_m, slot_gain, g, topk, tabl
     opts = dict(options)
     mine = {k: opts.pop(k) for k in OPTIONS if k in opts}
     iota_opt, h_rep = mine.get("inv_gain_mean"), mine.get("downlink_gain", 1.0)
-    if not isinstance(h_rep, jax.core.Tracer) and not (isinstance(h_rep, (int, float)) and not isinstance(h_rep, bool)
-                                                       and math.isfinite(h_rep) and h_rep > 0):
+    if not isinstance(h_rep, jax.core.Tracer) and not (
+        isinstance(h_rep, (int, float)) and not isinstance(h_rep, bool) and math.isfinite(h_rep) and h_rep > 0
+    ):
         raise ConfigError("downlink_gain", h_rep, "a finite number > 0 (the representative downlink power gain)")
     inverse_gain_mean(sc, iota_opt)  # raise early for families without a finite E[1/h]
     dp_grid, dp_quad = mine.get("dp_grid", fb.DP_GRID), mine.get("dp_quad", fb.DP_QUAD)
@@ -518,8 +555,16 @@ def layer_decisions_with_info(sc: Scenario, distance_m, slot_gain, g, topk, tabl
         raise ConfigError("slot_gain", f"shape {slot_gain.shape}", f"float[N-1={sc.n_helpers}, Q={sc.n_slots}]")
     if g.ndim != 2:
         raise ConfigError("g", f"shape {g.shape}", "float[M, K]")
-    sel = select_layer(sc, policy, g, topk, table, lambda: surrogate_costs(sc, distance_m, iota_opt, h_rep),
-                       lambda m: surrogate_marginal_costs(sc, distance_m, m, iota_opt, h_rep), **opts)
+    sel = select_layer(
+        sc,
+        policy,
+        g,
+        topk,
+        table,
+        lambda: surrogate_costs(sc, distance_m, iota_opt, h_rep),
+        lambda m: surrogate_marginal_costs(sc, distance_m, m, iota_opt, h_rep),
+        **opts,
+    )
     loads = sel.loads
     hl = loads[1:]
     e_user = costs.user_energy(sc, loads[0])
@@ -530,12 +575,14 @@ def layer_decisions_with_info(sc: Scenario, distance_m, slot_gain, g, topk, tabl
     paper = paper_estimate(sc, distance_m, hl, slot_gain, iota_opt, h_rep)
     results = []
     for name in names:
-        gamma, plan = allocate_bits(sc, distance_m, hl, slot_gain, name, iota_opt, h_rep, dp_grid, dp_quad,
-                                    mine.get("dp_iters", fb.DP_ITERS))
+        gamma, plan = allocate_bits(
+            sc, distance_m, hl, slot_gain, name, iota_opt, h_rep, dp_grid, dp_quad, mine.get("dp_iters", fb.DP_ITERS)
+        )
         e_help, ok = realised_energy(sc, distance_m, slot_gain, gamma, plan, hl)
         time_ok = (plan.uplink_s > 0) & (plan.uplink_s >= per_helper(sc, sc.helper_load_time_s))
-        dec = sel.replace(energy_j=e_user + jnp.sum(jnp.where(ok, e_help, 0.0)),
-                          feasible=sel.feasible & user_ok & jnp.all(ok))
+        dec = sel.replace(
+            energy_j=e_user + jnp.sum(jnp.where(ok, e_help, 0.0)), feasible=sel.feasible & user_ok & jnp.all(ok)
+        )
         info = FastInfo(
             surrogate_energy_j=sel.energy_j,
             paper_estimate_j=e_user + jnp.sum(jnp.where(ok, paper, 0.0)),
@@ -549,8 +596,9 @@ def layer_decisions_with_info(sc: Scenario, distance_m, slot_gain, g, topk, tabl
     return results
 
 
-def layer_decision(sc: Scenario, distance_m, slot_gain, g, topk, table, policy: str = "siftmoe",
-                   bits: str = "closed-form", **options) -> Decision:
+def layer_decision(
+    sc: Scenario, distance_m, slot_gain, g, topk, table, policy: str = "siftmoe", bits: str = "closed-form", **options
+) -> Decision:
     """Expert selection and bit loading for one layer under fast fading; energy_j is the realised energy.
 
     Args:

@@ -61,8 +61,17 @@ import numpy as np
 
 from sift_jax.errors import ConfigError
 
-__all__ = ["DPTables", "closed_form_bits", "dp_bits", "dp_resolution_error", "dp_tables", "dp_value",
-           "paper_closed_form", "slot_energy", "uniform_bits"]
+__all__ = [
+    "DPTables",
+    "closed_form_bits",
+    "dp_bits",
+    "dp_resolution_error",
+    "dp_tables",
+    "dp_value",
+    "paper_closed_form",
+    "slot_energy",
+    "uniform_bits",
+]
 
 _LN2 = math.log(2.0)
 DP_GRID = 256
@@ -159,7 +168,7 @@ def slot_energy(y, gain) -> jax.Array:
 
 
 def paper_closed_form(x, h1, q, inv_gain_mean) -> jax.Array:
-    """"Paper closed form", eq. (27): q 2^{x/q} ((1/h_1) E[1/h]^{q-1})^{1/q} - (1/h_1 + (q-1) E[1/h]).
+    """ "Paper closed form", eq. (27): q 2^{x/q} ((1/h_1) E[1/h]^{q-1})^{1/q} - (1/h_1 + (q-1) E[1/h]).
 
     The certainty-equivalent value App. D assigns to policy (26) given the first gain h_1 (energy / c).
     It is not the policy's realised expected energy, nor the Bellman optimum (it overestimates both in
@@ -252,8 +261,15 @@ def _check_dp_args(shape, n_slots, grid, n_quad):
 
 
 @functools.lru_cache(maxsize=16)
-def dp_tables(shape: float, n_slots: int, grid: int = DP_GRID, n_quad: int = DP_QUAD,
-              s_min: float = DP_S_MIN, s_max: float = DP_S_MAX, bisect: int = 50) -> DPTables:
+def dp_tables(
+    shape: float,
+    n_slots: int,
+    grid: int = DP_GRID,
+    n_quad: int = DP_QUAD,
+    s_min: float = DP_S_MIN,
+    s_max: float = DP_S_MAX,
+    bisect: int = 50,
+) -> DPTables:
     """Solve the bit-loading DP (24)-(25) for Gamma(m, 1/m) fading and r = 1..n_slots slots (cached).
 
     Expectation over h, for each grid load x and r slots: the inner optimum sends nothing below
@@ -435,6 +451,7 @@ def dp_bits(x, gain, q, tables: DPTables, n_iter: int = DP_ITERS, solver: str = 
             return c0 + y - lg_t - v, 1.0 + dv
 
         if solver == "bisect":
+
             def body(_, bounds):
                 lo, hi = bounds
                 mid = 0.5 * (lo + hi)
@@ -467,8 +484,13 @@ def dp_bits(x, gain, q, tables: DPTables, n_iter: int = DP_ITERS, solver: str = 
     return jnp.moveaxis(ys, 0, -1)
 
 
-def dp_resolution_error(shape: float, n_slots: int, grid: int = DP_GRID, n_quad: int = DP_QUAD,
-                        loads=(0.01, 0.1, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)) -> float:
+def dp_resolution_error(
+    shape: float,
+    n_slots: int,
+    grid: int = DP_GRID,
+    n_quad: int = DP_QUAD,
+    loads=(0.01, 0.1, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0),
+) -> float:
     """Largest relative change of V_r(r s) over r = 1..n_slots and per-slot loads s in `loads` when the
     grid and the quadrature are both doubled: an estimate of the DP tables' error at (grid, n_quad).
 

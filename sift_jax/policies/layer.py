@@ -4,7 +4,7 @@ layer's decision" exists once."""
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -16,8 +16,16 @@ from sift_jax.scenario import Scenario
 __all__ = ["select_layer"]
 
 
-def select_layer(sc: Scenario, policy: str, g, topk, table, node_costs: Callable[[], jax.Array],
-                 marginal_costs: Callable[[int], tuple[jax.Array, jax.Array]], **options) -> Decision:
+def select_layer(
+    sc: Scenario,
+    policy: str,
+    g,
+    topk,
+    table,
+    node_costs: Callable[[], jax.Array],
+    marginal_costs: Callable[[int], tuple[jax.Array, jax.Array]],
+    **options,
+) -> Decision:
     """The decision of `policy` for one layer's M tokens, with the token axis always present.
 
     Args:
@@ -43,6 +51,8 @@ def select_layer(sc: Scenario, policy: str, g, topk, table, node_costs: Callable
     """
     if g.shape[0] == 1:
         dec = get_record(policy).decode(sc, node_costs(), g[0], topk[0], table, **options)
-        return dec.replace(assign=jnp.reshape(dec.assign, (1, -1)), deviation_bound=jnp.reshape(dec.deviation_bound, (1,)))
+        return dec.replace(
+            assign=jnp.reshape(dec.assign, (1, -1)), deviation_bound=jnp.reshape(dec.deviation_bound, (1,))
+        )
     d_e, cap = marginal_costs(g.shape[0])
     return get_record(policy, prefilling=True).prefill(sc, d_e, cap, g, topk, table, **options)

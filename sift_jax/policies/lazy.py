@@ -38,7 +38,9 @@ def lazy(pred, fn, operands, default):
         >>> batched(jnp.array([True, False]), jnp.array([1.0, 2.0])).tolist()
         [10.0, 2.0]
     """
+
     def body(carry):
         ops = jax.lax.optimization_barrier(carry[1])
         return jnp.zeros_like(carry[0]), ops, fn(*ops)
+
     return jax.lax.while_loop(lambda carry: carry[0], body, (pred, tuple(operands), default))[2]

@@ -38,7 +38,7 @@ MAX_MAPPINGS = 100_000
 _BIG = 2**30
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _mappings(n: int, k: int, share: bool):
     """Static tables: maps int32[P, K] (value n = skip), used bool[P, N], ok bool[P]."""
     maps = np.asarray(list(itertools.product(range(n + 1), repeat=k)), np.int32).reshape(-1, k)
@@ -56,8 +56,12 @@ def _check_inputs(sc: Scenario, f, g, topk, table):
     """Shape and dtype checks; the float arrays in one float dtype, topk as int32."""
     f, g, topk, table = jnp.asarray(f), jnp.asarray(g), jnp.asarray(topk), jnp.asarray(table)
     n, k = sc.n_nodes, sc.top_k
-    for name, x, shape, what in (("f", f, (n,), "node costs"), ("g", g, (k,), "gate weights"),
-                                 ("topk", topk, (k,), "expert indices"), ("table", table, (n, n + 1), "mismatches")):
+    for name, x, shape, what in (
+        ("f", f, (n,), "node costs"),
+        ("g", g, (k,), "gate weights"),
+        ("topk", topk, (k,), "expert indices"),
+        ("table", table, (n, n + 1), "mismatches"),
+    ):
         if x.shape != shape:
             raise ConfigError(name, f"array of shape {x.shape}", f"an array of shape {shape} ({what})")
     if not jnp.issubdtype(topk.dtype, jnp.integer):
@@ -129,8 +133,14 @@ def oracle(sc: Scenario, f, g, topk, table, share_substitutes: bool = True) -> D
     finite = jnp.all(~used_j | jnp.isfinite(f)[None, :], axis=1)
     valid = jnp.asarray(ok) & finite & (dev <= jnp.asarray(sc.eta, f.dtype))
     # lexicographic minimum of (energy, deviation, count, mapping index) over the valid mappings
-    order = jnp.lexsort((jnp.arange(maps.shape[0]), jnp.where(valid, count, _BIG),
-                         jnp.where(valid, dev, jnp.inf), jnp.where(valid, energy, jnp.inf)))
+    order = jnp.lexsort(
+        (
+            jnp.arange(maps.shape[0]),
+            jnp.where(valid, count, _BIG),
+            jnp.where(valid, dev, jnp.inf),
+            jnp.where(valid, energy, jnp.inf),
+        )
+    )
     idx = order[0]
     feasible = valid[idx]
     row = jnp.asarray(maps)[idx]

@@ -21,34 +21,42 @@ cap int32[N]; g float[M, K]; topk int32[M, K]; table float[N, N+1] (column N = s
 
 from __future__ import annotations
 
-import functools
 import inspect
-import itertools
 import math
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import struct
 
 from sift_jax.errors import ConfigError
-from sift_jax.policies._sets import (PrefillInfo, check_prefill_inputs, combo_index, combo_table,
-                                     decision_from_combos, effective_caps, layer_energy, slot_map)
+from sift_jax.policies._sets import (
+    PrefillInfo,
+    check_prefill_inputs,
+    effective_caps,
+    layer_energy,
+)
 from sift_jax.policies.decision import Decision, make_decision
 from sift_jax.policies.prefill_dp import DP_MAX_WORK, dp_size, solve_dp
 from sift_jax.policies.prefill_exact import solve_exact
 from sift_jax.policies.prefill_fast import solve_fast
 from sift_jax.scenario import Scenario
 
-__all__ = ["PrefillInfo", "choose_method", "prefill", "prefill_with_info", "topk_ideal", "random_instances",
-           "topk"]
+__all__ = [
+    "PrefillInfo",
+    "choose_method",
+    "prefill",
+    "prefill_with_info",
+    "random_instances",
+    "topk",
+    "topk_ideal",
+]
 
 METHODS = ("exact", "dp", "fast", "auto")
 
 
-def choose_method(sc: Scenario, n_tokens: int | None = None, max_load: int | None = None,
-                  max_work: int | None = None) -> str:
+def choose_method(
+    sc: Scenario, n_tokens: int | None = None, max_load: int | None = None, max_work: int | None = None
+) -> str:
     """The siftmoe prefill rule: K = 1 -> "exact"; K > 1 -> "dp" if its state tensor fits, else "fast".
 
     Args:
@@ -80,8 +88,9 @@ def choose_method(sc: Scenario, n_tokens: int | None = None, max_load: int | Non
     return "dp" if states * combos <= (DP_MAX_WORK if max_work is None else max_work) else "fast"
 
 
-def prefill_with_info(sc: Scenario, dE, cap, g, topk, table, method: str = "exact",
-                      **options) -> tuple[Decision, PrefillInfo]:
+def prefill_with_info(
+    sc: Scenario, dE, cap, g, topk, table, method: str = "exact", **options
+) -> tuple[Decision, PrefillInfo]:
     """`prefill` that also returns a `PrefillInfo` (method used, lower bound, relative gap).
 
     Options: exact: `use_classes`, `use_bitmask`; dp: `max_work` (states x combos limit); fast: `n_passes`,
@@ -237,8 +246,15 @@ def topk(sc: Scenario, dE, cap, g, topk_idx, table) -> Decision:
     rows = table[topk_idx]
     own = jnp.take_along_axis(rows, topk_idx[..., None], -1)[..., 0]
     dev = jnp.sum(g * jnp.where(ok_slot, own, rows[..., n]), -1)
-    return make_decision(assign, loads, layer_energy(dE, loads), dev, jnp.all(ok_slot) & jnp.all(dev <= sc.eta),
-                         topk_idx, reports_infeasible=True)
+    return make_decision(
+        assign,
+        loads,
+        layer_energy(dE, loads),
+        dev,
+        jnp.all(ok_slot) & jnp.all(dev <= sc.eta),
+        topk_idx,
+        reports_infeasible=True,
+    )
 
 
 def topk_ideal(sc, dE, cap, g, topk, table) -> Decision:
@@ -310,8 +326,17 @@ def _instance_from_uniform(u, m, n, k, d, dtype, tight, cap_lo):
     return dict(dE=dE, cap=cap, g=g, topk=topk_idx, table=table, eta=parts[11][0])
 
 
-def random_instances(key: jax.Array, batch: int, n_tokens: int, n_nodes: int, top_k: int,
-                     max_load: int | None = None, dtype=jnp.float32, tight=0.3, cap_lo=0.0) -> dict:
+def random_instances(
+    key: jax.Array,
+    batch: int,
+    n_tokens: int,
+    n_nodes: int,
+    top_k: int,
+    max_load: int | None = None,
+    dtype=jnp.float32,
+    tight=0.3,
+    cap_lo=0.0,
+) -> dict:
     """A batch of random prefill instances (for tests and benchmarks).
 
     One uniform draw for the whole batch (fast to compile), transformed per instance:

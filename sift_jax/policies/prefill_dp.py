@@ -23,8 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sift_jax.errors import ConfigError
-from sift_jax.policies._sets import (PrefillInfo, candidate_mask, combo_table, decision_from_combos,
-                                       effective_caps)
+from sift_jax.policies._sets import PrefillInfo, candidate_mask, combo_table, decision_from_combos, effective_caps
 
 __all__ = ["solve_dp"]
 
@@ -88,8 +87,12 @@ def solve_dp(sc, dE, cap, g, topk, table, max_work: int | None = None):
     states, n_combos = dp_size(m, n, k, width)
     limit = DP_MAX_WORK if max_work is None else max_work
     if states * n_combos > limit:
-        raise ConfigError("method", "dp", f"a DP with states x combos <= {limit} (this instance: {states} x "
-                          f"{n_combos} = (min(M, D) + 1)^N x sum_k binom(N, k)); use method='fast' or max_work=")
+        raise ConfigError(
+            "method",
+            "dp",
+            f"a DP with states x combos <= {limit} (this instance: {states} x "
+            f"{n_combos} = (min(M, D) + 1)^N x sum_k binom(N, k)); use method='fast' or max_work=",
+        )
     tab = combo_table(n, k)
     b = min(m, width)
     strides = (b + 1) ** np.arange(n, dtype=np.int64)

@@ -34,9 +34,8 @@ import jax
 import jax.numpy as jnp
 
 from sift_jax.errors import ConfigError
+from sift_jax.policies._sets import PrefillInfo, decision_from_combos, effective_caps, layer_energy, user_prepaid
 from sift_jax.policies.lazy import lazy
-from sift_jax.policies._sets import (PrefillInfo, decision_from_combos, effective_caps, layer_energy,
-                                       user_prepaid)
 
 __all__ = ["solve_exact"]
 
@@ -72,7 +71,8 @@ def _ssap(omega, cls, cost, cap):
         c = cls[m]
         start = omega[c]
         reached, _, parent, _ = jax.lax.while_loop(
-            lambda s: jnp.any(s[1]), bfs_body, (start, start, jnp.full((n,), -1, jnp.int32), cnt > 0))
+            lambda s: jnp.any(s[1]), bfs_body, (start, start, jnp.full((n,), -1, jnp.int32), cnt > 0)
+        )
         p = jnp.where(reached, price(loads), jnp.inf)
         w = jnp.argmin(p).astype(jnp.int32)
         found = jnp.isfinite(p[w])
@@ -92,8 +92,12 @@ def _ssap(omega, cls, cost, cap):
         loads = loads.at[w].add(f)
         return x, cnt, loads, ok & found
 
-    init = (jnp.zeros((n_cls, n), jnp.int32), jnp.zeros((n, n), jnp.int32), jnp.zeros((n,), jnp.int32),
-            jnp.ones((), bool))
+    init = (
+        jnp.zeros((n_cls, n), jnp.int32),
+        jnp.zeros((n, n), jnp.int32),
+        jnp.zeros((n,), jnp.int32),
+        jnp.ones((), bool),
+    )
     x, _, loads, ok = jax.lax.fori_loop(0, cls.shape[0], token, init)
     return x, loads, ok
 
@@ -125,8 +129,9 @@ def _ssap_bits(omega, cls, cost, cap):
         start = om_bits[c]
         reached, frontier, levels = start, start, [start]
         for _ in range(n - 1):
-            nxt = jax.lax.reduce(jnp.where(bit(frontier, nodes), adj_bits, jnp.uint32(0)), jnp.uint32(0),
-                                 jax.lax.bitwise_or, (0,))
+            nxt = jax.lax.reduce(
+                jnp.where(bit(frontier, nodes), adj_bits, jnp.uint32(0)), jnp.uint32(0), jax.lax.bitwise_or, (0,)
+            )
             frontier = nxt & ~reached
             reached = reached | frontier
             levels.append(frontier)
@@ -169,8 +174,12 @@ def _ssap_bits(omega, cls, cost, cap):
         loads = loads.at[w].add(f)
         return x, cnt, loads, ok & found
 
-    init = (jnp.zeros((n_cls, n), jnp.int32), jnp.zeros((n, n), jnp.int32), jnp.zeros((n,), jnp.int32),
-            jnp.ones((), bool))
+    init = (
+        jnp.zeros((n_cls, n), jnp.int32),
+        jnp.zeros((n, n), jnp.int32),
+        jnp.zeros((n,), jnp.int32),
+        jnp.ones((), bool),
+    )
     x, _, loads, ok = jax.lax.fori_loop(0, cls.shape[0], token, init)
     return x, loads, ok
 

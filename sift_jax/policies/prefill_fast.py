@@ -43,9 +43,19 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from sift_jax.policies._sets import (
+    PrefillInfo,
+    candidate_mask,
+    combo_index,
+    combo_table,
+    decision_from_combos,
+    effective_caps,
+    layer_energy,
+    slot_rows,
+    token_deviation,
+    user_prepaid,
+)
 from sift_jax.policies.lazy import lazy
-from sift_jax.policies._sets import (PrefillInfo, token_deviation, slot_rows, candidate_mask, combo_index, combo_table,
-                                       decision_from_combos, effective_caps, layer_energy, user_prepaid)
 
 __all__ = ["solve_fast"]
 
@@ -119,7 +129,9 @@ def _token_sets(sc, cap_eff, gm, tm, table, n_useful: int):
     local = combo_table(r, k)
     pos = jnp.asarray(local.members)  # [S_loc, K] positions, pad r
     valid = jnp.all((pos == r) | (pos < count), -1)
-    mem = jnp.concatenate([nodes[pos], jnp.full((n, k), n, jnp.int32).at[:, 0].set(jnp.arange(n, dtype=jnp.int32))])  # [S, K]
+    mem = jnp.concatenate(
+        [nodes[pos], jnp.full((n, k), n, jnp.int32).at[:, 0].set(jnp.arange(n, dtype=jnp.int32))]
+    )  # [S, K]
     best = functools.reduce(jnp.minimum, [fp[:, mem[:, j]] for j in range(k)])  # [K, S]
     dev, _ = token_deviation(gm, best, skip[:, None])
     avail_ext = jnp.concatenate([avail, jnp.ones((1,), bool)])
@@ -149,7 +161,7 @@ def candidate_lists(sc, cap_eff, g, topk, table, dE, max_cand: int | None, n_use
     useful nodes, among all C sets); the search then only uses those, and the lower bound still covers
     all sets (`_full_token_min`).
     """
-    m, k = g.shape
+    _m, k = g.shape
     n = table.shape[0]
     tab = combo_table(n, k)
     n_combos = len(tab.members)
@@ -170,12 +182,15 @@ def candidate_lists(sc, cap_eff, g, topk, table, dE, max_cand: int | None, n_use
         def one(args):
             ids, _, minimal, overflow = _token_sets(sc, cap_eff, *args, table, n_useful)
             return pick(ids, minimal), overflow
+
         return jax.lax.map(one, (g, topk))
 
     def full(ops):
         g, topk, table, cap_eff = ops
         every = jnp.arange(n_combos, dtype=jnp.int32)
-        return jax.lax.map(lambda a: pick(every, candidate_mask(sc, cap_eff, a[0][None], a[1][None], table)[0]), (g, topk))
+        return jax.lax.map(
+            lambda a: pick(every, candidate_mask(sc, cap_eff, a[0][None], a[1][None], table)[0]), (g, topk)
+        )
 
     return _compact_unless_overflow(compact, full, (g, topk, table, cap_eff))
 
@@ -196,6 +211,7 @@ def _full_token_min(sc, cap_eff, g, topk, table, ind, lams, n_useful: int = 16):
         def one(args):
             ids, feasible, _, overflow = _token_sets(sc, cap_eff, *args, table, n_useful)
             return jnp.min(jnp.where(feasible[:, None], cc[ids], jnp.inf), 0), overflow
+
         return jax.lax.map(one, (g, topk))
 
     def full(ops):
@@ -204,6 +220,7 @@ def _full_token_min(sc, cap_eff, g, topk, table, ind, lams, n_useful: int = 16):
         def one(args):
             row = candidate_mask(sc, cap_eff, args[0][None], args[1][None], table, minimal=False)[0]
             return jnp.min(jnp.where(row[:, None], cc, jnp.inf), 0)
+
         return jax.lax.map(one, (g, topk))
 
     return _compact_unless_overflow(compact, full, (g, topk, table, cap_eff, cc))
@@ -266,8 +283,11 @@ def _pair_search(dE, combo, cand, members, ind, cap_eff, order, n_cand: int, n_p
             k_best = jnp.argmin(flat, 1)
             best = jnp.take_along_axis(flat, k_best[:, None], 1)[:, 0]
             current = jnp.where((ja >= 0) & (jb >= 0), total[:, r, r], jnp.inf)
-            gain = jnp.where(jnp.isinf(current), jnp.where(jnp.isfinite(best), jnp.inf, -jnp.inf),
-                             current - best - 1e-9 * jnp.abs(current))
+            gain = jnp.where(
+                jnp.isinf(current),
+                jnp.where(jnp.isfinite(best), jnp.inf, -jnp.inf),
+                current - best - 1e-9 * jnp.abs(current),
+            )
             gain = jnp.where(ov >= 0, gain, -jnp.inf)
             j = jnp.argmax(gain)
             b = partner[j]
@@ -366,8 +386,13 @@ def lagrangian_bound(dE, cap_eff, cand, members, lam0, n_dual: int = 120, lr: fl
         return dual_value(dE, cap_eff, jnp.min(_set_prices(lam, members, cand), 1), lam)
 
     finite0 = jnp.isfinite(lam0) & (lam0 > 0)
-    scale = jnp.where(jnp.any(finite0), jnp.exp(jnp.sum(jnp.where(finite0, jnp.log(jnp.where(finite0, lam0, 1.0)), 0.0))
-                                                  / jnp.maximum(jnp.sum(finite0), 1)), 1.0)
+    scale = jnp.where(
+        jnp.any(finite0),
+        jnp.exp(
+            jnp.sum(jnp.where(finite0, jnp.log(jnp.where(finite0, lam0, 1.0)), 0.0)) / jnp.maximum(jnp.sum(finite0), 1)
+        ),
+        1.0,
+    )
     mu0 = jnp.log(jnp.where(finite0, lam0, scale))
 
     def grad(mu, tau):
@@ -387,8 +412,9 @@ def lagrangian_bound(dE, cap_eff, cand, members, lam0, n_dual: int = 120, lr: fl
         return (count - load) * lam
 
     def tau_at(i):  # traced in the loop body: scale * DUAL_TAU[0] hoisted out of it rounds tau differently
-        return optax.exponential_decay(scale * DUAL_TAU[0], transition_steps=max(n_dual - 1, 1),
-                                       decay_rate=DUAL_TAU[1] / DUAL_TAU[0])(i)
+        return optax.exponential_decay(
+            scale * DUAL_TAU[0], transition_steps=max(n_dual - 1, 1), decay_rate=DUAL_TAU[1] / DUAL_TAU[0]
+        )(i)
 
     w1, w2 = DUAL_GRAD_WEIGHTS
     b1, b2 = 1 - w1, 1 - w2  # 0.9, 0.999 exactly
@@ -414,14 +440,32 @@ def lagrangian_bound(dE, cap_eff, cand, members, lam0, n_dual: int = 120, lr: fl
 # The search starts of `solve_fast` (module docstring, "Primal"), in the order of its start arrays: (start,
 # the cost model it is searched under). Cost models: "prepaid" (the user's one-off energy prepaid,
 # `user_prepaid`), "off" (the user node switched off), "true" (dE as given).
-SEARCH_STARTS = (("greedy", "prepaid"), ("empty", "off"), ("lagrangian", "off"), ("lagrangian", "prepaid"),
-                 ("topk", "true"))
+SEARCH_STARTS = (
+    ("greedy", "prepaid"),
+    ("empty", "off"),
+    ("lagrangian", "off"),
+    ("lagrangian", "prepaid"),
+    ("topk", "true"),
+)
 COST_MODELS = ("prepaid", "off", "true")  # pair moves go to the best start of each model first
 
 
-def solve_fast(sc, dE, cap, g, topk, table, n_passes: int = 4, n_pair_passes: int = 3, n_cand: int = 6,
-               n_partners: int = 12, n_pair_starts: int | None = None, n_dual: int = 120,
-               max_cand: int | None = 1024, n_useful: int = 16):
+def solve_fast(
+    sc,
+    dE,
+    cap,
+    g,
+    topk,
+    table,
+    n_passes: int = 4,
+    n_pair_passes: int = 3,
+    n_cand: int = 6,
+    n_partners: int = 12,
+    n_pair_starts: int | None = None,
+    n_dual: int = 120,
+    max_cand: int | None = 1024,
+    n_useful: int = 16,
+):
     """Heuristic prefill for any K with a Lagrangian lower bound (see the module docstring).
 
     Called by `prefill(..., method="fast")` after its input checks (arrays, shapes as there).
@@ -512,15 +556,19 @@ def solve_fast(sc, dE, cap, g, topk, table, n_passes: int = 4, n_pair_passes: in
         return jnp.where(jnp.isfinite(price.min(1)), pick, -1).astype(jnp.int32)
 
     costs = {"prepaid": prepaid, "off": off, "true": dE}
-    starts = {("greedy", "prepaid"): greedy, ("empty", "off"): empty,
-              ("lagrangian", "off"): lagr_start(cand_off, lams[0]),
-              ("lagrangian", "prepaid"): lagr_start(cand, lams[1]),
-              ("topk", "true"): combo_index(topk, n, k).astype(jnp.int32)}
+    starts = {
+        ("greedy", "prepaid"): greedy,
+        ("empty", "off"): empty,
+        ("lagrangian", "off"): lagr_start(cand_off, lams[0]),
+        ("lagrangian", "prepaid"): lagr_start(cand, lams[1]),
+        ("topk", "true"): combo_index(topk, n, k).astype(jnp.int32),
+    }
     n_starts = len(SEARCH_STARTS)
     start_cost = jnp.stack([costs[model] for _, model in SEARCH_STARTS])
     start_combo = jnp.stack([starts[start] for start in SEARCH_STARTS])
     combos = jax.vmap(lambda c, x: _reinsert(c, x, cand, members, ind, cap_eff, order, n_passes))(
-        start_cost, start_combo)
+        start_cost, start_combo
+    )
     energies, _ = jax.vmap(energy_of)(combos)
     if n_pair_starts is None:
         n_pair_starts = n_starts if m <= 16 else 1
@@ -531,8 +579,9 @@ def solve_fast(sc, dE, cap, g, topk, table, n_passes: int = 4, n_pair_passes: in
         pos = jnp.argsort(jnp.argsort(energies))  # rank by energy
         key = jnp.where(jnp.any(jnp.arange(n_starts)[:, None] == first[None, :], 1), pos, pos + n_starts)
         top = jnp.argsort(key)[:n_pair_starts]
-        more = jax.vmap(lambda c, x: _pair_search(c, x, cand, members, ind, cap_eff, order, n_cand, n_partners,
-                                                  n_pair_passes))(start_cost[top], combos[top])
+        more = jax.vmap(
+            lambda c, x: _pair_search(c, x, cand, members, ind, cap_eff, order, n_cand, n_partners, n_pair_passes)
+        )(start_cost[top], combos[top])
         combos = jnp.concatenate([combos, more])
         energies = jnp.concatenate([energies, jax.vmap(energy_of)(more)[0]])
     combo = combos[jnp.argmin(energies)]

@@ -12,10 +12,19 @@ import inspect
 from typing import Protocol, runtime_checkable
 
 from sift_jax.errors import ConfigError
-from sift_jax.records import Registry
 from sift_jax.policies.decision import Decision
+from sift_jax.records import Registry
 
-__all__ = ["DecodePolicy", "PolicyRecord", "PrefillPolicy", "check_options", "get_record", "names", "register", "unregister"]
+__all__ = [
+    "DecodePolicy",
+    "PolicyRecord",
+    "PrefillPolicy",
+    "check_options",
+    "get_record",
+    "names",
+    "register",
+    "unregister",
+]
 
 _RESERVED = ":|/ \t\n"  # curve labels are "<policy>:<bits>", pair labels "<a>|<b>"
 
@@ -101,7 +110,7 @@ class PolicyRecord:
             return tuple(sorted(given))
         if fn is None:
             return ()
-        params = list(inspect.signature(fn).parameters.values())[6 if prefilling else 5:]  # after sc and the arrays
+        params = list(inspect.signature(fn).parameters.values())[6 if prefilling else 5 :]  # after sc and the arrays
         return tuple(sorted(p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)))
 
 
@@ -125,7 +134,8 @@ def register(record: PolicyRecord, *, replace: bool = False) -> PolicyRecord:
         >>> register(get_record("topk"))
         Traceback (most recent call last):
         ...
-        sift_jax.errors.ConfigError: policy = 'topk' is invalid: allowed is a name not yet registered (pass replace=True to replace it)
+        sift_jax.errors.ConfigError: policy = 'topk' is invalid: allowed is a name not yet registered (pass
+        replace=True to replace it)
     """
     name = record.name
     if not isinstance(name, str) or not name or any(c in name for c in _RESERVED):
@@ -133,13 +143,15 @@ def register(record: PolicyRecord, *, replace: bool = False) -> PolicyRecord:
     if not callable(record.decode):
         raise ConfigError(f"{name}.decode", record.decode, "a callable (sc, f, g, topk, table, **options) -> Decision")
     if record.prefill is not None and not callable(record.prefill):
-        raise ConfigError(f"{name}.prefill", record.prefill,
-                          "None or a callable (sc, dE, cap, g, topk, table, **options) -> Decision")
+        raise ConfigError(
+            f"{name}.prefill", record.prefill, "None or a callable (sc, dE, cap, g, topk, table, **options) -> Decision"
+        )
     for field in ("decode_options", "prefill_options"):
         opts = getattr(record, field)
         if opts is not None and not (isinstance(opts, tuple) and all(isinstance(o, str) for o in opts)):
             raise ConfigError(f"{name}.{field}", opts, "None or a tuple of option names")
     return _REGISTRY.add(name, record, replace)
+
 
 def unregister(name: str) -> None:
     """Remove a registered policy (e.g. a test's or a notebook's own, when done with it).
@@ -160,7 +172,6 @@ def unregister(name: str) -> None:
         sift_jax.errors.ConfigError: policy = 'never-registered' is invalid: allowed is a registered name ...
     """
     _REGISTRY.remove(name)
-
 
 
 def names(prefilling: bool | None = None) -> tuple[str, ...]:
@@ -206,8 +217,12 @@ def get_record(name: str, prefilling: bool = False) -> PolicyRecord:
     """
     record = _REGISTRY.get(name)
     if prefilling and record.prefill is None:
-        raise ConfigError("policy", name, "one of " + ", ".join(names(prefilling=True)) + " for prefilling "
-                          f"(n_tokens > 1); {name} has no prefill rule (decoding only)")
+        raise ConfigError(
+            "policy",
+            name,
+            "one of " + ", ".join(names(prefilling=True)) + " for prefilling "
+            f"(n_tokens > 1); {name} has no prefill rule (decoding only)",
+        )
     return record
 
 

@@ -20,7 +20,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-__all__ = ["best_within", "STAIRCASE_MIN_POINTS"]
+__all__ = ["STAIRCASE_MIN_POINTS", "best_within"]
 
 STAIRCASE_MIN_POINTS = 4  # a batch of etas at least this large over shared candidates uses the staircase
 

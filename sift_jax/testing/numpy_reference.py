@@ -18,10 +18,19 @@ import itertools
 import numpy as np
 
 __all__ = [
-    "capacities_brute", "cap_eff", "clustered_instances", "decode_numpy", "draw_channel", "feasible_sets",
-    "helper_energy", "node_costs", "params_of", "random_instances", "rates", "user_energy",
+    "cap_eff",
+    "capacities_brute",
+    "clustered_instances",
+    "decode_numpy",
+    "draw_channel",
+    "feasible_sets",
+    "helper_energy",
+    "node_costs",
+    "params_of",
+    "random_instances",
+    "rates",
+    "user_energy",
 ]
-
 
 
 # ------------------------------------------------------------------------------------------------
@@ -47,9 +56,23 @@ def params_of(sc) -> dict:
     """
     h = sc.n_nodes - 1
     out = {}
-    for name in ("deadline_s", "helper_power_w", "noise_psd_w_per_hz", "pathloss_exponent", "gain_up", "gain_down",
-                 "hidden_bits", "expert_flops", "user_flops_per_s", "user_load_time_s", "user_load_power_w",
-                 "user_compute_power_w", "max_tx_power_w", "min_distance_m", "max_distance_m"):
+    for name in (
+        "deadline_s",
+        "helper_power_w",
+        "noise_psd_w_per_hz",
+        "pathloss_exponent",
+        "gain_up",
+        "gain_down",
+        "hidden_bits",
+        "expert_flops",
+        "user_flops_per_s",
+        "user_load_time_s",
+        "user_load_power_w",
+        "user_compute_power_w",
+        "max_tx_power_w",
+        "min_distance_m",
+        "max_distance_m",
+    ):
         out[name] = float(np.asarray(getattr(sc, name)))
     for name in ("bandwidth_hz", "helper_flops_per_s", "helper_load_time_s"):
         out[name] = np.broadcast_to(np.asarray(getattr(sc, name), np.float64), (h,)).copy()
@@ -128,7 +151,7 @@ def _helper_energy_and_feasible(p, d, h, load, overflow):
     path_h = d ** (-p["pathloss_exponent"]) * p["gain_up"] * h
     with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
         x = load * p["hidden_bits"] / (b * t_up)
-        power = (2.0 ** x - 1) * p["noise_psd_w_per_hz"] * b / path_h
+        power = (2.0**x - 1) * p["noise_psd_w_per_hz"] * b / path_h
         energy = power * t_up
         log_energy = x * np.log(2) + np.log(p["noise_psd_w_per_hz"] * b * t_up / path_h)
     ok = (t_up > 0) & (t_up >= p["helper_load_time_s"]) & (power <= p["max_tx_power_w"])
@@ -406,7 +429,7 @@ def clustered_instances(n: int, k: int, b: int, cluster: int = 4, seed: int = 0,
     cos = np.where(same, 0.9 + 0.03 * rng.standard_normal((b, n, n)), 0.05 * rng.standard_normal((b, n, n)))
     cos = (cos + np.swapaxes(cos, 1, 2)) / 2
     ni, nj = norm[:, :, None], norm[:, None, :]
-    off = np.sqrt(np.maximum(ni ** 2 + nj ** 2 - 2 * cos * ni * nj, 0.0)) * (1 - np.eye(n))
+    off = np.sqrt(np.maximum(ni**2 + nj**2 - 2 * cos * ni * nj, 0.0)) * (1 - np.eye(n))
     table = np.concatenate([off, norm[:, :, None]], axis=2)
     f = np.exp(1.5 * rng.standard_normal((b, n))) * 1e-3
     f[rng.uniform(size=(b, n)) < 0.05] = np.inf
@@ -467,15 +490,14 @@ def feasible_sets(x, k):
     dE, g, topk, table, eta = x["dE"], x["g"], x["topk"], x["table"], x["eta"]
     n = dE.shape[0]
     ce = cap_eff(dE, x["cap"])
-    sets = [c for size in range(1, k + 1) for c in itertools.combinations(range(n), size)
-            if all(ce[v] >= 1 for v in c)]
+    sets = [c for size in range(1, k + 1) for c in itertools.combinations(range(n), size) if all(ce[v] >= 1 for v in c)]
     member = np.zeros((len(sets), n), bool)
     for i, c in enumerate(sets):
         member[i, list(c)] = True
     rows = table[topk]  # [M, K, N + 1]
     node_part = np.where(member[None, None], rows[..., None, :n], np.inf)  # [M, K, S, N]
     best = node_part.min(-1)
-    skip = rows[..., n:n + 1]
+    skip = rows[..., n : n + 1]
     use = best <= skip
     dev = (g[..., None] * np.where(use, best, skip)).sum(1)
     forced = ~use.any(1)

@@ -26,8 +26,9 @@ def greedy_decode(sc, f, g, topk, table):
     assign = jnp.where(has, node, -1)
     used = jnp.any(assign[:, None] == jnp.arange(n)[None, :], axis=0)
     energy = jnp.sum(jnp.where(used, f, 0.0))
-    dev = jnp.sum(jnp.where(has, g * jnp.take_along_axis(rows, jnp.maximum(assign, 0)[:, None], 1)[:, 0],
-                            g * rows[:, n]))
+    dev = jnp.sum(
+        jnp.where(has, g * jnp.take_along_axis(rows, jnp.maximum(assign, 0)[:, None], 1)[:, 0], g * rows[:, n])
+    )
     feasible = jnp.all(has | skip_ok) & jnp.any(has)
     return make_decision(assign, used.astype(jnp.int32), energy, dev, feasible, topk, reports_infeasible=False)
 
@@ -56,10 +57,27 @@ def weibull_inverse_mean(sc):
     return math.gamma(1.0 - 1.0 / k) * math.gamma(1.0 + 1.0 / k) if k > 1.0 else math.inf
 
 
-policies.register(policies.PolicyRecord("greedy", greedy_decode, greedy_prefill,
-                                        description="cheapest node per slot within eta / K"), replace=True)
-fading.register(fading.FadingFamily("weibull", weibull_sample, weibull_inverse_mean, parameters=("fading_shape",),
-                                    description="unit-mean Weibull(k) power gains"), replace=True)
-metrics.register(metrics.MetricRecord("helpers_used", "-", "Helpers used per layer",
-                                      lambda t: jnp.mean(jnp.sum(t.decision.loads[:, 1:] > 0, axis=1)),
-                                      description="mean number of helpers with a load, per layer"), replace=True)
+policies.register(
+    policies.PolicyRecord("greedy", greedy_decode, greedy_prefill, description="cheapest node per slot within eta / K"),
+    replace=True,
+)
+fading.register(
+    fading.FadingFamily(
+        "weibull",
+        weibull_sample,
+        weibull_inverse_mean,
+        parameters=("fading_shape",),
+        description="unit-mean Weibull(k) power gains",
+    ),
+    replace=True,
+)
+metrics.register(
+    metrics.MetricRecord(
+        "helpers_used",
+        "-",
+        "Helpers used per layer",
+        lambda t: jnp.mean(jnp.sum(t.decision.loads[:, 1:] > 0, axis=1)),
+        description="mean number of helpers with a load, per layer",
+    ),
+    replace=True,
+)
