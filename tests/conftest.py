@@ -13,3 +13,8 @@ def x64():
         yield
     finally:
         jax.config.update("jax_enable_x64", before)
+
+
+# not test modules: a worker script run by test_distributed.py, and a user plugin that registers records
+# (importing it for doctests would leave its policy, fading family and metric registered in that worker)
+collect_ignore = ["distributed_worker.py", "plugins"]

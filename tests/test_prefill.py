@@ -14,6 +14,7 @@ import pytest
 from scipy.optimize import linear_sum_assignment
 
 from sift_jax.errors import ConfigError
+from sift_jax.policies._sets import combo_index
 from sift_jax.policies.prefill_dp import dp_size
 from sift_jax.scenario import Scenario
 
@@ -315,7 +316,7 @@ def _numpy_minimal_sets(x, k):
     member, ok = feasible_sets(x, k)  # [S, N] membership of the sets of available nodes, [M, S] feasible
     n = member.shape[1]
     lists = np.array([np.flatnonzero(row).tolist() + [n] * (k - row.sum()) for row in member]).reshape(-1, k)
-    ids = np.asarray(P.combo_index(jnp.asarray(lists), n, k))
+    ids = np.asarray(combo_index(jnp.asarray(lists), n, k))
     subset = np.all(member[:, None, :] <= member[None, :, :], -1) & (member.sum(1)[:, None] < member.sum(1)[None, :])
     minimal = ok & ~np.any(ok[:, :, None] & subset[None], 1)  # no feasible proper subset
     return [set(ids[np.flatnonzero(row)].tolist()) for row in minimal]

@@ -93,7 +93,7 @@ def _read_header(path: pathlib.Path) -> dict:
     try:
         with safe_open(str(path), framework="flax") as f:
             out = {}
-            for name in f:
+            for name in f.keys():  # noqa: SIM118 - safe_open is not a mapping
                 part = f.get_slice(name)
                 out[name] = (tuple(part.get_shape()), part.get_dtype())
             return out
