@@ -319,7 +319,8 @@ def run(
         tc: settings. progress: optional callback(done_windows, total_windows).
 
     Returns:
-        dict (JSON-ready except "ratios", which holds NumPy arrays for plotting):
+        dict (JSON-ready except "ratios", which holds NumPy arrays for plotting, Top-K's as "topk_delta" and
+        "topk_bound_f"):
         "etas" [E]; "accuracy", "loss", "energy_per_token_j": {"siftmoe": [E] (mean over draws),
         "siftmoe_per_draw": [E][C], "topk-ideal": float, "topk": float, "topk_per_draw": [C]};
         "infeasible_rate", "replace_rate", "skip_rate": {"siftmoe": [E], "topk": float} (per layer-token
@@ -510,4 +511,5 @@ def run(
         np.where(ch_t, t["delta"] / np.where(ch_t, t["bound_f"], 1.0), 0.0).max(initial=0.0)
     )
     out["prop1_exact"]["topk_n_violations"] = int(((t["delta"] > t["bound_f"] * (1 + PROP1_RTOL) + 1e-6) & ch_t).sum())
+    out["ratios"]["topk_delta"], out["ratios"]["topk_bound_f"] = t["delta"][ch_t], t["bound_f"][ch_t]
     return out
