@@ -21,7 +21,17 @@ from sift_jax.policies.decision import Decision
 from sift_jax.records import Registry
 from sift_jax.scenario import Scenario
 
-__all__ = ["AVERAGES", "MetricRecord", "TaskOutcome", "get", "names", "register", "unregister"]
+__all__ = [
+    "AVERAGES",
+    "MetricRecord",
+    "TaskOutcome",
+    "evaluate",
+    "get",
+    "layer_latency_and_uplink",
+    "names",
+    "register",
+    "unregister",
+]
 
 AVERAGES = ("executed", "all")  # which samples a metric averages over (see MetricRecord.over)
 
@@ -155,6 +165,69 @@ def get(name: str) -> MetricRecord:
         'Average energy per token (J)'
     """
     return _REGISTRY.get(name)
+
+
+def layer_latency_and_uplink(sc: Scenario, distance_m, link_gain, loads, helper_energy_j) -> tuple:
+    """A layer's latency and the user's uplink energy, the two per-layer inputs of a `TaskOutcome` that a
+    `Decision` does not hold.
+
+    The uplink energy is summed from the helpers' own energies of the served loads (not the decision's
+    total minus the user's, which would cancel catastrophically in float32 where the user dominates);
+    helpers whose energy is infinite (a baseline's lost expert) count 0, as in the decision's energy.
+
+    Args:
+        sc: the scenario. distance_m: float[..., N-1] helper distances (m). link_gain: float[..., N-1] the
+            gains of the downlink rates R_n,UE (slow fading: the layer's gains; fast: the representative one).
+        loads: int[..., N] tokens per node (node 0 = user). helper_energy_j: float[..., N-1] each helper's
+            energy for its load (J; `costs.helper_energy` under slow fading).
+
+    Returns:
+        (latency float[...] s: the slowest node, eqs. 2 and 9; uplink float[...] J).
+
+    Example:
+        Two helpers, one serving a token at 3 mJ and one unused (its energy is not counted):
+
+        >>> import jax.numpy as jnp
+        >>> sc = Scenario(n_nodes=3, deadline_s=0.05)
+        >>> lat, up = layer_latency_and_uplink(sc, jnp.array([50.0, 80.0]), jnp.ones(2), jnp.array([0, 1, 0]),
+        ...                                    jnp.array([3e-3, 7.0]))
+        >>> round(float(up), 6), round(float(lat), 6)   # the helper's uplink stretches to the deadline
+        (0.003, 0.05)
+    """
+    used = (loads[..., 1:] > 0) & jnp.isfinite(helper_energy_j)
+    uplink = jnp.sum(jnp.where(used, helper_energy_j, 0.0), axis=-1)
+    return jnp.max(costs.node_latency(sc, distance_m, link_gain, loads), axis=-1), uplink
+
+
+def evaluate(task: TaskOutcome, executed, metric_names: tuple[str, ...] | None = None) -> dict:
+    """Every metric of one task, each with the flag saying whether it counts in its average.
+
+    Args:
+        task: the task's `TaskOutcome` (traced; vmap over tasks).
+        executed: bool[] whether the policy executed a selection in this task (`MetricRecord.over`).
+        metric_names: the metrics (default: every registered one, `names()`).
+
+    Returns:
+        {name: (value float[], valid bool[])}: valid is `executed` for over="executed" records, else True.
+
+    Example:
+        One decoding task of two layers (K = 2): one slot replaced in layer 0, one skipped in layer 1:
+
+        >>> import jax.numpy as jnp
+        >>> sc = Scenario(n_nodes=3, top_k=2, n_layers=2)
+        >>> dec = Decision(assign=jnp.array([[[1, 2]], [[0, -1]]]), loads=jnp.array([[0, 1, 1], [1, 0, 0]]),
+        ...                energy_j=jnp.array([0.2, 0.3]), deviation_bound=jnp.array([[0.1], [0.4]]),
+        ...                feasible=jnp.array([True, True]), n_replaced=jnp.array([1, 0]),
+        ...                n_skipped=jnp.array([0, 1]))
+        >>> out = evaluate(TaskOutcome(sc, dec, jnp.array([0.05, 0.01]), jnp.array([0.2, 0.0])), jnp.bool_(False))
+        >>> [(k, round(float(out[k][0]), 4), bool(out[k][1])) for k in ("replace_rate", "skip_rate", "infeasible_rate")]
+        [('replace_rate', 0.25, False), ('skip_rate', 0.25, False), ('infeasible_rate', 0.0, True)]
+    """
+    out = {}
+    for name in names() if metric_names is None else metric_names:
+        rec = get(name)
+        out[name] = (rec.value(task), executed if rec.over == "executed" else jnp.bool_(True))
+    return out
 
 
 def _slots(t: TaskOutcome) -> int:

@@ -158,9 +158,8 @@ class TaskMetrics:
 
         gain: float[N-1] (slow) or float[N-1, Q] per-slot gains (fast); g, topk: [M, K]; table: [N, N+1].
         Under fast fading the selection runs once and every bit loading loads its slots
-        (`fastfading.layer_decisions_with_info`). The uplink energy is summed from the helpers' own energies
-        (not the decision's total minus the user's, which would cancel catastrophically in float32 where
-        the user dominates); latency uses the downlink gain of the regime (fast: the representative gain)."""
+        (`fastfading.layer_decisions_with_info`). Latency and uplink energy: `metrics.layer_latency_and_uplink`,
+        with the downlink gain of the regime (fast: the representative gain)."""
         opts = dict(self.options)
         if self.regime == "fast":  # energy_j is the realised energy
             pairs = fastfading.layer_decisions_with_info(
@@ -181,11 +180,10 @@ class TaskMetrics:
             )
             decisions = [(dec, costs.helper_energy(sc, distance_m, gain, dec.loads[1:]))]
             link_gain = gain
-        out = []
-        for dec, helper in decisions:
-            uplink = jnp.sum(jnp.where((dec.loads[1:] > 0) & jnp.isfinite(helper), helper, 0.0))
-            out.append((dec, jnp.max(costs.node_latency(sc, distance_m, link_gain, dec.loads)), uplink))
-        return out
+        return [
+            (dec, *metric_records.layer_latency_and_uplink(sc, distance_m, link_gain, dec.loads, helper))
+            for dec, helper in decisions
+        ]
 
     def __call__(self, key, params):
         sc, tables, *router = params  # router: [logits float32[L, T, N]] from a log, or none (synthetic)
@@ -207,12 +205,7 @@ class TaskMetrics:
         # Baselines always execute their selection (lost experts count as skips), so their metrics
         # average over every sample; siftmoe/oracle have no selection where infeasible.
         executed = jnp.bool_(True) if policies.record(self.policy).reports_infeasible else jnp.all(dec.feasible)
-        task = metric_records.TaskOutcome(sc, dec, latency, uplink)
-        out = {}
-        for name in self.metrics:
-            rec = metric_records.get(name)
-            out[name] = (rec.value(task), executed if rec.over == "executed" else jnp.bool_(True))
-        return out
+        return metric_records.evaluate(metric_records.TaskOutcome(sc, dec, latency, uplink), executed, self.metrics)
 
 
 def check_policy(

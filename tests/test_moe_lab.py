@@ -13,6 +13,7 @@ from sift_jax.moe import data as data_lib
 from sift_jax.moe import tightness as tight_lib
 from sift_jax.moe.model import tiny_config
 from sift_jax.moe.train import tiny_train_config, train
+from sift_jax.testing import numpy_reference as ref
 
 # one xdist worker per file: the module fixtures (trained models, compilations) are shared
 pytestmark = pytest.mark.xdist_group("test_moe_lab")
@@ -160,6 +161,87 @@ def test_tightness_run(model, tight_run):
     e = res["energy_per_token_j"]["siftmoe"]
     assert e[2] <= e[0] and all(math.isfinite(v) for v in e)
     assert res["n_tokens"] == 2 * model.cfg.context
+
+
+def _numpy_lab_metrics(sc, table, f, d, h, gates, topk, assign, eta):
+    """The metric records' per-token values of a Top-K run, from the model's routing in NumPy (float64).
+
+    f float[S, L, N] node costs, d [S, N-1], h [S, L, N-1]; gates, topk, assign [L, S, K] (assign = topk
+    where delivered, -1 where lost). Each token is one M = 1 task of L layers (the records' definitions,
+    `tests/test_aggregation_reference.py`): energies summed over layers, rates over the L x K slots,
+    infeasible = in some layer a Top-K expert's node misses the deadline (ideal: flagged; practical: lost) or
+    the bound exceeds eta."""
+    p = ref.params_of(sc)
+    n_layers, k = sc.n_layers, sc.top_k
+    onehot = (assign[..., None] == np.arange(sc.n_nodes)).any(-2).astype(np.float64)  # [L, S, N] loads
+    f_lt = np.moveaxis(f, 1, 0)  # [L, S, N]
+    cost = np.where(onehot > 0, np.where(np.isfinite(f_lt), f_lt, 0.0), 0.0)
+    skip_dev = np.take_along_axis(table[:, None, :, -1].repeat(topk.shape[1], 1), topk, -1)  # Fbar[i, skip]
+    dev = np.sum(np.where(assign < 0, gates * skip_dev, 0.0), -1)  # [L, S] Prop. 1 bound of the lost slots
+    lost = (assign < 0).sum(-1)
+    missed = ~np.isfinite(np.take_along_axis(f_lt, topk, -1)).all(-1)  # [L, S] a Top-K node misses the deadline
+    latency = ref.node_latency(p, d[None], np.moveaxis(h, 1, 0), onehot).max(-1)  # [L, S] eqs. (2), (9)
+    return {
+        "energy_per_token_j": cost.sum((0, 2)),
+        "uplink_energy_j": cost[..., 1:].sum((0, 2)),
+        "local_energy_j": cost[..., 0].sum(0),
+        "deviation_bound": dev.mean(0),
+        "replace_rate": np.zeros(topk.shape[1]),
+        "skip_rate": lost.sum(0) / (n_layers * k),
+        "infeasible_rate": (missed | (dev > eta)).any(0).astype(np.float64),
+        "latency_s": latency.sum(0),
+    }
+
+
+def test_lab_metrics_are_the_records_and_match_numpy(model, cal, corpus, tight_run):
+    """The lab's per-metric numbers for ideal and practical Top-K, re-derived in NumPy.
+
+    Independent of the lab: the channel of each (draw, token) is drawn with the lab's documented keys;
+    node costs, latency and every metric are NumPy (`sift_jax.testing.numpy_reference`, eqs. 2/3/9/10);
+    practical Top-K's selection (keep the Top-K experts whose node meets the deadline) is applied to the
+    model by this test's own `select_fn`, so its routing downstream of lost experts is the model's own.
+    Accuracy and loss of practical Top-K are checked on the same run. SiftMoE: the energy split sums."""
+    import jax
+
+    from sift_jax import channel, metrics
+
+    res, sc, cfg = tight_run, tight_lib.lab_scenario(model.cfg), model.cfg
+    assert set(res["metric_records"]) == set(metrics.names())
+    x, y = data_lib.eval_windows(corpus.test, cfg.context, TC.n_windows)
+    b, t = x.shape
+    table = np.asarray(cal["table"], np.float64)
+    p = ref.params_of(sc)
+    for c in range(TC.n_draws):
+        key = jax.random.fold_in(jax.random.fold_in(jax.random.key(TC.seed), c), 0)
+        draws = [channel.draw(jax.random.fold_in(key, m), sc) for m in range(b * t)]
+        d = np.stack([np.asarray(ch.distance_m, np.float64) for ch in draws])  # [S, N-1]
+        h = np.stack([np.asarray(ch.gain, np.float64) for ch in draws])  # [S, L, N-1]
+        f = ref.node_costs(p, d[:, None], h)  # [S, L, N]
+        f_bt = jnp.asarray(f.reshape(b, t, cfg.n_layers, cfg.n_experts), jnp.float32)
+
+        def practical(l, g, tk, z, f_bt=f_bt):
+            return jnp.where(jnp.isfinite(jnp.take_along_axis(f_bt[:, :, l], tk, -1)), tk, -1).astype(jnp.int32)
+
+        for policy, select_fn in (("topk-ideal", None), ("topk", practical)):
+            logits, aux = model(jnp.asarray(x), select_fn=select_fn, return_internals=True)
+            gates, topk = (np.asarray(aux[k]).reshape(cfg.n_layers, b * t, -1) for k in ("gates", "topk"))
+            assign = topk if select_fn is None else np.asarray(aux["selection"]).reshape(cfg.n_layers, b * t, -1)
+            want = _numpy_lab_metrics(sc, table, f, d, h, gates.astype(np.float64), topk, assign, res["etas"][0])
+            for name, values in want.items():
+                got = res[name][f"{policy}_per_draw"][c]
+                np.testing.assert_allclose(got, values.mean(), rtol=2e-5, atol=1e-9, err_msg=f"{policy} {name}")
+            if policy == "topk":
+                correct = np.mean(np.asarray(jnp.argmax(logits, -1)) == y)
+                assert res["accuracy"]["topk_per_draw"][c] == pytest.approx(correct, abs=1e-12)
+                assert want["skip_rate"].mean() > 0 and want["infeasible_rate"].mean() < 1  # the radio matters
+    # SiftMoE: the energy split sums at every eta; a token with an infeasible layer counts once
+    e, up, loc = (np.asarray(res[k]["siftmoe"]) for k in ("energy_per_token_j", "uplink_energy_j", "local_energy_j"))
+    np.testing.assert_allclose(up + loc, e, rtol=1e-5)
+    per_layer, per_task = (
+        np.asarray(res["infeasible_layer_rate"]["siftmoe"]),
+        np.asarray(res["infeasible_rate"]["siftmoe"]),
+    )
+    assert np.all(per_layer <= per_task + 1e-12) and np.all(per_task <= cfg.n_layers * per_layer + 1e-12)
 
 
 def test_eta_zero_without_losses_is_ideal_topk(model, cal, corpus):

@@ -10,7 +10,8 @@ slot; the model applies it with eq. (12) (`MoELM(select_fn=...)`). Policies:
 - ``siftmoe``: `sift_jax.policies.decode` (Theorem 2) at each eta of the grid. Where it finds no
   feasible selection, `infeasible_fallback` decides: "topk" (default: send what the practical Top-K
   would send, i.e. keep the Top-K experts whose nodes meet the deadline) or "skip" (skip the layer:
-  every slot -1, as the Decision reports). The infeasible rate is reported either way.
+  every slot -1, as the Decision reports, and all K slots counted as skipped, since the model skips
+  them). The infeasible rate is reported either way.
 - ``topk-ideal``: every Top-K expert delivered (the unmodified model).
 - ``topk``: practical Top-K, outputs of nodes that miss the deadline are lost (`policies.topk`).
 
@@ -28,8 +29,14 @@ Measurements (all per token and layer, at the perturbed run's own layer input z~
     attention, LayerNorm), so the chain model of the theorem does not hold literally; but as long as
     the calibrated B_max bounds the outputs, e^(l) <= ||y~|| + ||y|| <= 2 B_max^(l) <= bound^(l), so
     the bound holds up to how well B_max was estimated, and the ratio mostly measures its looseness.
-(c) next-byte loss and accuracy on the test split against eta (analogue of Figs. 3a/4a), and the
-    energy per token (sum over the L layers of the policy's decision energy, J; Figs. 3b/4b).
+(c) next-byte loss and accuracy on the test split against eta (analogue of Figs. 3a/4a), and every
+    registered metric record (`sift_jax.metrics`: energy per token and its uplink/local split, J; Figs.
+    3b/4b; deviation bound, replace/skip/infeasible rates, latency), computed by the same record functions
+    as `simulate`: each test token is one M = 1 task of L layers, its latency and uplink energy from its
+    channel (`metrics.layer_latency_and_uplink`). The lab always executes a selection (SiftMoE's or the
+    fallback's), so every token counts in every average, as for a baseline in `simulate`;
+    infeasible_rate is the fraction of tokens with an infeasible layer, and `infeasible_layer_rate` the
+    finer fraction of (token, layer) decisions.
 
 Vectorisation: one jitted call per batch of test windows runs every (eta, draw) pair of SiftMoE and
 every draw of the baselines with `lax.map` (batched vmap) over the grid. Figures on the default model
@@ -51,6 +58,7 @@ import numpy as np
 from flax import nnx
 
 from sift_jax import bounds, channel, costs, policies
+from sift_jax import metrics as metric_records
 from sift_jax import presets as presets_lib
 from sift_jax.errors import ConfigError
 from sift_jax.moe import data as data_lib
@@ -153,20 +161,24 @@ def eta_scale(table: np.ndarray) -> float:
     return float(table[:, :, -1].mean())
 
 
-def token_costs(sc: Scenario, key: jax.Array, n_tokens: int) -> jax.Array:
-    """Node costs of `n_tokens` independent decoding instances: float[n_tokens, L, N] (J; inf = infeasible).
+def token_channels(sc: Scenario, key: jax.Array, n_tokens: int) -> tuple:
+    """Channels and node costs of `n_tokens` independent decoding instances.
 
     Token m uses `channel.draw(fold_in(key, m), sc)` (distances and per-layer gains).
+
+    Returns:
+        (f float[n_tokens, L, N] node costs (J; inf = infeasible), distance_m float[n_tokens, N-1] (m),
+        gain float[n_tokens, L, N-1]).
     """
 
     def one(m):
         ch = channel.draw(jax.random.fold_in(key, m), sc)
-        return jax.vmap(lambda g: costs.node_costs(sc, ch.distance_m, g))(ch.gain)
+        return jax.vmap(lambda g: costs.node_costs(sc, ch.distance_m, g))(ch.gain), ch.distance_m, ch.gain
 
     return jax.vmap(one)(jnp.arange(n_tokens))
 
 
-_cost_fn = jax.jit(token_costs, static_argnums=2)
+_channel_fn = jax.jit(token_channels, static_argnums=2)
 
 
 def _norm(x):
@@ -197,15 +209,18 @@ def exact_f_bound(outputs: jax.Array, gates: jax.Array, topk: jax.Array, assign:
 
 
 def _decide(name: str, sc: Scenario, f, g, tk, table, fallback: str, share: bool):
-    """Vectorised policy call over [b, T] tokens: (assign, energy, feasible, replaced, skipped, dev)."""
+    """Vectorised policy call over [b, T] tokens: the executed `Decision` per token (fields [b, T, ...]).
+
+    Where SiftMoE finds no selection, the executed one is the fallback's, flagged infeasible: practical
+    Top-K's ("topk") or every slot skipped ("skip", counted as K skipped slots)."""
     if name == "siftmoe":
 
         def pol(fv, gv, tv):
             d = policies.decode(sc, fv, gv, tv, table, share_substitutes=share)
             if fallback == "topk":
                 alt = policies.topk(sc, fv, gv, tv, table)
-                d = jax.tree.map(lambda a, b: jnp.where(d.feasible, a, b), d, alt.replace(feasible=d.feasible))
-            return d
+                return jax.tree.map(lambda a, b: jnp.where(d.feasible, a, b), d, alt.replace(feasible=d.feasible))
+            return d.replace(n_skipped=jnp.where(d.feasible, d.n_skipped, sc.top_k).astype(jnp.int32))
     else:
 
         def pol(fv, gv, tv):
@@ -215,16 +230,45 @@ def _decide(name: str, sc: Scenario, f, g, tk, table, fallback: str, share: bool
     return d
 
 
-@functools.lru_cache(maxsize=8)
-def _make_batch_fn(graphdef, cfg: MoEConfig, tc: TightnessConfig, n_eta: int):
-    """Jitted (params, x, y, costs [C, b, T, L, N], etas [E], table, b_max [L], beta [L], sc) -> results.
+def _token_metrics(sc: Scenario, decisions: list, distance_m, gain, metric_names: tuple) -> tuple[dict, dict]:
+    """The metric records (`sift_jax.metrics`) of [b, T] tokens, each one M = 1 task of L layers.
 
-    Cached per (model structure, settings); the scenario is an argument (its static fields are part of
-    the jit cache key), so runs that differ only in numeric scenario fields share one compilation.
+    decisions: the L executed per-layer `Decision`s (fields [b, T, ...]); distance_m float[b, T, N-1] (m),
+    gain float[b, T, L, N-1]. Every token executed a selection (SiftMoE's or the fallback's), so
+    over="executed" metrics count every token, as for baselines in `simulate`.
+
+    Returns:
+        ({name: sum of the valid per-token values}, {name: number of valid tokens}).
+    """
+    latency, uplink = [], []
+    for l, d in enumerate(decisions):
+        helper = costs.helper_energy(sc, distance_m, gain[..., l, :], d.loads[..., 1:])
+        lat, up = metric_records.layer_latency_and_uplink(sc, distance_m, gain[..., l, :], d.loads, helper)
+        latency.append(lat)
+        uplink.append(up)
+    dec = jax.tree.map(lambda *xs: jnp.stack(xs, axis=2), *decisions)  # [b, T, L, ...]
+    dec = dec.replace(assign=dec.assign[..., None, :], deviation_bound=dec.deviation_bound[..., None])  # M = 1
+
+    def one(d, lat, up):
+        return metric_records.evaluate(metric_records.TaskOutcome(sc, d, lat, up), jnp.bool_(True), metric_names)
+
+    values = jax.vmap(jax.vmap(one))(dec, jnp.stack(latency, -1), jnp.stack(uplink, -1))
+    sums = {k: jnp.sum(jnp.where(ok, v, 0.0)) for k, (v, ok) in values.items()}
+    return sums, {k: jnp.sum(ok) for k, (_, ok) in values.items()}
+
+
+@functools.lru_cache(maxsize=8)
+def _make_batch_fn(graphdef, cfg: MoEConfig, tc: TightnessConfig, n_eta: int, metric_names: tuple):
+    """Jitted (params, x, y, (costs [C, b, T, L, N], distances [C, b, T, N-1], gains [C, b, T, L, N-1]),
+    etas [E], table, b_max [L], beta [L], sc) -> results.
+
+    Cached per (model structure, settings, metric records); the scenario is an argument (its static fields
+    are part of the jit cache key), so runs that differ only in numeric scenario fields share one compilation.
     """
     n_layers = cfg.n_layers
 
-    def run_one(params, x, y, f, eta, table, b_max, beta, sc, name, clean_y):
+    def run_one(params, x, y, channels, eta, table, b_max, beta, sc, name, clean_y):
+        f, dist, gain = channels
         model = nnx.merge(graphdef, params)
         sc_e = dataclasses.replace(sc, eta=eta)
         rec = []
@@ -245,17 +289,13 @@ def _make_batch_fn(graphdef, cfg: MoEConfig, tc: TightnessConfig, n_eta: int):
         e = _norm(aux["moe_outputs"] - clean_y)  # Thm. 1 e^(l) against the clean run
         thm1 = bounds.final_bound(jnp.moveaxis(delta, 0, -1), b_max, beta)  # [b, T, L]
         thm1_t = bounds.final_bound(jnp.moveaxis(bound_t, 0, -1), b_max, beta)
-        energy = sum(d.energy_j for d in rec)  # [b, T] J per token over the L layers
-        feas = jnp.stack([d.feasible for d in rec])
-        repl = jnp.stack([d.n_replaced for d in rec])
-        skip = jnp.stack([d.n_skipped for d in rec])
+        metric_sum, metric_n = _token_metrics(sc_e, rec, dist, gain, metric_names)
         return {
             "ce_sum": ce.sum(),
             "correct": correct.sum(),
-            "energy_sum": energy.sum(),
-            "infeasible": (~feas).sum(),
-            "replaced": repl.sum(),
-            "skipped": skip.sum(),
+            "infeasible_layers": sum((~d.feasible).sum() for d in rec),
+            "metric_sum": metric_sum,
+            "metric_n": metric_n,
             "delta": delta,
             "bound_f": bound_f,
             "bound_t": bound_t,
@@ -268,19 +308,22 @@ def _make_batch_fn(graphdef, cfg: MoEConfig, tc: TightnessConfig, n_eta: int):
         model = nnx.merge(graphdef, params)
         _, aux0 = model(x, return_internals=True)
         clean_y = aux0["moe_outputs"]
-        n_draws = f.shape[0]
+        n_draws = f[0].shape[0]
         # SiftMoE over the (eta, draw) grid
         ei, ci = jnp.meshgrid(jnp.arange(n_eta), jnp.arange(n_draws), indexing="ij")
         grid = (ei.ravel(), ci.ravel())
 
+        def draw(c):
+            return jax.tree.map(lambda a: a[c], f)
+
         def sift(idx):
-            return run_one(params, x, y, f[idx[1]], etas[idx[0]], table, b_max, beta, sc, "siftmoe", clean_y)
+            return run_one(params, x, y, draw(idx[1]), etas[idx[0]], table, b_max, beta, sc, "siftmoe", clean_y)
 
         res = {"siftmoe": jax.lax.map(sift, grid, batch_size=tc.grid_batch)}
         for name in LAB_BASELINES:
 
             def base(c, name=name):
-                return run_one(params, x, y, f[c], etas[0], table, b_max, beta, sc, name, clean_y)
+                return run_one(params, x, y, draw(c), etas[0], table, b_max, beta, sc, name, clean_y)
 
             res[name] = jax.lax.map(base, jnp.arange(n_draws), batch_size=tc.grid_batch)
         return res
@@ -321,10 +364,11 @@ def run(
     Returns:
         dict (JSON-ready except "ratios", which holds NumPy arrays for plotting, Top-K's as "topk_delta" and
         "topk_bound_f"):
-        "etas" [E]; "accuracy", "loss", "energy_per_token_j": {"siftmoe": [E] (mean over draws),
-        "siftmoe_per_draw": [E][C], "topk-ideal": float, "topk": float, "topk_per_draw": [C]};
-        "infeasible_rate", "replace_rate", "skip_rate": {"siftmoe": [E], "topk": float} (per layer-token
-        decision, per slot for the rates); "prop1_exact": {"max_ratio", "n", "n_violations", ...};
+        "etas" [E]; "accuracy", "loss", "infeasible_layer_rate" and every metric of `sift_jax.metrics.names()`
+        (e.g. "energy_per_token_j", "replace_rate", "infeasible_rate"): {"siftmoe": [E] (mean over draws),
+        "siftmoe_per_draw": [E][C], "topk-ideal": float, "topk-ideal_per_draw": [C], "topk": float,
+        "topk_per_draw": [C]}; "metric_records": {name: {"unit", "label", "over"}};
+        "prop1_exact": {"max_ratio", "n", "n_violations", ...};
         "prop1_table": {"all": quantiles, "per_eta": [...]}; "thm1": quantiles of e^(L) / bound^(L)
         (measured delta and table delta), "thm1_violations"; "n_tokens"; "settings".
         Accuracies are fractions of next bytes, losses nats/byte, energies J per token, etas in the
@@ -379,10 +423,10 @@ def run(
     etas = np.asarray(tc.etas if tc.etas is not None else np.asarray(tc.eta_fractions) * scale, np.float32)
     x_all, y_all = data_lib.eval_windows(tokens, cfg.context, min(tc.n_windows, (tokens.size - 1) // cfg.context))
     graphdef, params = nnx.split(model, nnx.Param)
-    fn = _make_batch_fn(graphdef, cfg, tc, len(etas))
+    metric_names = metric_records.names()
+    fn = _make_batch_fn(graphdef, cfg, tc, len(etas), metric_names)
     base_key = jax.random.key(tc.seed)
     n_seq, t_len = x_all.shape
-    cost_fn = _cost_fn
     acc = None
     per_token = {
         p: {k: [] for k in ("delta", "bound_f", "bound_t", "e", "thm1", "thm1_t")} for p in ("siftmoe",) + LAB_BASELINES
@@ -390,21 +434,20 @@ def run(
     for i in range(0, n_seq, tc.batch_windows):
         x, y = x_all[i : i + tc.batch_windows], y_all[i : i + tc.batch_windows]
         b = x.shape[0]
-        # costs [C, b, T, L, N]: token index = global position in the test windows
-        f = jnp.stack(
-            [
-                cost_fn(sc, jax.random.fold_in(jax.random.fold_in(base_key, c), i * t_len), b * t_len).reshape(
-                    b, t_len, cfg.n_layers, cfg.n_experts
-                )
-                for c in range(tc.n_draws)
-            ]
-        )
+        # per draw c: costs [b, T, L, N], distances [b, T, N-1], gains [b, T, L, N-1]; token index = global
+        # position in the test windows
+        draws = [
+            _channel_fn(sc, jax.random.fold_in(jax.random.fold_in(base_key, c), i * t_len), b * t_len)
+            for c in range(tc.n_draws)
+        ]
+        shape = (tc.n_draws, b, t_len)
+        channels = jax.tree.map(lambda *a, shape=shape: jnp.stack(a).reshape(*shape, *a[0].shape[1:]), *draws)
         res = jax.device_get(
             fn(
                 params,
                 jnp.asarray(x),
                 jnp.asarray(y),
-                f,
+                channels,
                 jnp.asarray(etas),
                 jnp.asarray(table),
                 jnp.asarray(b_max),
@@ -412,14 +455,9 @@ def run(
                 sc,
             )
         )
-        sums = {
-            p: {
-                k: np.asarray(v[k], np.float64)
-                for k in ("ce_sum", "correct", "energy_sum", "infeasible", "replaced", "skipped")
-            }
-            for p, v in res.items()
-        }
-        acc = sums if acc is None else {p: {k: acc[p][k] + sums[p][k] for k in acc[p]} for p in acc}
+        keys = ("ce_sum", "correct", "infeasible_layers", "metric_sum", "metric_n")
+        sums = {p: jax.tree.map(lambda a: np.asarray(a, np.float64), {k: v[k] for k in keys}) for p, v in res.items()}
+        acc = sums if acc is None else jax.tree.map(np.add, acc, sums)
         for p in per_token:
             for k in per_token[p]:
                 v = np.asarray(res[p][k])  # [G, L, b, T]
@@ -428,11 +466,17 @@ def run(
             progress(min(i + b, n_seq), n_seq)
     n_tok = n_seq * t_len
     n_e, n_c = len(etas), tc.n_draws
-    L, K = cfg.n_layers, cfg.top_k
+    L = cfg.n_layers
 
-    def per(p, k, denom):
-        v = acc[p][k] / denom
-        return v.reshape(n_e, n_c) if p == "siftmoe" else v
+    def entry(per_run: dict) -> dict:
+        """{policy: per-run values [G]} -> {"siftmoe": [E] mean over draws, "siftmoe_per_draw": [E][C],
+        baseline: mean, "<baseline>_per_draw": [C]}."""
+        s = per_run["siftmoe"].reshape(n_e, n_c)
+        d = {"siftmoe": s.mean(1).tolist(), "siftmoe_per_draw": s.tolist()}
+        for p in LAB_BASELINES:
+            d[p] = float(per_run[p].mean())
+            d[f"{p}_per_draw"] = per_run[p].tolist()
+        return d
 
     out = {
         "etas": etas.tolist(),
@@ -441,29 +485,17 @@ def run(
         "n_draws": n_c,
         "settings": dataclasses.asdict(tc),
         "scenario": {"n_nodes": sc.n_nodes, "top_k": sc.top_k, "n_layers": sc.n_layers},
+        "metric_records": {},
     }
-    for metric, key, denom in (
-        ("accuracy", "correct", n_tok),
-        ("loss", "ce_sum", n_tok),
-        ("energy_per_token_j", "energy_sum", n_tok),
-    ):
-        s = per("siftmoe", key, denom)
-        out[metric] = {"siftmoe": s.mean(1).tolist(), "siftmoe_per_draw": s.tolist()}
-        for p in LAB_BASELINES:
-            v = per(p, key, denom)
-            out[metric][p] = float(v.mean())
-            out[metric][f"{p}_per_draw"] = v.tolist()
-    # the lab decodes token by token, so its infeasible_rate is per (token, layer) decision, unlike
-    # `sj.metrics`' per-task one; the replace and skip rates share `sj.metrics`' L x M x K slot denominator
-    for metric, key, denom in (
-        ("infeasible_rate", "infeasible", n_tok * L),
-        ("replace_rate", "replaced", n_tok * L * K),
-        ("skip_rate", "skipped", n_tok * L * K),
-    ):
-        out[metric] = {
-            "siftmoe": per("siftmoe", key, denom).mean(1).tolist(),
-            "topk": float(per("topk", key, denom).mean()),
-        }
+    out["accuracy"] = entry({p: a["correct"] / n_tok for p, a in acc.items()})
+    out["loss"] = entry({p: a["ce_sum"] / n_tok for p, a in acc.items()})
+    # every registered metric, as `simulate` computes it for an M = 1 task of L layers (one test token)
+    for name in metric_names:
+        rec = metric_records.get(name)
+        out[name] = entry({p: a["metric_sum"][name] / np.maximum(a["metric_n"][name], 1) for p, a in acc.items()})
+        out["metric_records"][name] = {"unit": rec.unit, "label": rec.label, "over": rec.over}
+    # per (token, layer) decision: finer than the per-task infeasible_rate (a token with an infeasible layer)
+    out["infeasible_layer_rate"] = entry({p: a["infeasible_layers"] / (n_tok * L) for p, a in acc.items()})
     cat = {p: {k: np.concatenate(v, axis=-1) for k, v in d.items()} for p, d in per_token.items()}
     # (a) Prop. 1 with exact F and with the table; over SiftMoE runs and practical Top-K (lost slots)
     shaped = cat["siftmoe"]  # arrays [E*C, L, tokens]
