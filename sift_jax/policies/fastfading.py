@@ -338,7 +338,8 @@ def realised_energy(sc: Scenario, distance_m, slot_gain, gamma, plan: SlotPlan, 
     """Realised uplink energy per helper, eq. (22) summed over slots: (energy float[N-1] J, ok bool[N-1]).
 
     ok is False for a loaded helper whose uplink time is <= 0 or shorter than its load time, or with a
-    slot over the power cap (its energy is then inf).
+    slot over the power cap; its energy is then inf (as `costs.helper_energy` under slow fading), so no
+    sum of helper energies can count a helper that does not deliver.
 
     Args:
         sc: scenario.
@@ -349,7 +350,7 @@ def realised_energy(sc: Scenario, distance_m, slot_gain, gamma, plan: SlotPlan, 
         loads: int[N-1] helper loads (tokens).
 
     Returns:
-        (energy float[N-1] realised uplink energy per helper (J; 0 if unloaded), ok bool[N-1]).
+        (energy float[N-1] realised uplink energy per helper (J; 0 if unloaded, inf where not ok), ok bool[N-1]).
 
     Example:
         At unit gain in every slot, uniform loading over the slots is the slow-fading optimum at
@@ -372,7 +373,7 @@ def realised_energy(sc: Scenario, distance_m, slot_gain, gamma, plan: SlotPlan, 
     loads = jnp.asarray(loads)
     time_ok = (plan.uplink_s > 0) & (plan.uplink_s >= per_helper(sc, sc.helper_load_time_s))
     ok = (loads == 0) | (time_ok & jnp.isfinite(energy))
-    return jnp.where(loads > 0, energy, 0.0), ok
+    return jnp.where(loads > 0, jnp.where(ok, energy, jnp.inf), 0.0), ok
 
 
 def paper_estimate(sc: Scenario, distance_m, loads, slot_gain, inv_gain_mean=None, downlink_gain=1.0) -> jax.Array:
@@ -426,7 +427,8 @@ class FastInfo:
     Attributes:
         surrogate_energy_j: float[] the selection's objective (user + surrogate helper energies) (J).
         paper_estimate_j: float[] user energy + eq. (27) at the realised first-slot gains (J).
-        helper_energy_j: float[N-1] realised uplink energy per helper (J; inf where a slot failed).
+        helper_energy_j: float[N-1] realised uplink energy per helper (J; inf where the helper cannot
+            deliver: no uplink time, load time not hidden, or a slot over the power cap).
         latency_s: float[] layer completion time, max over nodes of `costs.node_latency` with the
             downlink at `downlink_gain` (s).
         slots: int32[N-1] Q_n per helper (0 for unloaded helpers).
