@@ -275,3 +275,136 @@ def test_retraining_removes_the_previous_models_calibration(tmp_path, monkeypatc
     with pytest.warns(store.StoreWarning, match="calibration.npz"):
         moe_cli.do_train(tmp_path, tiny_config(), tiny_train_config(), corpus=corpus)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.txt", "train_summary.json"]
+
+
+# ------------------------------------------------- values the verbs produce, against an independent computation
+
+VALUES = (
+    'name = "vals"\npreset = "mixtral-8x7b"\ncurves = ["topk"]\nsamples = 64\nseed = 5\npoints_per_call = 2\n'
+    'fixed = {n_tokens = 1, n_layers = 1}\naxes = [{field = "bandwidth_hz", values = [1e6, 3e6]}]\n'
+)
+
+
+def test_sweep_writes_the_means_simulate_gives_each_point(tmp_path, capsys):
+    """`sift-jax sweep` of a 2-point spec (with --samples overriding the spec's 64): each point of the netCDF
+    equals `sj.simulate` of that point's scenario, built here from the preset, with the spec's seed and the
+    same sample count (sample i uses fold_in(key(seed), i) in both), for every metric: counts exactly, means
+    and CIs to float32 rounding (the vmapped sweep and the lone run may round the uplink energy apart)."""
+    import numpy as np
+    import xarray as xr
+
+    import sift_jax as sj
+
+    (tmp_path / "vals.toml").write_text(VALUES)
+    code, out, err = _cli(
+        ["sweep", tmp_path / "vals.toml", "--out", tmp_path / "r", "--samples", "24", "--quiet"], capsys
+    )
+    assert code == 0, err
+    assert out.strip() == f"wrote {tmp_path / 'r' / 'vals.nc'} and {tmp_path / 'r' / 'vals.png'}"
+    assert (tmp_path / "r" / "vals.png").read_bytes()[1:4] == b"PNG"
+    ds = xr.load_dataset(tmp_path / "r" / "vals.nc")
+    assert ds["curve"].values.tolist() == ["topk"] and ds["bandwidth_hz"].values.tolist() == [1e6, 3e6]
+    assert int(ds.attrs["seed"]) == 5
+    base = sj.presets.get("mixtral-8x7b").replace(n_tokens=1, n_layers=1)
+    energies = []
+    for bandwidth in (1e6, 3e6):
+        alone = sj.simulate(base.replace(bandwidth_hz=bandwidth), policy="topk", samples=24, seed=5).metrics
+        got = ds.sel(curve="topk", bandwidth_hz=bandwidth)
+        for metric, stat in alone.items():
+            assert int(got[f"{metric}_n"]) == stat.n and int(got[f"{metric}_n_invalid"]) == stat.n_invalid
+            assert stat.n + stat.n_invalid == 24
+            if stat.mean is None:
+                assert np.isnan(float(got[f"{metric}_mean"]))
+                continue
+            assert float(got[f"{metric}_mean"]) == pytest.approx(stat.mean, rel=1e-6, abs=1e-12), metric
+            lo, hi = float(got[f"{metric}_ci_lo"]), float(got[f"{metric}_ci_hi"])
+            assert (lo, hi) == pytest.approx(stat.ci95, rel=1e-6, abs=1e-12), metric
+        energies.append(alone["uplink_energy_j"].mean)
+    assert energies[1] < energies[0]  # the axis reached the model: more bandwidth, less uplink energy (eq. 10)
+
+
+def test_plot_draws_the_datasets_values(tmp_path, capsys, monkeypatch):
+    """`sift-jax plot`: the figure behind the PNG has one line per curve holding the dataset's means against
+    the swept bandwidth in MHz (the first value of the second axis), CI bands from ci_lo/ci_hi, the paper's
+    curve names, a log y axis when the means span more than a factor 50, and the PNG is 5.2 x 3.8 in at 120 dpi."""
+    import struct
+
+    import numpy as np
+    import xarray as xr
+
+    from sift_jax import plots
+
+    bw, etas = [1e6, 2e6, 3e6], [0.5, 1.5]
+    mean = np.array([[[0.9, 0.8], [0.5, 0.4], [0.3, 0.2]], [[2.0, 1.0], [0.1, 0.05], [0.02, 0.01]]])
+    ds = xr.Dataset(
+        {
+            f"energy_per_token_j_{k}": (("curve", "bandwidth_hz", "eta"), mean * f)
+            for k, f in (("mean", 1.0), ("ci_lo", 0.9), ("ci_hi", 1.2))
+        },
+        coords={"curve": ["siftmoe", "topk"], "bandwidth_hz": bw, "eta": etas},
+        attrs={"title": "values"},
+    )
+    ds.to_netcdf(tmp_path / "v.nc")
+    figures = []
+    real = plots._figure
+    monkeypatch.setattr(plots, "_figure", lambda *a, **k: figures.append(real(*a, **k)) or figures[-1])
+    code, out, err = _cli(["plot", tmp_path / "v.nc"], capsys)
+    png = tmp_path / "v_energy_per_token_j.png"
+    assert code == 0 and out.strip() == f"wrote {png}", err
+    head = png.read_bytes()[:24]
+    assert head[1:4] == b"PNG" and struct.unpack(">II", head[16:24]) == (624, 456)  # IHDR width, height
+    (ax,) = figures[0].axes
+    lines = ax.get_lines()
+    assert [ln.get_label() for ln in lines] == ["SiftMoE", "Top-K (practical)"]
+    for c, line in enumerate(lines):
+        np.testing.assert_allclose(line.get_xdata(), [1.0, 2.0, 3.0])  # MHz
+        np.testing.assert_allclose(line.get_ydata(), mean[c, :, 0])  # eta = 0.5, the first value
+    bands = [coll for coll in ax.collections if len(coll.get_paths())]
+    assert len(bands) == 2
+    for c, band in enumerate(bands):
+        vertices = band.get_paths()[0].vertices
+        for x, lo, hi in zip([1.0, 2.0, 3.0], 0.9 * mean[c, :, 0], 1.2 * mean[c, :, 0]):
+            at_x = vertices[np.isclose(vertices[:, 0], x), 1]
+            assert np.isclose(at_x.min(), lo) and np.isclose(at_x.max(), hi)
+    assert ax.get_yscale() == "log"  # positive means span 0.01 .. 2.0, a factor 200 > 50
+    assert ax.get_title() == "values"
+
+
+def test_bench_quick_prints_a_table_of_consistent_numbers(capsys, monkeypatch):
+    """`sift-jax bench --quick --only foundation` (the cheapest benchmark): a markdown table with one row per
+    preset, finite positive throughputs, and each ratio column equal to its JAX rate over the NumPy rate
+    (to the printed precision). The benchmark loops over `sj.presets.names()`; limited here to the smallest
+    preset (a sixth of the time), as the table's format and arithmetic do not depend on the count."""
+    import math
+
+    import sift_jax as sj
+
+    monkeypatch.setattr(sj.presets, "names", lambda: ("switch-base-8",))
+
+    code, out, err = _cli(["bench", "--quick", "--only", "foundation"], capsys)
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0] == "## foundation" and any(ln.startswith("Machine: ") for ln in lines)
+    table = [ln for ln in lines if ln.startswith("|")]
+    header = [c.strip() for c in table[0].strip("|").split("|")]
+    assert header == [
+        "preset",
+        "L x (N-1)",
+        "JAX samples/s",
+        "NumPy samples/s",
+        "ratio",
+        "JAX rbg keys samples/s",
+        "ratio",
+    ]
+    assert set(table[1].replace("|", "")) == {"-"}
+    rows = [[c.strip() for c in ln.strip("|").split("|")] for ln in table[2:]]
+    assert [r[0] for r in rows] == ["switch-base-8"]
+    for name, shape, jax_rate, np_rate, ratio, rbg_rate, rbg_ratio in rows:
+        sc = sj.presets.get(name)
+        assert shape == f"{sc.n_layers} x {sc.n_helpers}"
+        jax_rate, np_rate, rbg_rate = float(jax_rate), float(np_rate), float(rbg_rate)
+        assert all(math.isfinite(v) and v > 0 for v in (jax_rate, np_rate, rbg_rate))
+        # rates print with 3 significant digits (relative error <= 5e-3 each), ratios with one decimal
+        for printed, rate in ((ratio, jax_rate), (rbg_ratio, rbg_rate)):
+            assert printed.endswith("x")
+            assert abs(float(printed[:-1]) - rate / np_rate) <= 0.05 + 0.011 * rate / np_rate, (name, printed)

@@ -149,3 +149,52 @@ def test_node_latency_within_deadline_when_feasible(x64):
     ok = np.isfinite(e) & (loads > 0)
     assert np.all(lat[ok] <= sc.deadline_s * (1 + 1e-12))
     assert np.all(lat[loads == 0] == 0)
+
+
+def test_node_latency_matches_numpy_reference(x64):
+    """Eqs. (2) and (9) against `ref.node_latency` on random scenarios with per-helper bandwidths, FLOP
+    rates and load times: the user branch, unused nodes (exactly 0), helpers whose load hides behind the
+    uplink (T_n = T exactly) and helpers whose load time exceeds T_up, with T_up > 0 and T_up <= 0."""
+    rng = np.random.default_rng(13)
+    seen = dict.fromkeys(("user", "unused", "hidden", "load_decides", "load_decides_t_up_neg"), 0)
+    for i in range(16):
+        sc = _random_scenario(rng, cap=bool(rng.integers(2)))
+        if i % 2:  # load times of 10-90% of the deadline: 0 < T_up < T_n,load becomes common
+            sc = sc.replace(helper_load_time_s=rng.uniform(0.1, 0.9, sc.n_nodes - 1) * sc.deadline_s)
+        d, h, loads = _loads_and_channel(rng, sc)
+        p = ref.params_of(sc)
+        _, r_dn = ref.rates(p, d, h, 1.0)
+        gamma = p["expert_flops"] / p["helper_flops_per_s"] + p["hidden_bits"] / r_dn  # phi/C_n + b/R_n,UE
+        # 16 more rows with helper loads past the deadline (T_up <= 0): the load time decides there too
+        over = np.concatenate([loads[:16, :1], np.ceil(p["deadline_s"] / gamma) + rng.integers(0, 5, (16, 1))], 1)
+        loads = np.concatenate([loads, over.astype(loads.dtype)])
+        loads[rng.uniform(size=loads.shape) < 0.2] = 0
+        for name in ("bandwidth_hz", "helper_flops_per_s", "helper_load_time_s"):
+            assert p[name].shape == (sc.n_nodes - 1,) and np.ptp(p[name]) > 0  # really per helper
+        got = np.asarray(sj.costs.node_latency(sc, jnp.asarray(d), jnp.asarray(h), jnp.asarray(loads)))
+        want = ref.node_latency(p, d, h, loads)
+        assert got.shape == want.shape == loads.shape and np.all(np.isfinite(got))
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=0)
+        assert np.all(got[loads == 0] == 0.0)
+        # which branch each helper took, from the model's own quantities
+        busy = loads[:, 1:] * gamma
+        t_up = p["deadline_s"] - busy
+        used = loads[:, 1:] > 0
+        hidden = used & (t_up >= p["helper_load_time_s"])
+        load_decides = used & (t_up < p["helper_load_time_s"])
+        np.testing.assert_allclose(got[:, 1:][hidden], p["deadline_s"], rtol=1e-12)  # uplink stretched to T
+        load_time = np.broadcast_to(p["helper_load_time_s"], busy.shape)
+        np.testing.assert_allclose(got[:, 1:][load_decides], (load_time + busy)[load_decides], rtol=1e-12)
+        assert np.all(got[:, 1:][load_decides] > p["deadline_s"])
+        user = loads[:, 0] > 0
+        t_user = p["user_load_time_s"] + loads[:, 0] * p["expert_flops"] / p["user_flops_per_s"]
+        np.testing.assert_allclose(got[user, 0], t_user[user], rtol=1e-12)
+        seen["user"] += user.sum()
+        seen["unused"] += (loads == 0).sum()
+        seen["hidden"] += hidden.sum()
+        seen["load_decides"] += (load_decides & (t_up > 0)).sum()
+        seen["load_decides_t_up_neg"] += (load_decides & (t_up <= 0)).sum()
+    assert all(count >= 50 for count in seen.values()), seen
+    # batch dimensions beyond one: [10, 8, N] loads give [10, 8, N] latencies
+    got = np.asarray(sj.costs.node_latency(sc, jnp.asarray(d), jnp.asarray(h), jnp.asarray(loads.reshape(10, 8, -1))))
+    np.testing.assert_allclose(got, want.reshape(10, 8, -1), rtol=1e-12, atol=0)

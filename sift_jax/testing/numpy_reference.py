@@ -26,6 +26,7 @@ __all__ = [
     "feasible_sets",
     "helper_energy",
     "node_costs",
+    "node_latency",
     "params_of",
     "random_instances",
     "rates",
@@ -216,6 +217,66 @@ def node_costs(p: dict, d: np.ndarray, h: np.ndarray) -> np.ndarray:
     """
     user = user_energy(p, np.ones(h.shape[:-1]))
     return np.concatenate([user[..., None], helper_energy(p, d, h, np.ones_like(h))], axis=-1)
+
+
+def node_latency(p: dict, d: np.ndarray, h: np.ndarray, load: np.ndarray) -> np.ndarray:
+    """Per-node completion time T_v of eqs. (2) and (9) for a load vector (user first).
+
+    User, eq. (2): T_UE = 1[D > 0] T_UE,load + D phi/C_UE. Helper, eq. (9) with the energy-optimal
+    uplink time of eq. (10), T_up = T - D (phi/C_n + b/R_n,UE) (all the time the helper does not need):
+    T_n = max(T_up, T_n,load) + D (phi/C_n + b/R_n,UE), which is exactly T when the load time hides
+    behind the uplink and T_n,load + D (phi/C_n + b/R_n,UE) > T when it does not.
+
+    Differences from the paper's text: eq. (9) has no usage indicator, so read literally an unused
+    helper (D = 0) would take T_n,load; here, as in `sift_jax.costs.node_latency`, it takes 0 (it loads
+    nothing). T_up is not clipped: once D (phi/C_n + b/R_n,UE) > T it is negative and the max picks
+    T_n,load (the JAX code clips T_up at 0 first, the same result because T_n,load >= 0). An infeasible
+    load gets its (over-deadline) time, never inf.
+
+    Args:
+        p: parameters from `params_of`.
+        d: float[..., N-1] helper distances (m), broadcast against h.
+        h: float[..., N-1] linear fading power gains.
+        load: float[..., N] tokens D per node (node 0 = the user).
+
+    Returns:
+        float64[..., N] completion time (s) per node; 0 where D = 0.
+
+    Example:
+        The module docstring's numbers: the user loads in 0.5 ms and computes 1 ms per token; a helper
+        spends 1 ms computing and 1 ms downlinking per token, so one token leaves T_up = 3 - 2 = 1 ms
+        (>= 0.5 ms of loading: T_n = T) and two tokens leave T_up = -1 ms, so the load time decides:
+        0.5 + 4 = 4.5 ms.
+
+        >>> import numpy as np
+        >>> from sift_jax.scenario import Scenario
+        >>> from sift_jax.testing.numpy_reference import params_of
+        >>> sc = Scenario(n_nodes=3, deadline_s=3e-3, bandwidth_hz=1e6, noise_psd_w_per_hz=1e-12,
+        ...               helper_power_w=3e-6, pathloss_exponent=0.0, hidden_bits=2e3, expert_flops=1e9,
+        ...               user_flops_per_s=1e12, helper_flops_per_s=1e12, user_load_time_s=0.5e-3,
+        ...               helper_load_time_s=0.5e-3, user_load_power_w=10.0, user_compute_power_w=10.0)
+        >>> d, h = np.array([50.0, 80.0]), np.ones(2)
+        >>> [round(float(t) * 1e3, 9) for t in node_latency(params_of(sc), d, h, np.array([2, 1, 2]))]  # ms
+        [2.5, 3.0, 4.5]
+        >>> node_latency(params_of(sc), d, h, np.zeros(3)).tolist()   # unused nodes
+        [0.0, 0.0, 0.0]
+
+        Per-helper load times 0.5 ms and 1.5 ms: one token each leaves T_up = 1 ms, which hides the
+        first helper's load but not the second's (1.5 + 2 = 3.5 ms > T):
+
+        >>> p = params_of(sc.replace(helper_load_time_s=np.array([0.5e-3, 1.5e-3])))
+        >>> [round(float(t) * 1e3, 9) for t in node_latency(p, d, h, np.array([0, 1, 1]))]   # ms
+        [0.0, 3.0, 3.5]
+    """
+    load = np.asarray(load, np.float64)
+    user, helpers = load[..., 0], load[..., 1:]
+    t_user = np.where(user > 0, p["user_load_time_s"] + user * p["expert_flops"] / p["user_flops_per_s"], 0.0)
+    _, r_dn = rates(p, d, h, 1.0)
+    busy = helpers * (p["expert_flops"] / p["helper_flops_per_s"] + p["hidden_bits"] / r_dn)  # T_n,cp + T_n,UE
+    t_up = p["deadline_s"] - busy
+    t_help = np.where(helpers > 0, np.maximum(t_up, p["helper_load_time_s"]) + busy, 0.0)
+    t_user = np.broadcast_to(t_user, t_help.shape[:-1])
+    return np.concatenate([t_user[..., None], t_help], axis=-1)
 
 
 def capacities_brute(p: dict, d: np.ndarray, h: np.ndarray, max_load: int, overflow: bool = True) -> np.ndarray:
