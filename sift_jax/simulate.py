@@ -153,6 +153,21 @@ class TaskMetrics:
         """Output key of the paired energy difference E_a - E_b of bit loadings a and b ("<a>|<b>/<metric>")."""
         return f"{a}|{b}/{PAIRED_METRIC}"
 
+    def sample_bytes(self, params) -> int:
+        """Upper estimate of the device memory one sample needs (bytes), read by `montecarlo.run` to narrow
+        its block of samples: L prefill instances (`PolicyRecord.prefill_bytes`) when M > 1, else 0.
+
+        Args:
+            params: (scenario, tables, ...) as `__call__` takes them (only the scenario's static sizes are read).
+
+        Returns:
+            int bytes.
+        """
+        sc, rec = params[0], policies.record(self.policy)
+        if sc.n_tokens == 1 or rec.prefill_bytes is None:
+            return 0
+        return sc.n_layers * int(rec.prefill_bytes(sc, dict(self.options)))
+
     def layer(self, sc: Scenario, distance_m, gain, g, topk, table) -> list:
         """[(Decision, latency s, uplink energy J)] of one layer, one entry per bit loading (`bit_loadings`).
 

@@ -7,6 +7,7 @@ import pytest
 
 import sift_jax as sj
 from sift_jax import montecarlo
+from sift_jax.policies.prefill import choose_method
 from sift_jax.simulate import TaskMetrics, simulate
 
 
@@ -119,3 +120,27 @@ def test_breakdown_without_user_power_is_all_uplink():
     assert m["local_energy_j"].max == 0.0
     assert m["energy_per_token_j"].mean > 0
     np.testing.assert_allclose(m["uplink_energy_j"].mean, m["energy_per_token_j"].mean, rtol=1e-6)
+
+
+def test_prefill_dp_block_fits_the_memory_budget(monkeypatch):
+    """The exact prefill DP's memory per sample (`TaskMetrics.sample_bytes`, from `prefill_bytes`) bounds
+    XLA's own memory analysis of the compiled per-sample program (independent of the estimate), and
+    `montecarlo.run` narrows its vmapped block so that block x estimate fits `BLOCK_MEMORY_BYTES`; the
+    narrowed run sees the same samples, so its statistics equal the wide run's to float rounding."""
+    sc = sj.presets.get("switch-base-8").replace(n_nodes=4, top_k=2, n_tokens=12, n_layers=1)
+    assert choose_method(sc) == "dp"
+    fn, tables = TaskMetrics("siftmoe"), sj.similarity.synthetic_tables(sc)
+    params = jax.tree.map(lambda x: np.asarray(x)[None], (sc, tables))
+    per_sample = fn.sample_bytes((sc, tables))
+    width = 8
+    compiled = jax.jit(lambda p, idx: montecarlo.raw_metrics(fn, None, p, idx, 0)).lower(params, jnp.arange(width))
+    used = compiled.compile().memory_analysis().temp_size_in_bytes
+    assert 0.5 * width * per_sample < used <= width * per_sample  # an upper estimate, and not a loose one
+    assert TaskMetrics("topk").sample_bytes((sc, tables)) == 0  # the baselines' arrays are small
+    wide = simulate(sc, policy="siftmoe", samples=32, seed=2).metrics
+    monkeypatch.setattr(montecarlo, "BLOCK_MEMORY_BYTES", 4 * per_sample)
+    assert montecarlo.block_width(32, per_sample) == 4 < montecarlo.inner_batch(32)
+    narrow = simulate(sc, policy="siftmoe", samples=32, seed=2).metrics
+    for name, stat in wide.items():
+        assert (narrow[name].n, narrow[name].n_invalid) == (stat.n, stat.n_invalid), name
+        np.testing.assert_allclose(narrow[name].mean, stat.mean, rtol=1e-6, err_msg=name)

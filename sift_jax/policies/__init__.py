@@ -30,7 +30,7 @@ from sift_jax.policies.baselines import topk, topk_ideal, wdmoe
 from sift_jax.policies.decision import Decision
 from sift_jax.policies.decode import decode
 from sift_jax.policies.oracle import oracle
-from sift_jax.policies.prefill import prefill, prefill_with_info
+from sift_jax.policies.prefill import prefill, prefill_bytes, prefill_with_info
 from sift_jax.policies.prefill_dp import solve_dp
 from sift_jax.policies.prefill_exact import solve_exact
 from sift_jax.policies.prefill_fast import solve_fast
@@ -77,6 +77,7 @@ register(
         _siftmoe_prefill,
         prefill_options=("method",) + _solver_options(solve_exact, solve_dp, solve_fast),
         description="the paper's: Thm. 2 decode, Alg. 1/2 prefill",
+        prefill_bytes=lambda sc, opts: prefill_bytes(sc, opts.get("method", "auto"), opts.get("max_work")),
     )
 )
 register(
@@ -109,6 +110,7 @@ register(
         _oracle_prefill,
         prefill_options=_solver_options(solve_dp),
         description="brute force / exact DP reference (small instances)",
+        prefill_bytes=lambda sc, opts: prefill_bytes(sc, "dp"),
     )
 )
 

@@ -45,6 +45,7 @@ __all__ = [
     "PrefillInfo",
     "choose_method",
     "prefill",
+    "prefill_bytes",
     "prefill_with_info",
     "random_instances",
     "topk",
@@ -86,6 +87,39 @@ def choose_method(
     d = m if max_load is None else max_load
     states, combos = dp_size(m, sc.n_nodes, sc.top_k, d)
     return "dp" if states * combos <= (DP_MAX_WORK if max_work is None else max_work) else "fast"
+
+
+def prefill_bytes(sc: Scenario, method: str = "auto", max_work: int | None = None) -> int:
+    """Upper estimate of the device memory one prefill instance of M = sc.n_tokens tokens needs (bytes).
+
+    Counts the DP's arrays, the only per-instance ones that grow exponentially: about three float [C, S]
+    tensors and the int32 [M, S] argmin table (S states, C combos, `prefill_dp.dp_size`); XLA's memory
+    analysis of a vmapped DP measured 0.75-0.85 of this estimate at N = 4..6, K = 2, M = 5..16. The other
+    methods' arrays are O(M N K) and count 0.
+
+    Args:
+        sc: scenario (n_tokens M, n_nodes N, top_k K). method: as `prefill` ("auto": `choose_method`).
+        max_work: the DP limit passed to `choose_method`.
+
+    Returns:
+        int bytes (0 unless the method is, or resolves to, "dp").
+
+    Example:
+        N = 4, K = 2, M = 24 picks the DP with S = 25^4 states and C = 10 combos, ~84 MB per instance,
+        so a block of 256 samples would ask for ~21 GB; the fast method needs little:
+
+        >>> sc = Scenario(n_nodes=4, top_k=2, n_tokens=24)
+        >>> choose_method(sc), round(prefill_bytes(sc) / 1e6, 1), prefill_bytes(sc, "fast")
+        ('dp', 84.4, 0)
+    """
+    if method == "auto":
+        method = choose_method(sc, max_work=max_work)
+    if method != "dp":
+        return 0
+    m = sc.n_tokens
+    states, combos = dp_size(m, sc.n_nodes, sc.top_k, m)
+    item = np.dtype(jax.dtypes.canonicalize_dtype(np.float64)).itemsize
+    return item * 3 * states * combos + 4 * m * states
 
 
 def prefill_with_info(

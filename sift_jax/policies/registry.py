@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-from typing import Protocol, runtime_checkable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from sift_jax.errors import ConfigError
 from sift_jax.policies.decision import Decision
 from sift_jax.records import Registry
+
+if TYPE_CHECKING:
+    from sift_jax.scenario import Scenario
 
 __all__ = [
     "DecodePolicy",
@@ -72,6 +76,9 @@ class PolicyRecord:
         decode_options, prefill_options: the keyword options each rule accepts (None: read from the
             function's signature: its keyword parameters after the five (decode) or six (prefill) positional ones).
         description: one line for the CLI help and the docs.
+        prefill_bytes: (sc, prefill options) -> int, an upper estimate of the device memory (bytes) one
+            prefill instance of sc.n_tokens tokens needs, or None (small). The Monte Carlo runner narrows its
+            vmapped block of samples so that the block's instances fit `montecarlo.BLOCK_MEMORY_BYTES`.
 
     Example:
         >>> import jax.numpy as jnp
@@ -89,6 +96,7 @@ class PolicyRecord:
     decode_options: tuple[str, ...] | None = None
     prefill_options: tuple[str, ...] | None = None
     description: str = ""
+    prefill_bytes: Callable[[Scenario, dict], int] | None = None
 
     def accepted_options(self, prefilling: bool) -> tuple[str, ...]:
         """Keyword options the decoding (prefilling=False) or prefilling rule accepts.
@@ -146,6 +154,8 @@ def register(record: PolicyRecord, *, replace: bool = False) -> PolicyRecord:
         raise ConfigError(
             f"{name}.prefill", record.prefill, "None or a callable (sc, dE, cap, g, topk, table, **options) -> Decision"
         )
+    if record.prefill_bytes is not None and not callable(record.prefill_bytes):
+        raise ConfigError(f"{name}.prefill_bytes", record.prefill_bytes, "None or a callable (sc, options) -> int")
     for field in ("decode_options", "prefill_options"):
         opts = getattr(record, field)
         if opts is not None and not (isinstance(opts, tuple) and all(isinstance(o, str) for o in opts)):
