@@ -26,6 +26,7 @@ from scipy.optimize import Bounds, LinearConstraint, milp
 
 from sift_jax import channel, costs, gating, presets, similarity
 from sift_jax.scenario import Scenario
+from sift_jax.testing.numpy_reference import cap_eff
 
 # `sift_jax.policies.prefill` is also the name of the function re-exported by the package.
 P = importlib.import_module("sift_jax.policies.prefill")
@@ -34,11 +35,6 @@ ETA_TOL = 1e-9  # relative tolerance on the deviation bound eta (float64 sums)
 
 
 # ----------------------------------------------------------------------------- NumPy reference
-
-
-def cap_eff(dE, cap):
-    """Usable capacity: min(cap, number of leading finite marginal costs)."""
-    return np.minimum(cap, np.cumprod(np.isfinite(dE), axis=1).sum(1))
 
 
 def check_assignment(x, eta, assign):

@@ -304,17 +304,17 @@ def _make_batch_fn(graphdef, cfg: MoEConfig, tc: TightnessConfig, n_eta: int, me
             "thm1_t": jnp.moveaxis(thm1_t, -1, 0),
         }
 
-    def batch_fn(params, x, y, f, etas, table, b_max, beta, sc):
+    def batch_fn(params, x, y, channels, etas, table, b_max, beta, sc):
         model = nnx.merge(graphdef, params)
         _, aux0 = model(x, return_internals=True)
         clean_y = aux0["moe_outputs"]
-        n_draws = f[0].shape[0]
+        n_draws = channels[0].shape[0]
         # SiftMoE over the (eta, draw) grid
         ei, ci = jnp.meshgrid(jnp.arange(n_eta), jnp.arange(n_draws), indexing="ij")
         grid = (ei.ravel(), ci.ravel())
 
         def draw(c):
-            return jax.tree.map(lambda a: a[c], f)
+            return jax.tree.map(lambda a: a[c], channels)
 
         def sift(idx):
             return run_one(params, x, y, draw(idx[1]), etas[idx[0]], table, b_max, beta, sc, "siftmoe", clean_y)
