@@ -244,6 +244,19 @@ def test_lab_metrics_are_the_records_and_match_numpy(model, cal, corpus, tight_r
     assert np.all(per_layer <= per_task + 1e-12) and np.all(per_task <= cfg.n_layers * per_layer + 1e-12)
 
 
+def test_skip_fallback_counts_every_slot_of_a_skipped_layer(model, cal, corpus):
+    """With infeasible_fallback="skip" the model skips every slot of a layer where SiftMoE finds no
+    selection. At eta = 0 a feasible SiftMoE selection keeps every Top-K expert (no deviation allowed), so
+    the skipped slots are exactly K per infeasible layer decision: skip_rate == infeasible_layer_rate, and
+    no slot is replaced."""
+    tc = tight_lib.TightnessConfig(n_windows=1, n_draws=1, eta_fractions=(0.0,), infeasible_fallback="skip")
+    res = tight_lib.run(model, cal["table"], cal["b_max"], cal["beta_max"], corpus.test, tc=tc)
+    layer_rate = res["infeasible_layer_rate"]["siftmoe"][0]
+    assert 0 < layer_rate < 1  # the lab's default radio makes some layers infeasible, not all
+    assert res["skip_rate"]["siftmoe"][0] == pytest.approx(layer_rate, rel=1e-12)
+    assert res["replace_rate"]["siftmoe"][0] == 0.0
+
+
 def test_eta_zero_without_losses_is_ideal_topk(model, cal, corpus):
     """With a generous channel (preset numbers, no power cap) every node meets the deadline, so at
     eta = 0 SiftMoE must keep every Top-K expert: identical loss and accuracy to ideal Top-K."""
