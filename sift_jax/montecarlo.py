@@ -33,7 +33,7 @@ from sift_jax.stats import BINS_PER_DECADE, LOG10_LO, N_BINS, Accumulator, Stat
 __all__ = ["Summary", "run", "sample_keys", "summarise"]
 
 DEFAULT_CHUNK = 8192
-BLOCK_MEMORY_BYTES = 2**30  # device memory a vmapped block of samples may ask for (`block_width`)
+BLOCK_MEMORY_BYTES = 2**31  # device memory a vmapped block of one point's samples may ask for (`block_width`)
 TRACES = {"count": 0}  # times a chunk function was traced (compiled); tests assert one per static shape
 MetricFn = Callable[[jax.Array, Any], dict]
 
@@ -79,12 +79,11 @@ def inner_batch(samples: int | None = None) -> int:
 
 def block_width(samples: int | None = None, sample_bytes: int = 0) -> int:
     """Samples per vmapped block: `inner_batch(samples)`, halved while width x sample_bytes exceeds
-    `BLOCK_MEMORY_BYTES` (at least 1). Narrowed only for samples that need much memory (the prefill DP),
-    so every other run keeps its block, and its bit-identical results.
+    `BLOCK_MEMORY_BYTES` (at least 1). Narrowed only for samples that need much memory (large prefill
+    instances), so every other run keeps its block, and its bit-identical results.
 
     Args:
-        samples: the run's sample count. sample_bytes: device memory one sample (of all the points
-            vmapped together) needs, bytes.
+        samples: the run's sample count. sample_bytes: device memory one sample of one point needs, bytes.
 
     Returns:
         int, a power of two dividing `inner_batch(samples)`.
@@ -92,7 +91,7 @@ def block_width(samples: int | None = None, sample_bytes: int = 0) -> int:
     Example:
         >>> block_width(100_000, 0) == inner_batch(100_000)
         True
-        >>> block_width(100_000, 84_000_000) <= 2**30 // 84_000_000
+        >>> block_width(100_000, 84_000_000) <= BLOCK_MEMORY_BYTES // 84_000_000
         True
     """
     width = inner_batch(samples)
@@ -367,7 +366,8 @@ def run(
             float scalar (the metric's unit) and valid a bool scalar; it is a static jit argument, so
             passing the same object again reuses the compiled program. If it has a method
             `sample_bytes(params) -> int` (the device memory of one sample of one point), the vmapped
-            block of samples is narrowed to fit `BLOCK_MEMORY_BYTES` (`block_width`).
+            block of samples is narrowed so that one point's block fits `BLOCK_MEMORY_BYTES` (`block_width`;
+            the n_points points of a call multiply it).
         params: pytree whose leaves carry a leading axis of size `n_points` (those with axis 0 in `axes`).
         n_points: number of stacked parameter sets P.
         samples: samples per point, in [1, 2^32 - 1]. seed: run seed in [0, 2^31 - 1]; sample i uses
@@ -416,7 +416,9 @@ def run(
         raise ConfigError("sharding", sharding, "one of " + ", ".join(SHARDING_MODES))
     device_params = _device_params(params, sharding)
     accs: dict[str, Accumulator] | None = None  # one accumulator per metric, vectorised over the points
-    sample_bytes = metric_fn.sample_bytes(params) * n_points if hasattr(metric_fn, "sample_bytes") else 0
+    # per point, so a sweep point and `simulate` of the same scenario keep the same block (bit-identical);
+    # the points of one call multiply the memory
+    sample_bytes = metric_fn.sample_bytes(params) if hasattr(metric_fn, "sample_bytes") else 0
     width = block_width(samples, sample_bytes)
     if axes is not None and (len(axes) != len(jax.tree.leaves(params)) or 0 not in axes):
         raise ConfigError("axes", axes, "one entry (0 or None) per leaf of params, at least one 0")

@@ -122,21 +122,39 @@ def test_breakdown_without_user_power_is_all_uplink():
     np.testing.assert_allclose(m["uplink_energy_j"].mean, m["energy_per_token_j"].mean, rtol=1e-6)
 
 
-def test_prefill_dp_block_fits_the_memory_budget(monkeypatch):
-    """The exact prefill DP's memory per sample (`TaskMetrics.sample_bytes`, from `prefill_bytes`) bounds
-    XLA's own memory analysis of the compiled per-sample program (independent of the estimate), and
-    `montecarlo.run` narrows its vmapped block so that block x estimate fits `BLOCK_MEMORY_BYTES`; the
-    narrowed run sees the same samples, so its statistics equal the wide run's to float rounding."""
-    sc = sj.presets.get("switch-base-8").replace(n_nodes=4, top_k=2, n_tokens=12, n_layers=1)
-    assert choose_method(sc) == "dp"
+@pytest.mark.parametrize(
+    "preset,fields,method",
+    [
+        ("switch-base-8", dict(n_nodes=4, top_k=2, n_tokens=12), "dp"),
+        ("switch-base-8", dict(n_tokens=384), "exact"),
+        ("mixtral-8x7b", dict(n_tokens=24), "fast"),
+        ("gpt-oss-20b", dict(n_tokens=16), "fast"),  # C = 41,448 node sets: the [M, C] fallback arrays
+    ],
+)
+def test_prefill_memory_estimate_bounds_xla_and_sets_the_block(preset, fields, method):
+    """Each prefill method's memory per sample (`TaskMetrics.sample_bytes`, from `prefill_bytes`) bounds
+    XLA's own memory analysis of the compiled per-sample program (independent of the estimate) and is not
+    loose by more than 3x; `montecarlo.block_width` keeps block x estimate within `BLOCK_MEMORY_BYTES`."""
+    sc = sj.presets.get(preset).replace(n_layers=1, **fields)
+    assert choose_method(sc) == method
     fn, tables = TaskMetrics("siftmoe"), sj.similarity.synthetic_tables(sc)
     params = jax.tree.map(lambda x: np.asarray(x)[None], (sc, tables))
     per_sample = fn.sample_bytes((sc, tables))
-    width = 8
+    width = 4
     compiled = jax.jit(lambda p, idx: montecarlo.raw_metrics(fn, None, p, idx, 0)).lower(params, jnp.arange(width))
     used = compiled.compile().memory_analysis().temp_size_in_bytes
-    assert 0.5 * width * per_sample < used <= width * per_sample  # an upper estimate, and not a loose one
+    assert width * per_sample / 3 < used <= width * per_sample
+    assert TaskMetrics("siftmoe").sample_bytes((sc.replace(n_layers=3), tables)) == 3 * per_sample  # per layer
     assert TaskMetrics("topk").sample_bytes((sc, tables)) == 0  # the baselines' arrays are small
+    block = montecarlo.block_width(10**6, 50 * per_sample)
+    assert block * 50 * per_sample <= montecarlo.BLOCK_MEMORY_BYTES or block == 1
+
+
+def test_a_narrowed_block_gives_the_same_statistics(monkeypatch):
+    """The exact prefill DP at N = 4, K = 2, M = 12 with the block budget set to 4 samples: the run sees
+    the same samples in narrower blocks, so its statistics equal the wide run's to float rounding."""
+    sc = sj.presets.get("switch-base-8").replace(n_nodes=4, top_k=2, n_tokens=12, n_layers=1)
+    per_sample = TaskMetrics("siftmoe").sample_bytes((sc,))
     wide = simulate(sc, policy="siftmoe", samples=32, seed=2).metrics
     monkeypatch.setattr(montecarlo, "BLOCK_MEMORY_BYTES", 4 * per_sample)
     assert montecarlo.block_width(32, per_sample) == 4 < montecarlo.inner_batch(32)

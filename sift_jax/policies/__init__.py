@@ -77,7 +77,7 @@ register(
         _siftmoe_prefill,
         prefill_options=("method",) + _solver_options(solve_exact, solve_dp, solve_fast),
         description="the paper's: Thm. 2 decode, Alg. 1/2 prefill",
-        prefill_bytes=lambda sc, opts: prefill_bytes(sc, opts.get("method", "auto"), opts.get("max_work")),
+        prefill_bytes=lambda sc, opts: prefill_bytes(sc, **opts),
     )
 )
 register(
@@ -110,7 +110,7 @@ register(
         _oracle_prefill,
         prefill_options=_solver_options(solve_dp),
         description="brute force / exact DP reference (small instances)",
-        prefill_bytes=lambda sc, opts: prefill_bytes(sc, "dp"),
+        prefill_bytes=lambda sc, opts: prefill_bytes(sc, "dp", **opts),
     )
 )
 

@@ -89,37 +89,50 @@ def choose_method(
     return "dp" if states * combos <= (DP_MAX_WORK if max_work is None else max_work) else "fast"
 
 
-def prefill_bytes(sc: Scenario, method: str = "auto", max_work: int | None = None) -> int:
+# Per-instance memory of each method, as multiples of the float size: fitted upper envelopes of XLA's memory
+# analysis of the vmapped per-sample program (2026-12-07, jax 0.10.2, CPU; tests/test_simulate.py checks them).
+EXACT_BYTES = (3, 8)  # K = 1: M N (3 N + 8) (measured 0.36-0.88 of it at N = 4..16, M = 64..1024)
+FAST_BYTES = (30, 1, 2)  # 30 M Cm + M C + 2 C N, Cm = min(C, max_cand) (measured 0.64-0.96 of it)
+
+
+def prefill_bytes(sc: Scenario, method: str = "auto", max_work: int | None = None, **options) -> int:
     """Upper estimate of the device memory one prefill instance of M = sc.n_tokens tokens needs (bytes).
 
-    Counts the DP's arrays, the only per-instance ones that grow exponentially: about three float [C, S]
-    tensors and the int32 [M, S] argmin table (S states, C combos, `prefill_dp.dp_size`); XLA's memory
-    analysis of a vmapped DP measured 0.75-0.85 of this estimate at N = 4..6, K = 2, M = 5..16. The other
-    methods' arrays are O(M N K) and count 0.
+    The DP: about three float [C, S] tensors and the int32 [M, S] argmin table (S states, C combos,
+    `prefill_dp.dp_size`; XLA's memory analysis measured 0.75-0.85 of it at N = 4..6, K = 2, M = 5..16).
+    "exact" (K = 1) and "fast": the fitted envelopes `EXACT_BYTES` and `FAST_BYTES` (C = sum_{k <= K}
+    binom(N, k) node sets; the fast solver keeps [M, C] arrays for its all-sets fallback even when its
+    lists are truncated to `max_cand`).
 
     Args:
         sc: scenario (n_tokens M, n_nodes N, top_k K). method: as `prefill` ("auto": `choose_method`).
-        max_work: the DP limit passed to `choose_method`.
+        max_work: the DP limit passed to `choose_method`. **options: the solver options (the fast
+            solver's `max_cand` is read; others are ignored).
 
     Returns:
-        int bytes (0 unless the method is, or resolves to, "dp").
+        int bytes.
 
     Example:
-        N = 4, K = 2, M = 24 picks the DP with S = 25^4 states and C = 10 combos, ~84 MB per instance,
-        so a block of 256 samples would ask for ~21 GB; the fast method needs little:
+        N = 4, K = 2, M = 24 picks the DP with S = 25^4 states and C = 10 combos, ~84 MB per instance, so
+        a block of 256 samples would ask for ~21 GB; the fast method needs far less:
 
         >>> sc = Scenario(n_nodes=4, top_k=2, n_tokens=24)
-        >>> choose_method(sc), round(prefill_bytes(sc) / 1e6, 1), prefill_bytes(sc, "fast")
-        ('dp', 84.4, 0)
+        >>> choose_method(sc), round(prefill_bytes(sc) / 1e6, 1), round(prefill_bytes(sc, "fast") / 1e6, 3)
+        ('dp', 84.4, 0.03)
     """
     if method == "auto":
         method = choose_method(sc, max_work=max_work)
-    if method != "dp":
-        return 0
-    m = sc.n_tokens
-    states, combos = dp_size(m, sc.n_nodes, sc.top_k, m)
+    m, n = sc.n_tokens, sc.n_nodes
     item = np.dtype(jax.dtypes.canonicalize_dtype(np.float64)).itemsize
-    return item * 3 * states * combos + 4 * m * states
+    if method == "dp":
+        states, combos = dp_size(m, n, sc.top_k, m)
+        return item * 3 * states * combos + 4 * m * states
+    if method == "exact":
+        return item * m * n * (EXACT_BYTES[0] * n + EXACT_BYTES[1])
+    sets = sum(math.comb(n, k) for k in range(1, sc.top_k + 1))
+    max_cand = options.get("max_cand", inspect.signature(solve_fast).parameters["max_cand"].default)
+    kept = sets if max_cand is None else min(sets, max_cand)
+    return item * (FAST_BYTES[0] * m * kept + FAST_BYTES[1] * m * sets + FAST_BYTES[2] * sets * n)
 
 
 def prefill_with_info(
