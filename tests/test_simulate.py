@@ -129,23 +129,27 @@ def test_breakdown_without_user_power_is_all_uplink():
         ("switch-base-8", dict(n_tokens=384), "exact"),
         ("mixtral-8x7b", dict(n_tokens=24), "fast"),
         ("gpt-oss-20b", dict(n_tokens=16), "fast"),  # C = 41,448 node sets: the [M, C] fallback arrays
+        ("gpt-oss-20b", dict(n_tokens=16), "topk"),
+        ("mixtral-8x7b", dict(n_tokens=384), "topk-ideal"),
     ],
 )
 def test_prefill_memory_estimate_bounds_xla_and_sets_the_block(preset, fields, method):
-    """Each prefill method's memory per sample (`TaskMetrics.sample_bytes`, from `prefill_bytes`) bounds
-    XLA's own memory analysis of the compiled per-sample program (independent of the estimate) and is not
-    loose by more than 3x; `montecarlo.block_width` keeps block x estimate within `BLOCK_MEMORY_BYTES`."""
+    """Each prefill method's (and the Top-K baselines') memory per sample (`TaskMetrics.sample_bytes`, from
+    `prefill_bytes` / `topk_bytes`) bounds XLA's own memory analysis of the compiled per-sample program
+    (independent of the estimate) and is not loose by more than 3x; `montecarlo.block_width` keeps
+    block x estimate within `BLOCK_MEMORY_BYTES`."""
     sc = sj.presets.get(preset).replace(n_layers=1, **fields)
-    assert choose_method(sc) == method
-    fn, tables = TaskMetrics("siftmoe"), sj.similarity.synthetic_tables(sc)
+    policy = method if method.startswith("topk") else "siftmoe"
+    assert policy != "siftmoe" or choose_method(sc) == method
+    fn, tables = TaskMetrics(policy), sj.similarity.synthetic_tables(sc)
     params = jax.tree.map(lambda x: np.asarray(x)[None], (sc, tables))
     per_sample = fn.sample_bytes((sc, tables))
     width = 4
     compiled = jax.jit(lambda p, idx: montecarlo.raw_metrics(fn, None, p, idx, 0)).lower(params, jnp.arange(width))
     used = compiled.compile().memory_analysis().temp_size_in_bytes
     assert width * per_sample / 3 < used <= width * per_sample
-    assert TaskMetrics("siftmoe").sample_bytes((sc.replace(n_layers=3), tables)) == 3 * per_sample  # per layer
-    assert TaskMetrics("topk").sample_bytes((sc, tables)) == 0  # the baselines' arrays are small
+    assert TaskMetrics(policy).sample_bytes((sc.replace(n_layers=3), tables)) == 3 * per_sample  # per layer
+    assert TaskMetrics("wdmoe").sample_bytes((sc, tables)) == 0  # decoding only: no prefill to size
     block = montecarlo.block_width(10**6, 50 * per_sample)
     assert block * 50 * per_sample <= montecarlo.BLOCK_MEMORY_BYTES or block == 1
 

@@ -86,6 +86,7 @@ register(
         topk_ideal,
         _prefill_rules.topk_ideal,
         reports_infeasible=True,
+        prefill_bytes=lambda sc, opts: _prefill_rules.topk_bytes(sc),
         description="every Top-K expert delivered (accuracy upper bound)",
     )
 )
@@ -95,6 +96,7 @@ register(
         topk,
         _prefill_rules.topk,
         reports_infeasible=True,
+        prefill_bytes=lambda sc, opts: _prefill_rules.topk_bytes(sc),
         description="practical Top-K: experts on late nodes are lost",
     )
 )

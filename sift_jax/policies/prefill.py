@@ -49,6 +49,7 @@ __all__ = [
     "prefill_with_info",
     "random_instances",
     "topk",
+    "topk_bytes",
     "topk_ideal",
 ]
 
@@ -93,6 +94,7 @@ def choose_method(
 # analysis of the vmapped per-sample program (2026-12-07, jax 0.10.2, CPU; tests/test_simulate.py checks them).
 EXACT_BYTES = (3, 8)  # K = 1: M N (3 N + 8) (measured 0.36-0.88 of it at N = 4..16, M = 64..1024)
 FAST_BYTES = (30, 1, 2)  # 30 M Cm + M C + 2 C N, Cm = min(C, max_cand) (measured 0.64-0.96 of it)
+TOPK_BYTES = 12  # the Top-K baselines: 12 M N (measured 0.42-0.90 of it at N = 8..32, M = 16..384)
 
 
 def prefill_bytes(sc: Scenario, method: str = "auto", max_work: int | None = None, **options) -> int:
@@ -133,6 +135,23 @@ def prefill_bytes(sc: Scenario, method: str = "auto", max_work: int | None = Non
     max_cand = options.get("max_cand", inspect.signature(solve_fast).parameters["max_cand"].default)
     kept = sets if max_cand is None else min(sets, max_cand)
     return item * (FAST_BYTES[0] * m * kept + FAST_BYTES[1] * m * sets + FAST_BYTES[2] * sets * n)
+
+
+def topk_bytes(sc: Scenario) -> int:
+    """Upper estimate of the device memory one Top-K baseline prefill instance needs (bytes): `TOPK_BYTES`
+    M N floats (fitted envelope of XLA's memory analysis, as `prefill_bytes`).
+
+    Args:
+        sc: scenario (n_tokens M, n_nodes N).
+
+    Returns:
+        int bytes.
+
+    Example:
+        >>> topk_bytes(Scenario(n_nodes=32, top_k=4, n_tokens=128))   # 12 x 128 x 32 float32
+        196608
+    """
+    return np.dtype(jax.dtypes.canonicalize_dtype(np.float64)).itemsize * TOPK_BYTES * sc.n_tokens * sc.n_nodes
 
 
 def prefill_with_info(
