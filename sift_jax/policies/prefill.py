@@ -97,6 +97,11 @@ FAST_BYTES = (30, 1, 2)  # 30 M Cm + M C + 2 C N, Cm = min(C, max_cand) (measure
 TOPK_BYTES = 12  # the Top-K baselines: 12 M N (measured 0.42-0.90 of it at N = 8..32, M = 16..384)
 
 
+def _float_bytes() -> int:
+    """Bytes of the float the engine computes in (4; 8 with jax_enable_x64)."""
+    return np.dtype(jax.dtypes.canonicalize_dtype(np.float64)).itemsize
+
+
 def prefill_bytes(sc: Scenario, method: str = "auto", max_work: int | None = None, **options) -> int:
     """Upper estimate of the device memory one prefill instance of M = sc.n_tokens tokens needs (bytes).
 
@@ -125,7 +130,7 @@ def prefill_bytes(sc: Scenario, method: str = "auto", max_work: int | None = Non
     if method == "auto":
         method = choose_method(sc, max_work=max_work)
     m, n = sc.n_tokens, sc.n_nodes
-    item = np.dtype(jax.dtypes.canonicalize_dtype(np.float64)).itemsize
+    item = _float_bytes()
     if method == "dp":
         states, combos = dp_size(m, n, sc.top_k, m)
         return item * 3 * states * combos + 4 * m * states
@@ -151,7 +156,7 @@ def topk_bytes(sc: Scenario) -> int:
         >>> topk_bytes(Scenario(n_nodes=32, top_k=4, n_tokens=128))   # 12 x 128 x 32 float32
         196608
     """
-    return np.dtype(jax.dtypes.canonicalize_dtype(np.float64)).itemsize * TOPK_BYTES * sc.n_tokens * sc.n_nodes
+    return _float_bytes() * TOPK_BYTES * sc.n_tokens * sc.n_nodes
 
 
 def prefill_with_info(

@@ -9,6 +9,7 @@ Worked numbers used in the examples (the same as `sift_jax.costs`): N = 3, path-
 the user loads in 0.5 ms and computes 1 ms per token at 10 W (E_UE(D) = 5 mJ + 10 mJ D within T = 3 ms);
 a helper's downlink runs at B log2(1 + 3) = 2 Mbit/s, so one token leaves T_up = 1 ms for 2 kbit at
 B = 1 MHz: E = (2^2 - 1) N0 B T_up / h = 3 nJ; two tokens miss the deadline.
+`worked_example()` returns these parameters.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ __all__ = [
     "random_instances",
     "rates",
     "user_energy",
+    "worked_example",
 ]
 
 
@@ -80,6 +82,41 @@ def params_of(sc) -> dict:
     return out
 
 
+def worked_example(**fields) -> dict:
+    """`params_of` the module docstring's worked numbers (N = 3, path-loss exponent 0, T = 3 ms, B = 1 MHz, ...).
+
+    Args:
+        **fields: Scenario fields that replace the worked values (SI units).
+
+    Returns:
+        dict as `params_of`.
+
+    Example:
+        >>> p = worked_example()
+        >>> p["deadline_s"], p["bandwidth_hz"].tolist(), p["user_load_power_w"]
+        (0.003, [1000000.0, 1000000.0], 10.0)
+    """
+    from sift_jax.scenario import Scenario  # the parameter container only; no model code
+
+    sc = Scenario(
+        n_nodes=3,
+        deadline_s=3e-3,
+        bandwidth_hz=1e6,
+        noise_psd_w_per_hz=1e-12,
+        helper_power_w=3e-6,
+        pathloss_exponent=0.0,
+        hidden_bits=2e3,
+        expert_flops=1e9,
+        user_flops_per_s=1e12,
+        helper_flops_per_s=1e12,
+        user_load_time_s=0.5e-3,
+        helper_load_time_s=0.5e-3,
+        user_load_power_w=10.0,
+        user_compute_power_w=10.0,
+    )
+    return params_of(sc.replace(**fields) if fields else sc)
+
+
 def rates(p: dict, d: np.ndarray, h: np.ndarray, p_up: float):
     """Eqs. (4)-(5): uplink rate at power p_up and downlink rate (bit/s).
 
@@ -94,13 +131,7 @@ def rates(p: dict, d: np.ndarray, h: np.ndarray, p_up: float):
 
     Example:
         >>> import numpy as np
-        >>> from sift_jax.scenario import Scenario
-        >>> from sift_jax.testing.numpy_reference import params_of
-        >>> sc = Scenario(n_nodes=3, deadline_s=3e-3, bandwidth_hz=1e6, noise_psd_w_per_hz=1e-12,
-        ...               helper_power_w=3e-6, pathloss_exponent=0.0, hidden_bits=2e3, expert_flops=1e9,
-        ...               user_flops_per_s=1e12, helper_flops_per_s=1e12, user_load_time_s=0.5e-3,
-        ...               helper_load_time_s=0.5e-3, user_load_power_w=10.0, user_compute_power_w=10.0)
-        >>> p = params_of(sc)
+        >>> p = worked_example()
         >>> d, h = np.array([50.0, 80.0]), np.ones(2)
         >>> r_up, r_dn = rates(p, d, h, 1e-6)
         >>> r_dn.tolist()   # B log2(1 + 3)
@@ -129,13 +160,7 @@ def helper_energy(p: dict, d: np.ndarray, h: np.ndarray, load: np.ndarray, overf
 
     Example:
         >>> import numpy as np
-        >>> from sift_jax.scenario import Scenario
-        >>> from sift_jax.testing.numpy_reference import params_of
-        >>> sc = Scenario(n_nodes=3, deadline_s=3e-3, bandwidth_hz=1e6, noise_psd_w_per_hz=1e-12,
-        ...               helper_power_w=3e-6, pathloss_exponent=0.0, hidden_bits=2e3, expert_flops=1e9,
-        ...               user_flops_per_s=1e12, helper_flops_per_s=1e12, user_load_time_s=0.5e-3,
-        ...               helper_load_time_s=0.5e-3, user_load_power_w=10.0, user_compute_power_w=10.0)
-        >>> p = params_of(sc)
+        >>> p = worked_example()
         >>> d, h = np.array([50.0, 80.0]), np.ones(2)
         >>> e = helper_energy(p, d, h, np.array([1.0, 2.0]))
         >>> round(float(e[0]) * 1e9, 6), float(e[1])   # 3 nJ; two tokens miss the deadline
@@ -173,13 +198,7 @@ def user_energy(p: dict, load: np.ndarray) -> np.ndarray:
 
     Example:
         >>> import numpy as np
-        >>> from sift_jax.scenario import Scenario
-        >>> from sift_jax.testing.numpy_reference import params_of
-        >>> sc = Scenario(n_nodes=3, deadline_s=3e-3, bandwidth_hz=1e6, noise_psd_w_per_hz=1e-12,
-        ...               helper_power_w=3e-6, pathloss_exponent=0.0, hidden_bits=2e3, expert_flops=1e9,
-        ...               user_flops_per_s=1e12, helper_flops_per_s=1e12, user_load_time_s=0.5e-3,
-        ...               helper_load_time_s=0.5e-3, user_load_power_w=10.0, user_compute_power_w=10.0)
-        >>> p = params_of(sc)
+        >>> p = worked_example()
         >>> d, h = np.array([50.0, 80.0]), np.ones(2)
         >>> [round(float(e), 6) for e in user_energy(p, np.array([0.0, 1.0, 2.0, 3.0]))]
         [0.0, 0.015, 0.025, inf]
@@ -203,13 +222,7 @@ def node_costs(p: dict, d: np.ndarray, h: np.ndarray) -> np.ndarray:
 
     Example:
         >>> import numpy as np
-        >>> from sift_jax.scenario import Scenario
-        >>> from sift_jax.testing.numpy_reference import params_of
-        >>> sc = Scenario(n_nodes=3, deadline_s=3e-3, bandwidth_hz=1e6, noise_psd_w_per_hz=1e-12,
-        ...               helper_power_w=3e-6, pathloss_exponent=0.0, hidden_bits=2e3, expert_flops=1e9,
-        ...               user_flops_per_s=1e12, helper_flops_per_s=1e12, user_load_time_s=0.5e-3,
-        ...               helper_load_time_s=0.5e-3, user_load_power_w=10.0, user_compute_power_w=10.0)
-        >>> p = params_of(sc)
+        >>> p = worked_example()
         >>> d, h = np.array([50.0, 80.0]), np.ones(2)
         >>> f = node_costs(p, d, h)
         >>> f.shape, round(float(f[0]), 6), round(float(f[1]) * 1e9, 6)   # 5 mJ + 10 mJ; 3 nJ
@@ -249,22 +262,17 @@ def node_latency(p: dict, d: np.ndarray, h: np.ndarray, load: np.ndarray) -> np.
         0.5 + 4 = 4.5 ms.
 
         >>> import numpy as np
-        >>> from sift_jax.scenario import Scenario
-        >>> from sift_jax.testing.numpy_reference import params_of
-        >>> sc = Scenario(n_nodes=3, deadline_s=3e-3, bandwidth_hz=1e6, noise_psd_w_per_hz=1e-12,
-        ...               helper_power_w=3e-6, pathloss_exponent=0.0, hidden_bits=2e3, expert_flops=1e9,
-        ...               user_flops_per_s=1e12, helper_flops_per_s=1e12, user_load_time_s=0.5e-3,
-        ...               helper_load_time_s=0.5e-3, user_load_power_w=10.0, user_compute_power_w=10.0)
+        >>> p = worked_example()
         >>> d, h = np.array([50.0, 80.0]), np.ones(2)
-        >>> [round(float(t) * 1e3, 9) for t in node_latency(params_of(sc), d, h, np.array([2, 1, 2]))]  # ms
+        >>> [round(float(t) * 1e3, 9) for t in node_latency(p, d, h, np.array([2, 1, 2]))]  # ms
         [2.5, 3.0, 4.5]
-        >>> node_latency(params_of(sc), d, h, np.zeros(3)).tolist()   # unused nodes
+        >>> node_latency(p, d, h, np.zeros(3)).tolist()   # unused nodes
         [0.0, 0.0, 0.0]
 
         Per-helper load times 0.5 ms and 1.5 ms: one token each leaves T_up = 1 ms, which hides the
         first helper's load but not the second's (1.5 + 2 = 3.5 ms > T):
 
-        >>> p = params_of(sc.replace(helper_load_time_s=np.array([0.5e-3, 1.5e-3])))
+        >>> p = worked_example(helper_load_time_s=np.array([0.5e-3, 1.5e-3]))
         >>> [round(float(t) * 1e3, 9) for t in node_latency(p, d, h, np.array([0, 1, 1]))]   # ms
         [0.0, 3.0, 3.5]
     """
@@ -295,13 +303,7 @@ def capacities_brute(p: dict, d: np.ndarray, h: np.ndarray, max_load: int, overf
 
     Example:
         >>> import numpy as np
-        >>> from sift_jax.scenario import Scenario
-        >>> from sift_jax.testing.numpy_reference import params_of
-        >>> sc = Scenario(n_nodes=3, deadline_s=3e-3, bandwidth_hz=1e6, noise_psd_w_per_hz=1e-12,
-        ...               helper_power_w=3e-6, pathloss_exponent=0.0, hidden_bits=2e3, expert_flops=1e9,
-        ...               user_flops_per_s=1e12, helper_flops_per_s=1e12, user_load_time_s=0.5e-3,
-        ...               helper_load_time_s=0.5e-3, user_load_power_w=10.0, user_compute_power_w=10.0)
-        >>> p = params_of(sc)
+        >>> p = worked_example()
         >>> d, h = np.array([50.0, 80.0]), np.ones(2)
         >>> capacities_brute(p, d, h, 5).tolist()
         [2, 1, 1]
